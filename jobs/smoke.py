@@ -1,0 +1,55 @@
+"""One shard of the smoke recipe: real arithmetic, checkpoints, metrics, optional all_reduce."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from aistack.launch.rundir import atomic_write_json, read_json
+from aistack.launch.task import TaskContext
+
+
+def run(ctx: TaskContext) -> dict:
+    cfg = ctx.recipe.smoke
+    ckpt_file = ctx.task_dir / "checkpoint.json"
+    state = read_json(ckpt_file, default={"step": 0, "digest": f"task-{ctx.task_id}", "total": 0})
+    if state["step"]:
+        ctx.resumed_at(state["step"])
+        print(f"task {ctx.task_id}: resuming from step {state['step']}", flush=True)
+
+    def save() -> None:
+        if ctx.is_main:
+            atomic_write_json(ckpt_file, dict(state))
+
+    ctx.on_preempt(save)
+    while state["step"] < cfg.steps:
+        step = state["step"] + 1
+        if ctx.task_id in cfg.fail_tasks and step >= cfg.fail_at_step:
+            raise RuntimeError(f"injected failure in task {ctx.task_id} at step {step} (smoke.fail_tasks)")
+        # A hash chain: the final digest depends on every step having run exactly once.
+        state["digest"] = hashlib.sha256(f"{state['digest']}:{step}".encode()).hexdigest()
+        state["total"] += (ctx.task_id + 1) * step
+        state["step"] = step
+        time.sleep(cfg.step_seconds)
+        ctx.log(step, {"total": state["total"], "step_time": cfg.step_seconds})
+        if step % cfg.checkpoint_every == 0:
+            save()
+    result = {"task": ctx.task_id, "steps": state["step"], "total": state["total"], "digest": state["digest"]}
+    if cfg.all_reduce:
+        result["all_reduce"] = _all_reduce_ranks()
+        result["world_size"] = ctx.world_size
+    print(f"task {ctx.task_id}: done, total={state['total']}", flush=True)
+    return result
+
+
+def _all_reduce_ranks() -> float:
+    import torch
+    import torch.distributed as dist
+
+    from aistack.dist import destroy, init_distributed
+
+    rank, _ = init_distributed()
+    value = torch.tensor([float(rank + 1)])
+    dist.all_reduce(value)
+    destroy()
+    return float(value.item())

@@ -1,0 +1,278 @@
+"""The `aistack` command: run, plan, status, logs, cancel, sync.
+
+Imports stay lazy so `aistack plan` and `--dry-run` answer in well under a second.
+Exit codes: 0 ok, 1 a job failed, 2 bad input (recipe, override, profile, run name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from aistack.recipe.errors import RecipeError
+
+    try:
+        return args.func(args)
+    except RecipeError as err:
+        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        return 2
+    except FileNotFoundError as err:
+        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aistack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def recipe_args(p):
+        p.add_argument("recipe", help="recipe YAML file")
+        p.add_argument("overrides", nargs="*", help="dot-overrides such as train.lr=3e-4 resources.nodes=4")
+        p.add_argument("--on", default=None, help="local | slurm | a cluster profile name or file (default: slurm if sbatch is installed, else local)")
+
+    p = sub.add_parser("run", help="run a recipe (submits to Slurm, or runs here with --on local)")
+    recipe_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan and sbatch scripts; submit nothing")
+    p.add_argument("--wait", action="store_true", help="on Slurm: follow the run until every task has finished")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plan", help="show the resolved recipe, its jobs, resources and sbatch scripts")
+    recipe_args(p)
+    p.set_defaults(func=cmd_plan)
+
+    for name, helptext, func in (
+        ("status", "each job and array task of a run with its state", cmd_status),
+        ("cancel", "cancel every job of a run", cmd_cancel),
+        ("sync", "upload a run's offline W&B files (run from a node with network access)", cmd_sync),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("run", nargs="?" if name == "status" else None, help="run directory, or its name under --root")
+        p.add_argument("--root", default="runs", help="where run directories are (default: ./runs)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("logs", help="print a task's stdout and stderr")
+    p.add_argument("run")
+    p.add_argument("--job", default=None, help="job of the run (default: the first)")
+    p.add_argument("--task", type=int, default=0)
+    p.add_argument("--root", default="runs")
+    p.set_defaults(func=cmd_logs)
+    return parser
+
+
+# --- run / plan ---------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    from aistack.launch import launcher
+
+    if args.dry_run:
+        result = launcher.launch(args.recipe, args.overrides, on=args.on, dry_run=True)
+        _print_plan(result, scripts=True)
+        console.print("[yellow]dry run: nothing was submitted[/]")
+        return 0
+
+    loaded, plan, run, profile = launcher.prepare(args.recipe, args.overrides, on=args.on)
+    console.print(f"run [bold]{run.name}[/] ({loaded.kind}) on [bold]{profile.name}[/] ({profile.executor}) -> {run.path}")
+    if profile.executor == "local":
+        return _run_local(args)
+    result = launcher.launch(args.recipe, args.overrides, on=args.on)
+    if not result.submitted:
+        console.print("every task of this run is already done: nothing to submit")
+        return 0
+    for item in result.submitted:
+        what = f"array of {len(item.task_ids)}" if item.is_array else "job"
+        console.print(f"  submitted {item.job}: Slurm {what} {item.job_id}")
+    if not args.wait:
+        console.print(f"follow it with: aistack status {run.path}")
+        return 0
+    rows = _follow(result)
+    failed = [r for r in rows if r.state != "COMPLETED"]
+    _print_status(rows)
+    return 1 if failed else 0
+
+
+def _run_local(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from aistack.launch import launcher
+    from aistack.launch.local import JobFailed
+
+    bars: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+
+        def on_progress(job: str, finished: int, total: int) -> None:
+            if job not in bars:
+                bars[job] = progress.add_task(job, total=total)
+            progress.update(bars[job], completed=finished)
+
+        try:
+            result = launcher.launch(args.recipe, args.overrides, on=args.on, progress=on_progress)
+        except JobFailed as err:
+            progress.stop()
+            err_console.print(f"[bold red]failed:[/] {err}", soft_wrap=True)
+            return 1
+    if not result.submitted:
+        console.print("every task of this run is already done: nothing to run")
+    console.print(f"[green]done[/]: {result.run.path}")
+    return 0
+
+
+def _follow(result):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from aistack.launch import launcher
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        bars = {j.name: progress.add_task(j.name, total=j.num_tasks) for j in result.plan.jobs}
+
+        def on_poll(rows):
+            for name, bar in bars.items():
+                finished = sum(1 for r in rows if r.job == name and r.state in launcher.FINISHED_OK | launcher.FINISHED_BAD)
+                progress.update(bar, completed=finished)
+
+        return launcher.wait(result, on_poll=on_poll)
+
+
+def cmd_plan(args) -> int:
+    from aistack.launch import launcher
+
+    result = launcher.launch(args.recipe, args.overrides, on=args.on, dry_run=True)
+    _print_plan(result, scripts=True)
+    return 0
+
+
+def _print_plan(result, scripts: bool) -> None:
+    import yaml
+    from rich.table import Table
+
+    console.rule(f"recipe {result.loaded.path} (resolved)")
+    console.print(yaml.safe_dump(result.loaded.data, sort_keys=False).rstrip(), markup=False, soft_wrap=True)
+    table = Table(title=f"plan: run {result.run.name} on profile {result.profile.name}")
+    for col in ("job", "tasks", "arrays", "nodes", "tasks/node", "gpus/node", "cpus/task", "time (min)", "after"):
+        table.add_column(col)
+    for job in result.plan.jobs:
+        parts = [s for s in result.submitted if s.job == job.name]
+        arrays = ", ".join(str(len(s.task_ids)) for s in parts) if job.is_array else "-"
+        r = job.resources
+        table.add_row(
+            job.name, str(job.num_tasks), arrays, str(r.nodes), str(r.ntasks_per_node), str(r.gpus_per_node),
+            str(r.cpus_per_task), str(r.time), ",".join(job.depends_on) or "-",
+        )
+    console.print(table)
+    if scripts:
+        shown: set[str] = set()
+        for item in result.submitted:
+            if item.job in shown:
+                continue
+            shown.add(item.job)
+            console.rule(f"sbatch script of job {item.job}")
+            console.print(item.sbatch, markup=False, soft_wrap=True)
+
+
+# --- status / logs / cancel / sync --------------------------------------------------
+
+
+def _find(args):
+    from aistack.launch.rundir import find_run
+
+    return find_run(args.run, args.root)
+
+
+def _plan_jobs(run) -> list[tuple[str, int]]:
+    import json
+
+    plan = json.loads((run.path / "plan.json").read_text())
+    return [(j["name"], j["tasks"]) for j in plan["jobs"]]
+
+
+def cmd_status(args) -> int:
+    from aistack.launch.status import run_status
+
+    if args.run is None:
+        root = Path(args.root)
+        runs = sorted((p for p in root.glob("*/recipe.yaml")), key=lambda p: p.stat().st_mtime) if root.exists() else []
+        if not runs:
+            console.print(f"no runs under {root}/")
+            return 0
+        for recipe in runs:
+            console.print(recipe.parent.name)
+        return 0
+    run = _find(args)
+    rows = run_status(run, _plan_jobs(run))
+    _print_status(rows)
+    return 0
+
+
+def _print_status(rows) -> None:
+    from collections import Counter
+
+    from rich.table import Table
+
+    table = Table()
+    for col in ("job", "task", "executor", "job id", "state", "attempt"):
+        table.add_column(col)
+    for r in rows:
+        color = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow"}.get(r.state, "red")
+        table.add_row(r.job, str(r.task_id), r.executor, r.job_id, f"[{color}]{r.state}[/]", str(r.attempt))
+    console.print(table)
+    counts = Counter(r.state for r in rows)
+    console.print("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())))
+
+
+def cmd_logs(args) -> int:
+    from aistack.launch.slurm import log_paths
+    from aistack.launch.status import latest_submissions
+
+    run = _find(args)
+    job = args.job or _plan_jobs(run)[0][0]
+    latest = latest_submissions(run)
+    if (job, args.task) not in latest:
+        raise FileNotFoundError(f"task {args.task} of job {job} in run {run.name} was never submitted")
+    record, index = latest[(job, args.task)]
+    if record["executor"] == "local":
+        import submitit
+
+        paths = submitit.core.utils.JobPaths(run.log_dir(job), job_id=str(record["job_id"]), task_id=0)
+        out, err = paths.stdout, paths.stderr
+    else:
+        out, err = log_paths(run, job, record["job_id"], index)
+    for label, path in (("stdout", out), ("stderr", err)):
+        console.rule(f"{label}: {path}")
+        console.print(path.read_text() if path.exists() else "(no file yet)", markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from aistack.launch.status import cancel_run
+
+    run = _find(args)
+    cancelled = cancel_run(run)
+    console.print(f"cancelled: {', '.join(cancelled) if cancelled else 'nothing was running'}")
+    return 0
+
+
+def cmd_sync(args) -> int:
+    import subprocess
+
+    from aistack.track.wandb_run import offline_runs
+
+    run = _find(args)
+    paths = offline_runs(run.path)
+    if not paths:
+        console.print(f"no offline W&B runs in {run.path}/wandb")
+        return 0
+    return subprocess.call([sys.executable, "-m", "wandb", "sync", "--include-offline", *map(str, paths)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Build torch.distributed from submitit's JobEnvironment: gloo on CPU, NCCL on GPU.
+
+submitit's TorchDistributedEnvironment exports MASTER_ADDR (the job's first host),
+MASTER_PORT (derived from the job id, so concurrent jobs do not collide), RANK,
+WORLD_SIZE and LOCAL_RANK; torch then rendezvouses over env://.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(backend: str | None = None, timeout_s: int = 600) -> tuple[int, int]:
+    """Initialise the default process group once; returns (rank, world_size)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "RANK" not in os.environ:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

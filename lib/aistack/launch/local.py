@@ -1,0 +1,89 @@
+"""The local executor: the same plan on this machine, no scheduler.
+
+Each task runs in its own process through submitit's LocalExecutor (same pickling and
+JobEnvironment as on Slurm, multi-rank tasks included), at most `parallelism` at a time.
+Jobs run in dependency order; a failed job stops its dependents.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import submitit
+
+from aistack.launch.plan import Plan
+from aistack.launch.profile import ClusterProfile
+from aistack.launch.rundir import RunDir
+from aistack.launch.slurm import Submitted, wandb_per_task
+from aistack.launch.task import TaskRunner
+
+Progress = Callable[[str, int, int], None]  # (job, finished, total)
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+class LocalExecutor:
+    def __init__(self, profile: ClusterProfile, parallelism: int | None = None):
+        self.profile = profile
+        self.parallelism = parallelism or max(os.cpu_count() or 1, 1)
+
+    def run(self, plan: Plan, run: RunDir, progress: Progress | None = None) -> list[Submitted]:
+        done: list[Submitted] = []
+        failed: dict[str, str] = {}
+        for job in plan.ordered():
+            blocked = [d for d in job.depends_on if d in failed]
+            if blocked:
+                failed[job.name] = f"not run: depends on failed job(s) {blocked}"
+                continue
+            pending = run.pending_tasks(job.name, job.num_tasks)
+            if not pending:
+                continue
+            errors = self._run_job(run, job, pending, progress)
+            done.append(Submitted(job.name, "local", pending, job.is_array))
+            if errors:
+                failed[job.name] = "; ".join(f"task {t}: {e}" for t, e in sorted(errors.items())[:3])
+        if failed:
+            raise JobFailed("; ".join(f"job {name}: {why}" for name, why in failed.items()))
+        return done
+
+    def _run_job(self, run: RunDir, job, pending: list[int], progress: Progress | None) -> dict[int, str]:
+        res = job.resources
+        executor = submitit.LocalExecutor(folder=run.log_dir(job.name), max_num_timeout=res.max_requeues)
+        ranks = res.world_size
+        executor.update_parameters(timeout_min=res.time, tasks_per_node=ranks, nodes=1, gpus_per_node=0)
+        slots = max(1, min(res.array_parallelism, self.parallelism) // ranks) if ranks > 1 else min(res.array_parallelism, self.parallelism)
+        track = wandb_per_task(job)
+        queue = list(pending)
+        running: dict[int, submitit.Job] = {}
+        errors: dict[int, str] = {}
+        finished = 0
+        total = len(pending)
+        if progress:
+            progress(job.name, 0, total)
+        while queue or running:
+            while queue and len(running) < slots:
+                task_id = queue.pop(0)
+                runner = TaskRunner(str(run.path), job.name, job.entry, task_id, job.num_tasks, track)
+                submitted = executor.submit(runner)
+                run.record_submission(
+                    {"job": job.name, "executor": "local", "job_id": submitted.job_id, "task_ids": [task_id], "array": False, "time": time.time()}
+                )
+                running[task_id] = submitted
+            time.sleep(0.05)
+            for task_id, handle in list(running.items()):
+                if not handle.done():
+                    continue
+                del running[task_id]
+                finished += 1
+                exc = handle.exception()
+                if exc is not None:
+                    # The task's own record names the error; submitit's names only the log file.
+                    recorded = run.task_state(job.name, task_id).get("error")
+                    errors[task_id] = recorded or f"{type(exc).__name__} (see {handle.paths.stderr})"
+                if progress:
+                    progress(job.name, finished, total)
+        return errors

@@ -1,0 +1,64 @@
+"""Cluster profiles (slurm/clusters/*.yaml): what differs between clusters, not recipes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from aistack.recipe.errors import RecipeError
+from aistack.recipe.schema import Mount, Name, SlurmWord, StrictModel
+
+REPO_CLUSTERS = Path(__file__).resolve().parents[3] / "slurm" / "clusters"
+
+
+class ClusterProfile(StrictModel):
+    name: Name = "local"
+    executor: Literal["slurm", "local"] = "slurm"
+    partition: SlurmWord | None = None
+    account: SlurmWord | None = None
+    qos: SlurmWord | None = None
+    gpus_per_node: int = Field(default=0, ge=0)
+    cpus_per_gpu: int | None = Field(default=None, ge=1)
+    max_array_size: int | None = Field(default=None, ge=1, description="null: read from `scontrol show config`")
+    container_runtime: Literal["none", "pyxis", "apptainer"] = "none"
+    container_mounts: list[Mount] = Field(default_factory=list)
+    container_python: str = Field(default="python", pattern=r"^[A-Za-z0-9._/+-]+$")
+    sbatch_defaults: dict[str, str | int | bool] = Field(default_factory=dict)
+    signal_delay_s: int = Field(default=90, ge=0)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+LOCAL = ClusterProfile(name="local", executor="local")
+
+
+def profile_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("AISTACK_CLUSTERS", "").split(os.pathsep) if p]
+    return [*extra, REPO_CLUSTERS]
+
+
+def load_profile(ref: str) -> ClusterProfile:
+    """`local` (no scheduler), `slurm` (the local/default Slurm profile), a profile name, or a path."""
+    if ref == "local":
+        return LOCAL
+    if ref == "slurm":
+        ref = os.environ.get("AISTACK_PROFILE", "local")
+    path = Path(ref)
+    if not path.suffix:
+        found = [d / f"{ref}.yaml" for d in profile_dirs() if (d / f"{ref}.yaml").is_file()]
+        if not found:
+            known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+            raise RecipeError.single("--on", "on", ref, "'local', 'slurm' or a cluster profile: " + ", ".join(known))
+        path = found[0]
+    if not path.is_file():
+        raise RecipeError.single("--on", "on", ref, "a cluster profile file that exists")
+    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        profile = ClusterProfile.model_validate(data)
+    except ValidationError as err:
+        problems = [(".".join(map(str, e["loc"])), e.get("input"), e["msg"]) for e in err.errors()]
+        raise RecipeError(str(path), problems) from None
+    return profile

@@ -1,0 +1,142 @@
+"""The run directory: one per resolved recipe, named by its hash, holding everything.
+
+    <root>/<name>-<hash>/
+      recipe.yaml                 the resolved recipe (no secrets: see recipe.load)
+      plan.json                   jobs, arrays, dependencies
+      submissions.jsonl           every submission: job, Slurm/local job id, task ids
+      jobs/<job>/logs/            submitit's pickles and stdout/stderr
+      jobs/<job>/tasks/<id>/      state.json, DONE (result), metrics.jsonl, checkpoints
+      wandb/                      W&B run files (offline mode until synced)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aistack.recipe import LoadedRecipe
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def for_recipe(cls, loaded: LoadedRecipe) -> "RunDir":
+        root = Path(loaded.recipe.output.root).expanduser()
+        return cls((root / f"{loaded.recipe.name}-{loaded.identity_hash()}").absolute())
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # --- recipe and plan ---
+    @property
+    def recipe_file(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    def write_recipe(self, loaded: LoadedRecipe) -> None:
+        atomic_write_text(self.recipe_file, yaml.safe_dump(loaded.data, sort_keys=False))
+
+    def read_recipe_data(self) -> dict[str, Any]:
+        return yaml.safe_load(self.recipe_file.read_text())
+
+    # --- jobs and tasks ---
+    def job_dir(self, job: str) -> Path:
+        return self.path / "jobs" / job
+
+    def log_dir(self, job: str) -> Path:
+        return self.job_dir(job) / "logs"
+
+    def task_dir(self, job: str, task_id: int) -> Path:
+        return self.job_dir(job) / "tasks" / f"{task_id:05d}"
+
+    def done_file(self, job: str, task_id: int) -> Path:
+        return self.task_dir(job, task_id) / "DONE"
+
+    def is_done(self, job: str, task_id: int) -> bool:
+        return self.done_file(job, task_id).exists()
+
+    def pending_tasks(self, job: str, num_tasks: int) -> list[int]:
+        return [t for t in range(num_tasks) if not self.is_done(job, t)]
+
+    def task_result(self, job: str, task_id: int) -> Any:
+        return read_json(self.done_file(job, task_id))
+
+    def task_state(self, job: str, task_id: int) -> dict[str, Any]:
+        return read_json(self.task_dir(job, task_id) / "state.json", default={})
+
+    def set_task_state(self, job: str, task_id: int, state: str, **extra: Any) -> None:
+        record = self.task_state(job, task_id)
+        record.update(extra)
+        record.update(state=state, host=socket.gethostname(), pid=os.getpid(), updated_at=time.time())
+        atomic_write_json(self.task_dir(job, task_id) / "state.json", record)
+
+    def mark_done(self, job: str, task_id: int, result: Any) -> None:
+        atomic_write_json(self.done_file(job, task_id), {"result": result, "finished_at": time.time()})
+
+    # --- submissions ---
+    @property
+    def submissions_file(self) -> Path:
+        return self.path / "submissions.jsonl"
+
+    def record_submission(self, record: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.submissions_file, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def submissions(self) -> list[dict[str, Any]]:
+        if not self.submissions_file.exists():
+            return []
+        lines = self.submissions_file.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def find_run(ref: str, root: str | Path = "runs") -> RunDir:
+    """A run by path, by directory name under `root`, or by unique prefix of that name."""
+    candidate = Path(ref)
+    if (candidate / "recipe.yaml").exists():
+        return RunDir(candidate.absolute())
+    root = Path(root)
+    if (root / ref / "recipe.yaml").exists():
+        return RunDir((root / ref).absolute())
+    matches = sorted(p for p in root.glob(f"{ref}*") if (p / "recipe.yaml").exists()) if root.exists() else []
+    if len(matches) == 1:
+        return RunDir(matches[0].absolute())
+    if not matches:
+        raise FileNotFoundError(f"no run '{ref}' (looked for a run directory at {candidate} and under {root}/)")
+    names = ", ".join(m.name for m in matches)
+    raise FileNotFoundError(f"'{ref}' matches several runs under {root}/: {names}")

@@ -1,0 +1,3 @@
+"""Recipe kinds: importing this package registers every kind's model."""
+
+from aistack.recipe.kinds import smoke  # noqa: F401

@@ -1,0 +1,242 @@
+"""Recipe files -> validated Recipe objects.
+
+Order of resolution: YAML (safe_load) -> `extends:` chain (deep merge, child wins)
+-> command-line dot-overrides -> `${env:VAR}` / `${env:VAR,default}` interpolation
+-> pydantic validation of the selected kind. Every failure raises RecipeError naming
+the file that set the bad key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from aistack.recipe.errors import MISSING, RecipeError
+from aistack.recipe.schema import RECIPE_KINDS, Recipe
+import aistack.recipe.kinds  # noqa: F401  (fills RECIPE_KINDS)
+
+OVERRIDES_SOURCE = "command-line override"
+_OVERRIDE_RE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*)=(?P<value>.*)$", re.DOTALL)
+_ENV_RE = re.compile(r"\$\{env:(?P<var>[A-Za-z_][A-Za-z0-9_]*)(,(?P<default>[^}]*))?\}")
+# Env vars whose values must never be copied into a recipe (and from there into the run
+# directory, W&B config or an sbatch script). Jobs read them from their environment.
+_SECRET_VAR_RE = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+
+
+@dataclass
+class LoadedRecipe:
+    recipe: Recipe
+    path: Path
+    data: dict[str, Any]  # resolved plain data, as validated
+    sources: dict[str, str] = field(default_factory=dict)  # key path -> file that set it
+
+    @property
+    def kind(self) -> str:
+        return self.recipe.kind
+
+    def identity_hash(self) -> str:
+        """Hash of what the recipe computes (not where it runs): names the run directory."""
+        ident = {k: v for k, v in self.recipe.model_dump(mode="json").items() if k not in Recipe.PLACEMENT_KEYS}
+        for dotted in type(self.recipe).NON_IDENTITY_KEYS:
+            *parents, leaf = dotted.split(".")
+            node = ident
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(leaf, None)
+        blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    path = Path(path)
+    layers = _read_with_extends(path, chain=())
+    layers.append((OVERRIDES_SOURCE, parse_overrides(overrides, str(path))))
+    merged: dict[str, Any] = {}
+    for _, layer in layers:
+        merged = deep_merge(merged, layer)
+    sources = _provenance(layers)
+    merged = _interpolate(merged, sources, default_file=str(path), keypath="")
+    recipe = validate(merged, sources, str(path))
+    return LoadedRecipe(recipe=recipe, path=path, data=recipe.model_dump(mode="json"), sources=sources)
+
+
+def validate(data: dict[str, Any], sources: dict[str, str], file: str) -> Recipe:
+    kind = data.get("kind", MISSING)
+    if kind not in RECIPE_KINDS:
+        expected = "one of " + ", ".join(sorted(RECIPE_KINDS))
+        raise RecipeError.single(file, "kind", kind, expected)
+    try:
+        return RECIPE_KINDS[kind].model_validate(data)
+    except ValidationError as err:
+        problems: list[tuple[str, object, str]] = []
+        for item in err.errors():
+            key = ".".join(str(p) for p in item["loc"])
+            value = item.get("input", MISSING) if item["type"] != "missing" else MISSING
+            expected = _describe(item)
+            owner = _owner(key, sources, file)
+            if owner != file:
+                expected += f" (set in {owner})"
+            problems.append((key, value, expected))
+        raise RecipeError(file, problems) from None
+
+
+def _describe(item: dict[str, Any]) -> str:
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; `aistack plan` shows every key of this kind)"
+    if kind == "missing":
+        return "required key is missing"
+    message = item["msg"]
+    return message.removeprefix("Value error, ")
+
+
+def _owner(key: str, sources: dict[str, str], default: str) -> str:
+    parts = key.split(".")
+    while parts:
+        found = sources.get(".".join(parts))
+        if found:
+            return found
+        parts.pop()
+    return default
+
+
+# --- YAML and extends ---------------------------------------------------------------
+
+
+def _read_yaml(path: Path, referenced_from: tuple[str, str] | None) -> dict[str, Any]:
+    if not path.is_file():
+        if referenced_from:
+            file, key = referenced_from
+            raise RecipeError.single(file, key, str(path), "file not found")
+        raise RecipeError.single(str(path), "", str(path), "recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError.single(str(path), "", MISSING, f"not valid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError.single(str(path), "", data, "a mapping of keys at the top level")
+    return data
+
+
+def _read_with_extends(path: Path, chain: tuple[Path, ...], referenced_from=None) -> list[tuple[str, dict]]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise RecipeError.single(str(chain[-1]), "extends", str(path), f"an extends chain without cycles ({cycle})")
+    data = _read_yaml(path, referenced_from)
+    parents = data.pop("extends", [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise RecipeError.single(str(path), "extends", parents, "a path or list of paths to base recipes")
+    layers: list[tuple[str, dict]] = []
+    for parent in parents:
+        parent_path = (path.parent / parent) if not os.path.isabs(parent) else Path(parent)
+        layers += _read_with_extends(parent_path, (*chain, resolved), referenced_from=(str(path), "extends"))
+    layers.append((str(path), data))
+    return layers
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else in `update` replaces what `base` had."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _provenance(layers: list[tuple[str, dict]]) -> dict[str, str]:
+    sources: dict[str, str] = {}
+
+    def walk(source: str, node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            sources[path] = source
+            if isinstance(value, dict):
+                walk(source, value, path + ".")
+
+    for source, layer in layers:
+        walk(source, layer, "")
+    return sources
+
+
+# --- overrides ----------------------------------------------------------------------
+
+
+def parse_overrides(overrides, file: str) -> dict[str, Any]:
+    """`train.lr=3e-4 resources.nodes=4` -> nested dict; values parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for text in overrides:
+        match = _OVERRIDE_RE.match(text)
+        if not match:
+            raise RecipeError.single(
+                file, text.split("=", 1)[0], text, "a command-line override of the form key.path=value (e.g. train.lr=3e-4)"
+            )
+        try:
+            value = yaml.safe_load(match["value"]) if match["value"] != "" else ""
+        except yaml.YAMLError:
+            value = match["value"]
+        node = out
+        parts = match["key"].split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError.single(file, match["key"], text, "a command-line override whose key path does not cross a value")
+        node[parts[-1]] = value
+    return out
+
+
+# --- ${env:VAR} interpolation -------------------------------------------------------
+
+
+def _interpolate(node: Any, sources: dict[str, str], default_file: str, keypath: str) -> Any:
+    """Replace ${env:VAR}; errors name the recipe file (and the file that set the key)."""
+    if isinstance(node, dict):
+        return {k: _interpolate(v, sources, default_file, f"{keypath}{k}.") for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, sources, default_file, keypath) for v in node]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+    key = keypath.rstrip(".")
+
+    def replace(match: re.Match[str]) -> str:
+        var = match["var"]
+        if _SECRET_VAR_RE.search(var):
+            raise RecipeError.single(
+                default_file, key, node,
+                f"${{env:{var}}} looks like a secret; secrets are read by the job from its environment and never copied into a recipe",
+            )
+        value = os.environ.get(var, match["default"])
+        if value is None:
+            raise RecipeError.single(
+                default_file, key, node, f"environment variable {var} is not set (or give a default: ${{env:{var},DEFAULT}})"
+            )
+        return value
+
+    text = _ENV_RE.sub(replace, node)
+    if "${" in text:
+        raise RecipeError.single(default_file, key, node, "interpolations of the form ${env:VAR} or ${env:VAR,default}")
+    # A whole-value interpolation keeps YAML typing: "${env:NODES}" -> 4, not "4".
+    if _ENV_RE.fullmatch(node):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+    return text

@@ -1,0 +1,169 @@
+"""Weights & Biases: one run per tracked task, with an id that survives requeues.
+
+The id is derived from the run directory, job and task, so a requeued or rerun task
+logs into the same W&B run (resume="allow"). Without an API key the mode is offline:
+run files land in <run>/wandb/ and `aistack sync RUN` uploads them from a login node.
+Only global rank 0 of a task opens a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import netrc
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Iterator
+
+from aistack.recipe.schema import Tracking
+
+
+def resolve_mode(tracking: Tracking) -> str:
+    if tracking.mode != "auto":
+        return tracking.mode
+    return "online" if _has_api_key() else "offline"
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        hosts = netrc.netrc().hosts
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1]
+    return base in hosts
+
+
+def run_id(run_name: str, job: str, task_id: int) -> str:
+    return hashlib.sha256(f"{run_name}/{job}/{task_id}".encode()).hexdigest()[:16]
+
+
+class WandbRun:
+    """Thin wrapper: log(step, values) and finish(); a no-op when disabled."""
+
+    def __init__(self, run: Any = None):
+        self._run = run
+
+    @property
+    def id(self) -> str | None:
+        return self._run.id if self._run else None
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if self._run is not None:
+            self._run.log(values, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self._run is not None:
+            self._run.summary.update(values)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._run is not None:
+            self._run.finish(exit_code=exit_code)
+            self._run = None
+
+
+def start(
+    tracking: Tracking,
+    run_dir: Path,
+    run_name: str,
+    kind: str,
+    job: str,
+    task_id: int,
+    config: dict[str, Any],
+) -> WandbRun:
+    mode = resolve_mode(tracking)
+    if mode == "disabled":
+        return WandbRun(None)
+    import wandb
+
+    (run_dir / "wandb").parent.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=tracking.project,
+        entity=tracking.entity,
+        group=tracking.group or run_name,
+        job_type=kind,
+        name=f"{run_name}/{job}/{task_id}",
+        id=run_id(run_name, job, task_id),
+        resume="allow",
+        config=config,
+        tags=tracking.tags or None,
+        dir=str(run_dir),
+        mode=mode,
+        settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+    )
+    return WandbRun(run)
+
+
+# --- reading offline run files back (tests, `aistack status`) ------------------------
+# A .wandb file is W&B's append-only log: a 7-byte header (":W&B", magic 0xBEE1,
+# version 0), then LevelDB-style records in 32 KiB blocks, each a 7-byte header
+# (crc32, length, type) and a protobuf `Record`; a record split over blocks comes in
+# FIRST/MIDDLE/LAST pieces.
+
+_BLOCK = 32768
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def offline_runs(run_dir: Path) -> list[Path]:
+    return sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+
+
+def read_records(wandb_file: Path) -> Iterator[Any]:
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(wandb_file).read_bytes()
+    ident, magic, version = struct.unpack("<4sHB", data[:7])
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise ValueError(f"{wandb_file} is not a W&B run file")
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < 7:  # zero padding at the end of a block
+            pos += left_in_block
+            continue
+        crc, length, rtype = struct.unpack("<IHB", data[pos : pos + 7])
+        payload = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if rtype == 0 and length == 0:
+            continue
+        if zlib.crc32(bytes([rtype]) + payload) & 0xFFFFFFFF != crc:
+            break  # torn tail of a killed writer: stop at the last whole record
+        if rtype == _FULL:
+            pending = payload
+        elif rtype == _FIRST:
+            pending = payload
+            continue
+        elif rtype == _MIDDLE:
+            pending += payload
+            continue
+        elif rtype == _LAST:
+            pending += payload
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(pending)
+        pending = b""
+        yield record
+
+
+def read_offline_run(run_path: Path) -> dict[str, Any]:
+    """{'id': ..., 'history': [{'_step': n, key: value, ...}], 'config': {...}} of one offline run."""
+    import json
+
+    files = list(Path(run_path).glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no .wandb file in {run_path}")
+    out: dict[str, Any] = {"id": None, "history": [], "config": {}}
+    for record in read_records(files[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out["id"] = record.run.run_id
+            for item in record.run.config.update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "history":
+            row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            out["history"].append(row)
+        elif kind == "config":
+            for item in record.config.update:
+                out["config"][item.key] = json.loads(item.value_json)
+    return out
