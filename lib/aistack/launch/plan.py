@@ -57,20 +57,8 @@ def planner(kind: str):
 
 
 def make_plan(loaded: LoadedRecipe) -> Plan:
+    import aistack.launch.planners  # noqa: F401  (registers one planner per kind)
+
     plan = Plan(recipe=loaded, jobs=PLANNERS[loaded.kind](loaded))
     plan.ordered()
     return plan
-
-
-# --- planners, one per kind ---------------------------------------------------------
-
-
-@planner("smoke")
-def _plan_smoke(loaded: LoadedRecipe) -> list[JobSpec]:
-    recipe = loaded.recipe
-    res = recipe.resources
-    reduce_res = res.model_copy(update={"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "container": res.container})
-    return [
-        JobSpec("map", "smoke", recipe.smoke.tasks, res),
-        JobSpec("reduce", "smoke_reduce", 1, reduce_res, depends_on=("map",)),
-    ]

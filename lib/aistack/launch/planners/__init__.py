@@ -1,0 +1,3 @@
+"""One planner per recipe kind: recipe -> the jobs it makes. Importing registers them all."""
+
+from aistack.launch.planners import smoke  # noqa: F401
