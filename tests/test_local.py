@@ -47,3 +47,53 @@ def test_local_failure_stops_dependents_and_rerun_finishes_only_the_rest(runs_ro
     assert "resuming from step 2" in (run.log_dir("map")).joinpath(
         f"{run.task_state('map', 1)['job_id']}_0_log.out").read_text()
     assert run.task_result("reduce", 0)["result"]["ok"]
+
+
+def test_wandb_offline_run_holds_recipe_config_and_metrics(runs_root, monkeypatch):
+    from aistack.track.wandb_run import offline_runs, read_offline_run, run_id
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    result = launcher.launch(SMOKE, [f"output.root={runs_root}", "smoke.tasks=2", "smoke.steps=5"], on="local")
+    runs = {r["id"]: r for r in map(read_offline_run, offline_runs(result.run.path))}
+    task0 = runs[run_id(result.run.name, "map", 0)]
+    assert [row["total"] for row in task0["history"]] == [1, 3, 6, 10, 15]
+    assert task0["config"]["kind"] == "smoke" and task0["config"]["smoke"]["tasks"] == 2
+    assert runs[run_id(result.run.name, "reduce", 0)]["history"][0]["ok"] is True
+
+
+def test_secrets_never_land_in_the_run_directory_or_scripts(runs_root, monkeypatch, capsys):
+    from aistack.cli import main
+
+    secret = "s3cr3t-wandb-key-0123456789abcdef"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("HF_TOKEN", secret)
+    result = launcher.launch(SMOKE, [f"output.root={runs_root}", "smoke.tasks=1", "smoke.steps=2", "tracking.mode=offline"], on="local")
+    files = [p for p in result.run.path.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert leaked == []
+    assert main(["run", str(SMOKE), f"output.root={runs_root}", "--on", "local", "--dry-run"]) == 0
+    assert secret not in capsys.readouterr().out
+
+
+def test_two_rank_task_all_reduces_locally(runs_root):
+    overrides = [f"output.root={runs_root}", "smoke.tasks=1", "smoke.steps=1", "smoke.all_reduce=true",
+                 "resources.tasks_per_node=2", "tracking.mode=disabled"]
+    result = launcher.launch(SMOKE, overrides, on="local")
+    out = result.run.task_result("map", 0)["result"]
+    assert out["world_size"] == 2 and out["all_reduce"] == 3.0
+
+
+def test_cli_run_status_logs_on_local(runs_root, capsys):
+    from aistack.cli import main
+
+    args = [str(SMOKE), f"output.root={runs_root}", "smoke.tasks=2", "smoke.steps=3", "tracking.mode=disabled"]
+    assert main(["run", *args, "--on", "local"]) == 0
+    run_dir = next(runs_root.iterdir())
+    capsys.readouterr()
+    assert main(["status", run_dir.name, "--root", str(runs_root)]) == 0
+    assert "COMPLETED: 3" in capsys.readouterr().out
+    assert main(["logs", str(run_dir), "--job", "map", "--task", "1"]) == 0
+    assert "task 1: done, total=12" in capsys.readouterr().out
+    assert main(["run", *args, "smoke.fail_tasks=[0]", "--on", "local"]) == 0, "finished run: nothing to redo"
+    assert main(["status", "no-such-run", "--root", str(runs_root)]) == 2
