@@ -1,0 +1,11 @@
+"""One rank of a pretraining job (TP x PP x DP over all tasks of the job): see aistack.model.train."""
+
+from __future__ import annotations
+
+from aistack.launch.task import TaskContext
+
+
+def run(ctx: TaskContext) -> dict:
+    from aistack.model.train import train  # heavy imports (torch, megatron) only inside the task
+
+    return train(ctx.recipe, ctx)

@@ -1,0 +1,1 @@
+"""GPT on megatron-core: model build, data, optimizer, checkpoints, the training loop."""

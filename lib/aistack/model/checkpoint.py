@@ -1,0 +1,175 @@
+"""Distributed checkpoints (megatron-core dist_checkpointing, torch_dist format).
+
+    <dir>/step_000100/     one checkpoint: every rank's shards + common state, any TP/PP layout
+    <dir>/latest           "step_000100": written only after that checkpoint is complete
+
+A checkpoint is written under a temporary name and renamed once every rank has finished,
+then `latest` is replaced atomically; a crash mid-save leaves the previous one intact.
+The last `keep` checkpoints are kept. Loading reshards: the shards are addressed by global
+tensor coordinates, so a TP=2 x PP=2 checkpoint loads at TP=1 x PP=1 and vice versa.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from aistack.launch.rundir import atomic_write_text
+from aistack.model import cpu_compat
+
+LATEST = "latest"
+_STEP_RE = re.compile(r"^step_(\d{6,})$")
+# The distributed optimizer state in a layout-independent form (gathered per parameter).
+_SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step_{step:06d}"
+
+
+def latest(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under root, or None. `root` may itself be a checkpoint."""
+    root = Path(root)
+    if (root / "metadata.json").exists():  # a checkpoint directory given directly
+        return root
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None
+    path = root / pointer.read_text().strip()
+    if not (path / "metadata.json").exists():
+        raise FileNotFoundError(f"{pointer} names {path.name}, which is not a complete checkpoint")
+    return path
+
+
+def _sharded_state_dict(model_chunks: list, optimizer, scheduler, step: int, is_loading: bool,
+                        with_optimizer: bool = True) -> dict[str, Any]:
+    # One "model" key per chunk, as Megatron-LM names them, so its checkpoints and ours agree.
+    state: dict[str, Any] = {}
+    for i, chunk in enumerate(unwrap(model_chunks)):
+        state["model" if len(model_chunks) == 1 else f"model{i}"] = chunk.sharded_state_dict()
+    if with_optimizer and optimizer is not None:
+        # The optimizer finds each param's sharding through the model entries (by identity).
+        model_sd = dict(state)
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=_SHARDING)
+        if scheduler is not None:
+            state["opt_param_scheduler"] = scheduler.state_dict()
+    state["iteration"] = step
+    return state
+
+
+def save(root: str | Path, step: int, model_chunks: list, optimizer, scheduler, extra: dict | None = None,
+         keep: int | None = None) -> Path:
+    """Collective: every rank calls it. Returns the checkpoint directory."""
+    from megatron.core import dist_checkpointing
+
+    root = Path(root)
+    final = step_dir(root, step)
+    tmp = root / f".tmp-{final.name}"
+    rank = dist.get_rank()
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    with cpu_compat.device_scope(), torch.no_grad():
+        state = _sharded_state_dict(model_chunks, optimizer, scheduler, step, is_loading=False)
+        dist_checkpointing.save(state, str(tmp), content_metadata=_SHARDING)
+    # Per-rank RNG state: restored only on a resume with the same layout (dropout streams).
+    rng = tmp / "rng"
+    if rank == 0:
+        rng.mkdir(exist_ok=True)
+    dist.barrier()
+    torch.save({"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+                "tracker": _tracker_states()}, rng / f"rank{rank:05d}.pt")
+    dist.barrier()
+    if rank == 0:
+        (tmp / "aistack.json").write_text(json.dumps({"step": step, "world_size": dist.get_world_size(), **(extra or {})}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        atomic_write_text(root / LATEST, final.name + "\n")
+        if keep:
+            for old in sorted(_checkpoints(root))[:-keep]:
+                shutil.rmtree(step_dir(root, old), ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load(path: str | Path, model_chunks: list, optimizer=None, scheduler=None, restore_rng: bool = True) -> dict[str, Any]:
+    """Collective. Loads model (and optimizer/scheduler when given) from a checkpoint of any
+    TP/PP layout; returns {"step": ..., **extra saved}."""
+    from megatron.core import dist_checkpointing
+
+    path = Path(path)
+    with cpu_compat.device_scope(), torch.no_grad():
+        if optimizer is not None:
+            _init_optimizer_state(optimizer)
+        state = _sharded_state_dict(model_chunks, optimizer, scheduler, 0, is_loading=True, with_optimizer=optimizer is not None)
+        state.pop("opt_param_scheduler", None)
+        loaded = dist_checkpointing.load(state, str(path))
+        for i, chunk in enumerate(unwrap(model_chunks)):
+            chunk.load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{i}"])
+        if optimizer is not None:
+            optimizer.load_state_dict(loaded["optimizer"])
+    meta = json.loads((path / "aistack.json").read_text()) if (path / "aistack.json").exists() else {}
+    step = int(meta.get("step", loaded.get("iteration", 0)))
+    if optimizer is not None:
+        from aistack.model.optim import fix_steps_after_load
+
+        fix_steps_after_load(optimizer, step)
+    if optimizer is not None and scheduler is not None:
+        scheduler.step(increment=0)  # the schedule is a function of the step: recompute the lr
+    rng_file = path / "rng" / f"rank{dist.get_rank():05d}.pt"
+    if restore_rng and meta.get("world_size") == dist.get_world_size() and rng_file.exists():
+        rng = torch.load(rng_file, weights_only=False)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        _set_tracker_states(rng["tracker"])
+    return {**meta, "step": step}
+
+
+def unwrap(model_chunks: list) -> list:
+    """The GPTModels inside DDP / Float16Module: checkpoint keys are the model's own
+    ("decoder.layers.0...."), whatever wraps it."""
+    out = []
+    for chunk in model_chunks:
+        while hasattr(chunk, "module"):
+            chunk = chunk.module
+        out.append(chunk)
+    return out
+
+
+def _checkpoints(root: Path) -> list[int]:
+    return [int(m.group(1)) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and (p / "metadata.json").exists()]
+
+
+def _init_optimizer_state(optimizer) -> None:
+    """A fresh torch AdamW has no state until its first step; give it zeros (and a 'step')
+    so the loading state dict has the checkpoint's structure."""
+    from aistack.model.optim import inner_optimizers
+
+    for opt in inner_optimizers(optimizer):
+        torch_opt = getattr(opt, "optimizer", None)
+        init = getattr(opt, "init_state_fn", None)
+        if torch_opt is None or init is None:
+            continue
+        init(torch_opt, getattr(opt, "config", None))
+        for state in torch_opt.state.values():
+            state.setdefault("step", torch.tensor(0.0))
+
+
+def _tracker_states() -> dict:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    return {k: v.clone() for k, v in get_cuda_rng_tracker().get_states().items()}
+
+
+def _set_tracker_states(states: dict) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    get_cuda_rng_tracker().set_states({k: v.clone() for k, v in states.items()})

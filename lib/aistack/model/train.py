@@ -1,0 +1,305 @@
+"""The pretraining loop, top to bottom.
+
+    parallel state -> model chunks (DDP) -> optimizer + schedule -> data -> resume
+    -> for each step: forward/backward over micro-batches (1F1B with PP), clip, step
+    -> log, evaluate, checkpoint -> final checkpoint and validation loss.
+
+Everything megatron does on "cuda" runs on the CPU inside cpu_compat.device_scope() when
+there is no GPU; with one, the scope is a no-op.
+
+Preemption. Periodic checkpoints (checkpoint.every) are the resume point on every layout.
+With a single process, SIGUSR1 (Slurm's warning before the time limit, `scancel
+--signal=USR1`) also saves: the signal is blocked while a step runs and delivered only at
+step boundaries, so the quick save always sees a consistent model/optimizer/step. With
+several ranks, submitit calls the save on rank 0 only, and a collective save cannot run
+on one rank: there the job relies on the periodic checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from aistack.dist.megatron import Layout, destroy_model_parallel, init_model_parallel, set_seeds
+from aistack.model import checkpoint, cpu_compat, data, gpt, optim
+from aistack.model.layout import layout_problems
+
+# Dense peak TFLOP/s per GPU (SXM parts), by matmul precision: MFU's denominator.
+PEAK_TFLOPS = {
+    "H100": {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0},  # fp32 runs as TF32
+    "H200": {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0},
+    "A100": {"bf16": 312.0, "fp8": None, "fp32": 156.0},
+}
+
+
+def peak_tflops(precision: str) -> float | None:
+    """The device's peak for this precision, or None (CPU, unknown GPU): MFU is then omitted."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in name:
+            return peaks.get(precision)
+    return None
+
+
+@dataclass
+class Standalone:
+    """A TaskContext stand-in for running the loop outside the launcher (tests, benchmarks)."""
+
+    task_dir: Path
+    rank: int = 0
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if self.is_main:
+            self.records.append({"step": step, **values})
+
+    def resumed_at(self, step: int) -> None:
+        self.records = [r for r in self.records if r["step"] <= step]
+
+    def on_preempt(self, save: Callable[[], None]) -> None:
+        pass
+
+
+def check_layout(recipe: Any, world_size: int) -> None:
+    """The planner checked the layout against resources; check it against the real world size."""
+    problems = layout_problems(recipe, world_size)
+    if problems:
+        raise ValueError("parallel layout does not divide: " + "; ".join(f"{k} = {v}: {e}" for k, v, e in problems))
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+
+def train(recipe: Any, ctx: Any) -> dict[str, Any]:
+    """Train the recipe's model in this task (one rank of a TP x PP x DP job). Returns a summary."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # before any thread exists: they inherit it
+    try:
+        layout = init_model_parallel(recipe.parallel.tensor, recipe.parallel.pipeline, recipe.parallel.virtual_pipeline)
+        check_layout(recipe, layout.world_size)
+        with cpu_compat.device_scope():
+            return _train(recipe, ctx, layout)
+    finally:
+        destroy_model_parallel()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+
+
+def _train(recipe: Any, ctx: Any, layout: Layout) -> dict[str, Any]:
+    from megatron.core.utils import get_model_config
+
+    m, t, ck = recipe.model, recipe.train, recipe.checkpoint
+    precision = gpt.resolve_precision(t.precision)
+    set_seeds(t.seed)
+
+    tokenizer = data.tokenizer_for(recipe.data, m)
+    vocab = gpt.padded_vocab_size(m.vocab_size or tokenizer.vocab_size, m, layout.tp)
+    model = wrap_ddp(gpt.build_model_chunks(m, recipe.parallel, vocab, precision), recipe.parallel, precision)
+    optimizer = optim.build_optimizer(t, recipe.parallel, model, precision)
+    scheduler = optim.build_scheduler(t, optimizer)
+    config = get_model_config(model[0])
+    _wire_schedule(config, model, optimizer)
+
+    train_ds, valid_ds = data.build_datasets(
+        recipe.data, m.seq_length, t.seed, num_train=t.steps * t.global_batch_size,
+        num_valid=t.eval_steps * t.global_batch_size, tokenizer=tokenizer, cache_dir=Path(ctx.task_dir) / "data_cache",
+    )
+    train_reader = data.BatchReader(train_ds, t.global_batch_size, t.micro_batch_size, layout.dp, layout.dp_rank)
+    valid_reader = data.BatchReader(valid_ds, t.global_batch_size, t.micro_batch_size, layout.dp, layout.dp_rank)
+
+    # Resume from this task's latest checkpoint, else start from checkpoint.load (any layout).
+    ckpt_dir = Path(ctx.task_dir) / "checkpoints"
+    step = 0
+    resume = checkpoint.latest(ckpt_dir)
+    if resume is not None:
+        step = checkpoint.load(resume, model, optimizer, scheduler)["step"]
+        ctx.resumed_at(step)
+        _print(layout, f"resuming from step {step} ({resume})")
+    elif ck.load:
+        source = checkpoint.latest(ck.load)
+        if source is None:
+            raise FileNotFoundError(f"checkpoint.load: no checkpoint at {ck.load}")
+        if ck.load_optimizer:  # continue that run: weights, optimizer state and step
+            step = checkpoint.load(source, model, optimizer, scheduler, restore_rng=False)["step"]
+        else:  # weights only: a fresh optimizer from step 0
+            checkpoint.load(source, model, restore_rng=False)
+        _print(layout, f"loaded {source} (optimizer: {ck.load_optimizer}); starting at step {step}")
+
+    def save(at: int) -> None:
+        checkpoint.save(ckpt_dir, at, model, optimizer, scheduler, extra={"tokens": at * t.global_batch_size * m.seq_length}, keep=ck.keep)
+
+    state = {"step": step}
+    if layout.world_size == 1:  # see the module docstring: a save on one rank of many cannot run
+        ctx.on_preempt(lambda: (_print(layout, f"preempted: saving step {state['step']}"), save(state["step"])))
+
+    evaluate = partial(_evaluate, model, config, valid_reader, t, m)
+    if step == 0:
+        ctx.log(0, {"val_loss": evaluate()})
+    flops_token = gpt.flops_per_token(m, vocab)
+    peak = peak_tflops(precision)
+    tokens_per_step = t.global_batch_size * m.seq_length
+    last = {}
+    while step < t.steps:
+        start = time.perf_counter()
+        loss, grad_norm, lr = _train_step(model, optimizer, scheduler, config, train_reader, step, t, m)
+        step += 1
+        state["step"] = step
+        elapsed = time.perf_counter() - start
+        tflops = flops_token * tokens_per_step / elapsed / layout.world_size / 1e12
+        last = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
+        if step % t.log_every == 0 or step == t.steps:
+            values = {**last, "tokens_per_s": tokens_per_step / elapsed, "tflops_per_device": tflops,
+                      "step_time": elapsed, **_memory()}
+            if peak:
+                values["mfu"] = tflops / peak
+            ctx.log(step, values)
+        if step % t.eval_every == 0 or step == t.steps:
+            last["val_loss"] = evaluate()
+            ctx.log(step, {"val_loss": last["val_loss"]})
+        if step % ck.every == 0 or step == t.steps:
+            save(step)
+        # The only point where a pending SIGUSR1 is delivered: between steps, after any save.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    if "val_loss" not in last:  # resumed at the end (e.g. loading a finished checkpoint)
+        last["val_loss"] = evaluate()
+        ctx.log(step, {"val_loss": last["val_loss"]})
+    return {"steps": step, "tokens": step * tokens_per_step, **{k: float(v) for k, v in last.items()},
+            "checkpoint": str(checkpoint.latest(ckpt_dir)) if checkpoint.latest(ckpt_dir) else None,
+            "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}}
+
+
+def wrap_ddp(chunks: list, parallel_cfg: Any, precision: str) -> list:
+    """Megatron DDP around each chunk: gradients land in contiguous fp32 buffers (main_grad),
+    reduced over data-parallel ranks (reduce-scattered with the distributed optimizer)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.transformer.module import Float16Module
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=parallel_cfg.distributed_optimizer,
+    )
+    wrapped = []
+    for i, chunk in enumerate(chunks):
+        if precision in ("bf16", "fp8"):
+            chunk = Float16Module(chunk.config, chunk)
+        wrapped.append(DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk,
+                                               disable_bucketing=i > 0))
+    for chunk in wrapped:
+        chunk.broadcast_params()  # identical replicas across DP ranks
+    return wrapped
+
+
+def _wire_schedule(config, model: list, optimizer) -> None:
+    """What megatron's schedules call back into: grad sync off between micro-batches,
+    final grad reductions (DP, tied embeddings across PP, sequence-parallel norms)."""
+    from megatron.core.distributed import finalize_model_grads
+
+    config.no_sync_func = [c.no_sync for c in model] if len(model) > 1 else model[0].no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+
+
+def _forward_step(data_iterator: Iterator, model):
+    batch = next(data_iterator)
+    output = model(batch["tokens"].to(_device()), batch["position_ids"].to(_device()), attention_mask=None,
+                   labels=batch["labels"].to(_device()))
+    loss_mask = batch["loss_mask"].to(_device()).float()
+
+    def loss_func(per_token):  # called on the last stage only
+        loss = (per_token.float() * loss_mask).sum() / loss_mask.sum()
+        # The schedule divides the returned loss in place by the number of micro-batches:
+        # report a clone.
+        return loss, {"loss": loss.detach().clone()}
+
+    return output, loss_func
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _run_schedule(model: list, reader: data.BatchReader, step: int, t: Any, m: Any, forward_only: bool) -> list[dict]:
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    iterators = [reader.microbatches(step) for _ in model]
+    return get_forward_backward_func()(
+        forward_step_func=_forward_step,
+        data_iterator=iterators if len(model) > 1 else iterators[0],
+        model=model if len(model) > 1 else model[0],
+        num_microbatches=reader.num_microbatches,
+        seq_length=m.seq_length,
+        micro_batch_size=t.micro_batch_size,
+        decoder_seq_length=m.seq_length,
+        forward_only=forward_only,
+    )
+
+
+def _train_step(model: list, optimizer, scheduler, config, reader, step: int, t: Any, m: Any) -> tuple[float, float, float]:
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    losses = _run_schedule(model, reader, step, t, m, forward_only=False)
+    # The lr of step s (1-based) is the schedule at s: warmup reaches train.lr at warmup_steps.
+    scheduler.num_steps = step
+    scheduler.step(increment=1)
+    ok, grad_norm, _ = optimizer.step()
+    if not ok:
+        raise FloatingPointError(f"optimizer step {step + 1} skipped (non-finite gradients)")
+    lr = optimizer.param_groups[0]["lr"]
+    return _mean_over_world(losses), float(grad_norm or 0.0), lr
+
+
+@torch.no_grad()
+def _evaluate(model: list, config, reader, t: Any, m: Any) -> float:
+    for chunk in model:
+        chunk.eval()
+    total, count = 0.0, 0
+    for k in range(t.eval_steps):
+        losses = _run_schedule(model, reader, k, t, m, forward_only=True)
+        value = _mean_over_world(losses)
+        total, count = total + value, count + 1
+    for chunk in model:
+        chunk.train()
+    return total / count
+
+
+def _mean_over_world(losses: list[dict]) -> float:
+    """Mean micro-batch loss over data-parallel replicas. Only last-stage ranks hold losses;
+    one all-reduce over the world brings the value to every rank (rank 0 logs it)."""
+    from megatron.core import parallel_state as ps
+
+    holder = ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
+    acc = torch.zeros(2, dtype=torch.float64, device=_device())
+    if holder and losses:
+        acc[0] = sum(float(x["loss"]) for x in losses)
+        acc[1] = len(losses)
+    dist.all_reduce(acc)
+    return float(acc[0] / acc[1]) if acc[1] else math.nan
+
+
+def _memory() -> dict[str, float]:
+    if torch.cuda.is_available():
+        return {"mem_allocated_gb": torch.cuda.max_memory_allocated() / 2**30,
+                "mem_reserved_gb": torch.cuda.max_memory_reserved() / 2**30}
+    import psutil
+
+    return {"mem_rss_gb": psutil.Process().memory_info().rss / 2**30}
+
+
+def _print(layout: Layout, message: str) -> None:
+    if layout.rank == 0:
+        print(message, flush=True)
