@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--root", default="runs", help="where run directories are (default: ./runs)")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("report", help="a data run's stats table and funnel plot (made if missing)")
+    p.add_argument("run", help="run directory, or its name under --root")
+    p.add_argument("--root", default="runs")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("logs", help="print a task's stdout and stderr")
     p.add_argument("run")
     p.add_argument("--job", default=None, help="job of the run (default: the first)")
@@ -249,6 +254,25 @@ def cmd_logs(args) -> int:
     for label, path in (("stdout", out), ("stderr", err)):
         console.rule(f"{label}: {path}")
         console.print(path.read_text() if path.exists() else "(no file yet)", markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from rich.table import Table
+
+    from aistack.data.report import load_report
+
+    report = load_report(_find(args))
+    for job in report["table"]["jobs"]:
+        table = Table(title=f"job {job['job']}: {job['tasks']} tasks, {job['documents_per_s_per_task']:.1f} documents/s per task")
+        for col in ("step", "documents in", "out", "dropped", "why"):
+            table.add_column(col)
+        for row in job["steps"]:
+            why = ", ".join(f"{k} {v}" for k, v in row["dropped_by"].items())
+            table.add_row(row["name"], str(row["documents_in"]), str(row["documents_out"]), str(row["dropped"]), why)
+        console.print(table)
+    console.print(f"stats: {report['json']}  {report['csv']}")
+    console.print(f"funnel: {report['funnel']}")
     return 0
 
 

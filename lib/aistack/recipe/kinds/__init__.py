@@ -2,3 +2,4 @@
 
 from aistack.recipe.kinds import smoke  # noqa: F401
 from aistack.recipe.kinds import pretrain  # noqa: F401
+from aistack.recipe.kinds import data  # noqa: F401

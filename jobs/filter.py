@@ -1,0 +1,21 @@
+"""One shard of `kind: filter`: the FineWeb pipeline over this task's input files."""
+
+from __future__ import annotations
+
+from aistack.data.filters import build_filter_pipeline
+from aistack.data.layout import output_dir
+from aistack.data.stage_task import paths_file_for, run_data_task
+from aistack.launch.task import TaskContext
+
+
+def run(ctx: TaskContext) -> dict:
+    cfg = ctx.recipe.filter
+    files = cfg.input.files()
+    data_folder, paths_file = paths_file_for(ctx, files)
+    kill = ctx.task_id in cfg.kill_tasks
+
+    def build(staging):
+        removed = staging / "removed" if cfg.output.keep_removed else None
+        return build_filter_pipeline(cfg, data_folder, paths_file, staging / "documents", removed, kill=kill)
+
+    return run_data_task(ctx, build, output_dir(ctx.run.path, "filter"), files, outputs_under="/documents/")

@@ -1,0 +1,31 @@
+"""`kind: tokenize`, first job: train a byte-level BPE on the input, or take the given tokenizer.json."""
+
+from __future__ import annotations
+
+import itertools
+
+from aistack.data.inputs import write_paths_file
+from aistack.data.layout import output_dir
+from aistack.data.readers import make_reader
+from aistack.data.tokenize import copy_tokenizer, load_tokenizer, train_bpe
+from aistack.launch.task import TaskContext
+
+
+def run(ctx: TaskContext) -> dict:
+    cfg = ctx.recipe.tokenize
+    out = output_dir(ctx.run.path, "tokenize") / "tokenizer.json"
+    tk = cfg.tokenizer
+    if tk.mode == "load":
+        copy_tokenizer(tk.file, out)
+        trained_on = 0
+    else:
+        i = cfg.input
+        data_folder, paths_file = write_paths_file(i.files(), ctx.task_dir / "inputs.txt")
+        reader = make_reader(i.format, data_folder, str(paths_file), i.on_bad_file, i.text_key, i.id_key)
+        texts = [d.text for d in itertools.islice(reader.run(None, 0, 1), tk.max_train_documents)]
+        train_bpe(iter(texts), tk.vocab_size, tk.min_frequency, tk.eos_token, tk.special_tokens, out)
+        trained_on = len(texts)
+    tok, eos = load_tokenizer(out, tk.eos_token)  # fails here, not in every shard, if EOS is missing
+    result = {"tokenizer": str(out), "vocab_size": tok.get_vocab_size(), "eos_id": eos, "trained_on_documents": trained_on}
+    ctx.log(0, {k: v for k, v in result.items() if k != "tokenizer"})
+    return result

@@ -1,0 +1,28 @@
+"""Where the data stage keeps things inside a run directory.
+
+    <run>/output/<stage>/          what the next stage reads (published files only)
+    <run>/work/<name>/             intermediate files (MinHash signatures, buckets, ...)
+    <run>/work/staging/<job>/<id>/ what a running task writes before it is published
+    <run>/jobs/<job>/tasks/<id>/datatrove/  datatrove's logs, stats and completion marker
+    <run>/stats.json, stats.csv, funnel.png  the merged table and plot
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def output_dir(run_path: Path, stage: str) -> Path:
+    return Path(run_path) / "output" / stage
+
+
+def work_dir(run_path: Path, name: str) -> Path:
+    return Path(run_path) / "work" / name
+
+
+def staging_dir(run_path: Path, job: str, task_id: int) -> Path:
+    return Path(run_path) / "work" / "staging" / job / f"{task_id:05d}"
+
+
+def datatrove_dir(task_dir: Path) -> Path:
+    return Path(task_dir) / "datatrove"

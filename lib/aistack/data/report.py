@@ -1,0 +1,47 @@
+"""A data run's report: the merged stats table and the funnel plot, from the run directory.
+
+Used by the gather job at the end of a run and by `aistack report RUN` (which makes
+the files again if they are missing).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aistack.data.funnel import plot_funnel
+from aistack.data.stats import funnel_points, job_summary, merge_task_rows, write_tables
+from aistack.launch.rundir import RunDir, read_json
+
+# The job whose steps make the funnel, per kind.
+FUNNEL_JOB = {"filter": "filter", "dedup": "filter", "tokenize": "tokenize"}
+
+
+def build_report(run: RunDir) -> dict:
+    plan = json.loads((run.path / "plan.json").read_text())
+    jobs = []
+    for job in plan["jobs"]:
+        if job["entry"] == "data_stats":
+            continue
+        results = [run.task_result(job["name"], t) for t in range(job["tasks"])]
+        missing = [t for t, r in enumerate(results) if r is None]
+        if missing:
+            raise RuntimeError(f"job {job['name']} of run {run.name}: tasks {missing} have not finished")
+        results = [r["result"] for r in results]
+        summary = job_summary(job["name"], results)
+        summary["steps"] = merge_task_rows([r.get("steps", []) for r in results])
+        jobs.append(summary)
+    table = {"run": run.name, "kind": plan["kind"], "jobs": jobs}
+    json_path, csv_path = write_tables(run.path, table)
+    funnel_job = next((j for j in jobs if j["job"] == FUNNEL_JOB.get(plan["kind"])), jobs[-1] if jobs else None)
+    points = funnel_points(funnel_job["steps"]) if funnel_job else []
+    funnel = plot_funnel(points or [("input", 0)], run.path / "funnel.png", f"{plan['kind']} {run.name}: documents kept")
+    return {"table": table, "json": json_path, "csv": csv_path, "funnel": funnel}
+
+
+def load_report(run: RunDir) -> dict:
+    """The report files of a run, made if missing."""
+    table = read_json(run.path / "stats.json")
+    if table is None or not (run.path / "funnel.png").exists():
+        return build_report(run)
+    return {"table": table, "json": run.path / "stats.json", "csv": run.path / "stats.csv", "funnel": run.path / "funnel.png"}

@@ -1,0 +1,279 @@
+"""The data stage: `kind: filter`, `kind: dedup`, `kind: tokenize`.
+
+filter   raw WARC (or jsonl/parquet documents) -> FineWeb-style filtered documents
+dedup    documents -> MinHash near-duplicates removed (signatures, buckets, clusters, filter)
+tokenize documents -> byte-level BPE tokenizer + Megatron indexed dataset (.bin/.idx)
+
+Every file a recipe names is checked to exist when the recipe is validated, so a typo
+fails before anything is submitted, with the key that named it. Relative paths are
+resolved against the directory `aistack run` is started from, and stored absolute in
+the run's recipe.yaml so the tasks on the nodes read the same files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from aistack.recipe.schema import Recipe, StrictModel, register_kind
+
+INPUT_SUFFIXES = {
+    "warc": (".warc", ".warc.gz", ".arc", ".arc.gz"),
+    "jsonl": (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".jsonl.zst"),
+    "parquet": (".parquet",),
+}
+# The blocklist that ships with the project (recipes/data/blocklists/default.txt).
+DEFAULT_BLOCKLIST = "default"
+
+
+def _repo_blocklists() -> Path:
+    return Path(__file__).resolve().parents[4] / "recipes" / "data" / "blocklists"
+
+
+def _existing_file(value: str) -> str:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"an existing file (no file at {path.absolute()})")
+    return str(path.absolute())
+
+
+def _blocklist_path(value: str) -> str:
+    if value == DEFAULT_BLOCKLIST:
+        value = str(_repo_blocklists() / "default.txt")
+    return _existing_file(value)
+
+
+ExistingFile = Annotated[str, AfterValidator(_existing_file)]
+BlocklistFile = Annotated[str, AfterValidator(_blocklist_path)]
+
+
+def expand_inputs(specs: list[str], fmt: str) -> list[str]:
+    """Files, directories (searched recursively for `fmt` files) and globs -> sorted absolute paths.
+
+    The order is the sharding order: the planner and every task compute the same list.
+    """
+    suffixes = INPUT_SUFFIXES[fmt]
+    found: set[str] = set()
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            found.update(str(p.absolute()) for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
+        elif path.is_file():
+            found.add(str(path.absolute()))
+        else:
+            found.update(os.path.abspath(p) for p in glob.glob(str(path), recursive=True) if os.path.isfile(p))
+    return sorted(found)
+
+
+class InputBlock(StrictModel):
+    paths: list[str] = Field(min_length=1, description="files, directories or globs")
+    format: Literal["warc", "jsonl", "parquet"] = "warc"
+    text_key: str = "text"
+    id_key: str = "id"
+    # A truncated gzip or a file that is not what `format` says: stop with an error
+    # naming the file (fail), or count it under `bad_files` and go on with the shard (skip).
+    on_bad_file: Literal["fail", "skip"] = "fail"
+
+    @model_validator(mode="after")
+    def _paths_exist(self) -> "InputBlock":
+        missing = [p for p in self.paths if not expand_inputs([p], self.format)]
+        if missing:
+            raise ValueError(f"input paths matching at least one {self.format} file; nothing found for {missing}")
+        self.paths = [str(Path(p).expanduser().absolute()) for p in self.paths]
+        return self
+
+    def files(self) -> list[str]:
+        return expand_inputs(self.paths, self.format)
+
+
+class ShardedStage(StrictModel):
+    tasks: int | None = Field(default=None, ge=1, description="array tasks; default: one per input file")
+
+    def num_tasks(self, files: list[str]) -> int:
+        return self.tasks or max(len(files), 1)
+
+
+# --- filter -------------------------------------------------------------------------
+
+
+class UrlFilterCfg(StrictModel):
+    enabled: bool = True
+    blocklists: list[BlocklistFile] = Field(default_factory=lambda: [DEFAULT_BLOCKLIST])
+    # datatrove's own lists (shipped inside the datatrove package: no download).
+    use_integrated_lists: bool = False
+    soft_word_threshold: int = Field(default=2, ge=1)
+
+
+class ExtractCfg(StrictModel):
+    enabled: bool = True
+    favour_precision: bool = True
+    timeout: float = Field(default=1.0, gt=0, description="seconds per document before it is skipped")
+
+
+class LanguageCfg(StrictModel):
+    enabled: bool = True
+    # py3langid: the model ships inside the PyPI wheel, works offline.
+    # fasttext: datatrove's ft176/GlotLID models; they are downloaded at run time, so a
+    # local `model_file` is required here instead (nodes usually have no internet).
+    backend: Literal["py3langid", "fasttext"]
+    model_file: ExistingFile | None = None
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    threshold: float = Field(default=0.65, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _fasttext_needs_model(self) -> "LanguageCfg":
+        if self.backend == "fasttext" and not self.model_file:
+            raise ValueError(
+                "backend fasttext with a local model_file (datatrove would download lid.176.bin at run time, "
+                "which fails without internet); or use backend: py3langid, whose model ships in its wheel"
+            )
+        return self
+
+
+class GopherRepetitionCfg(StrictModel):
+    enabled: bool = True
+    dup_line_frac: float = 0.3
+    dup_para_frac: float = 0.3
+    dup_line_char_frac: float = 0.2
+    dup_para_char_frac: float = 0.2
+    top_n_grams: list[tuple[int, float]] = Field(default_factory=lambda: [(2, 0.2), (3, 0.18), (4, 0.16)])
+    dup_n_grams: list[tuple[int, float]] = Field(
+        default_factory=lambda: [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
+    )
+
+
+class GopherQualityCfg(StrictModel):
+    enabled: bool = True
+    min_doc_words: int = 50
+    max_doc_words: int = 100000
+    min_avg_word_length: float = 3
+    max_avg_word_length: float = 10
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    max_non_alpha_words_ratio: float = 0.8
+    min_stop_words: int = 2
+
+
+class C4QualityCfg(StrictModel):
+    enabled: bool = True
+    split_paragraph: bool = True
+    remove_citations: bool = True
+    filter_no_terminal_punct: bool = False  # FineWeb turns this one off
+    min_num_sentences: int = 5
+    min_words_per_line: int = 3
+    max_word_length: int = 1000
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True
+    filter_curly_bracket: bool = True
+    filter_policy: bool = True
+
+
+class FineWebQualityCfg(StrictModel):
+    enabled: bool = True
+    line_punct_thr: float = 0.12
+    line_punct_exclude_zero: bool = False
+    short_line_thr: float = 0.67
+    short_line_length: int = 30
+    char_duplicates_ratio: float = 0.01
+    new_line_ratio: float = 0.3
+
+
+class PiiCfg(StrictModel):
+    enabled: bool = True
+    remove_emails: bool = True
+    remove_ips: bool = True
+    only_remove_public_ips: bool = True
+
+
+class FilterOutputCfg(StrictModel):
+    formats: list[Literal["parquet", "jsonl.gz"]] = Field(default_factory=lambda: ["parquet"], min_length=1)
+    keep_removed: bool = Field(default=False, description="also write each filter's removed documents (jsonl.gz)")
+
+
+class FilterConfig(ShardedStage):
+    input: InputBlock
+    url: UrlFilterCfg = Field(default_factory=UrlFilterCfg)
+    extract: ExtractCfg = Field(default_factory=ExtractCfg)
+    language: LanguageCfg = Field(default_factory=lambda: LanguageCfg(backend="py3langid"))
+    gopher_repetition: GopherRepetitionCfg = Field(default_factory=GopherRepetitionCfg)
+    gopher_quality: GopherQualityCfg = Field(default_factory=GopherQualityCfg)
+    c4_quality: C4QualityCfg = Field(default_factory=C4QualityCfg)
+    fineweb_quality: FineWebQualityCfg = Field(default_factory=FineWebQualityCfg)
+    pii: PiiCfg = Field(default_factory=PiiCfg)
+    output: FilterOutputCfg = Field(default_factory=FilterOutputCfg)
+    # Failure injection for resume tests: these tasks SIGKILL themselves mid-shard.
+    kill_tasks: list[int] = Field(default_factory=list)
+    kill_after_documents: int = Field(default=5, ge=0)
+
+
+@register_kind("filter")
+class FilterRecipe(Recipe):
+    kind: Literal["filter"] = "filter"
+    filter: FilterConfig
+
+    NON_IDENTITY_KEYS: ClassVar[tuple[str, ...]] = ("filter.kill_tasks", "filter.kill_after_documents")
+
+
+# --- dedup --------------------------------------------------------------------------
+
+
+class MinhashCfg(StrictModel):
+    n_grams: int = Field(default=5, ge=1)
+    num_buckets: int = Field(default=14, ge=1, description="bands")
+    hashes_per_bucket: int = Field(default=8, ge=1, description="rows per band")
+    seed: int = 1
+    precision: Literal[32, 64] = 64
+    # sha1 by default: datatrove 0.10's xxhash path passes str, which xxhash>=4 refuses.
+    hash_fc: Literal["sha1", "xxhash"] = "sha1"
+
+
+class DedupConfig(ShardedStage):
+    input: InputBlock
+    minhash: MinhashCfg = Field(default_factory=MinhashCfg)
+    bucket_workers: int = Field(default=1, ge=1, description="array tasks per bucket in the buckets stage")
+    language: str = "en"
+    output_format: Literal["parquet", "jsonl.gz"] = "parquet"
+    keep_removed: bool = False
+
+
+@register_kind("dedup")
+class DedupRecipe(Recipe):
+    kind: Literal["dedup"] = "dedup"
+    dedup: DedupConfig
+
+
+# --- tokenize -----------------------------------------------------------------------
+
+
+class TokenizerCfg(StrictModel):
+    # train: byte-level BPE on (a sample of) the input; load: use `file`, a tokenizer.json.
+    mode: Literal["train", "load"] = "train"
+    file: ExistingFile | None = None
+    vocab_size: int = Field(default=8192, ge=260)
+    min_frequency: int = Field(default=2, ge=1)
+    max_train_documents: int = Field(default=100000, ge=1)
+    eos_token: str = "<|endoftext|>"
+    special_tokens: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _load_needs_file(self) -> "TokenizerCfg":
+        if self.mode == "load" and not self.file:
+            raise ValueError("mode: load with `file:` the path of a tokenizer.json")
+        return self
+
+
+class TokenizeConfig(ShardedStage):
+    input: InputBlock
+    tokenizer: TokenizerCfg = Field(default_factory=TokenizerCfg)
+    batch_size: int = Field(default=256, ge=1, description="documents per tokenizer batch")
+
+
+@register_kind("tokenize")
+class TokenizeRecipe(Recipe):
+    kind: Literal["tokenize"] = "tokenize"
+    tokenize: TokenizeConfig

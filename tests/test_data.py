@@ -1,0 +1,191 @@
+"""The data stage end to end on real HTML: filter, MinHash dedup, tokenize, resume, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+
+import pyarrow.parquet as pq
+import pytest
+
+from aistack.launch import launcher
+from aistack.launch.local import JobFailed
+from aistack.recipe import RecipeError
+from conftest import RECIPES
+from warc_fixtures import build_corpus
+
+FINEWEB = RECIPES / "data" / "fineweb.yaml"
+MINHASH = RECIPES / "data" / "minhash.yaml"
+TOKENIZE = RECIPES / "data" / "tokenize.yaml"
+# Generous per-document extraction timeout: 2 CPU cores run 4 tasks at once here.
+COMMON = ["tracking.mode=disabled", "filter.extract.timeout=30"]
+LIGHT = ["filter.gopher_repetition.enabled=false", "filter.gopher_quality.enabled=false",
+         "filter.c4_quality.enabled=false", "filter.fineweb_quality.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_corpus(tmp_path_factory.mktemp("warc"), shards=4)
+
+
+@pytest.fixture(scope="module")
+def filtered(corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    overrides = [f"output.root={root}", f"filter.input.paths=[{corpus.shards[0].parent}]", "filter.output.keep_removed=true", *COMMON]
+    return launcher.launch(FINEWEB, overrides, on="local"), overrides
+
+
+def rows(folder):
+    out = []
+    for path in sorted(folder.glob("*.parquet")):
+        out += pq.read_table(path).to_pylist()
+    return out
+
+
+def removed_urls(run, step):
+    urls = set()
+    for path in (run.path / "output" / "filter" / "removed" / step).glob("*.jsonl.gz"):
+        urls |= {json.loads(line)["url"] for line in gzip.open(path, "rt")}
+    return urls
+
+
+def test_filter_output_is_input_minus_what_each_filter_says_it_dropped(filtered, corpus):
+    result, _ = filtered
+    kept = rows(result.run.path / "output" / "filter" / "documents")
+    table = json.loads((result.run.path / "stats.json").read_text())
+    steps = table["jobs"][0]["steps"]
+    read = steps[0]["documents_out"]
+    assert read == len(corpus.kinds), "every HTML response record becomes a document"
+    assert len(kept) == read - sum(s["dropped"] for s in steps) == table["jobs"][0]["documents_out"]
+    for step in steps:
+        assert step["dropped"] == sum(step["dropped_by"].values()), f"{step['name']}: every drop has a reason"
+    assert len({r["id"] for r in kept}) == len(kept)
+    assert (result.run.path / "stats.csv").read_text().count("\n") == len(steps) + 1
+    assert (result.run.path / "funnel.png").read_bytes()[:4] == b"\x89PNG"
+
+    urls = {r["url"] for r in kept}
+    for kind in ("non_english", "blocklisted", "boilerplate"):
+        assert not urls & corpus.urls(kind), f"{kind} pages must all be filtered out"
+    assert corpus.urls("blocklisted") <= removed_urls(result.run, "url"), "the URL filter itself removed them"
+    assert len(corpus.urls("non_english") & removed_urls(result.run, "language")) >= len(corpus.urls("non_english")) - 2
+    survivors = urls & corpus.urls("real")
+    assert len(survivors) >= 10, f"real documentation pages survive ({len(survivors)} did)"
+    assert all(r["language"] == "en" and r["language_score"] > 0.65 and r["text"].strip() for r in kept)
+    emails = {e for r in kept for e in re.findall(r"[\w.+-]+@[\w-]+\.[\w.-]+", r["text"])}
+    assert emails <= {"email@example.com", "firstname.lastname@example.org"}, emails
+
+
+def test_report_command_prints_the_table_and_funnel(filtered, capsys):
+    from aistack.cli import main
+
+    result, _ = filtered
+    (result.run.path / "funnel.png").unlink()
+    assert main(["report", str(result.run.path)]) == 0
+    out = capsys.readouterr().out
+    assert "Language ID" in out and "funnel.png" in out
+    assert (result.run.path / "funnel.png").exists(), "report draws the funnel when it is missing"
+
+
+def test_dedup_removes_injected_near_duplicates_and_keeps_distinct_pages(corpus, tmp_path):
+    root = tmp_path / "runs"
+    light = launcher.launch(FINEWEB, [f"output.root={root}", f"filter.input.paths=[{corpus.shards[0].parent}]", *COMMON, *LIGHT], on="local")
+    docs = light.run.path / "output" / "filter" / "documents"
+    before = {r["url"] for r in rows(docs)}
+    pairs = [(a, b) for a, b in corpus.pairs if a in before and b in before]
+    assert len(pairs) >= 10, "enough injected pairs reach dedup to measure recall"
+    dedup = launcher.launch(MINHASH, [f"output.root={root}", f"dedup.input.paths=[{docs}]", "tracking.mode=disabled"], on="local")
+    after = {r["url"] for r in rows(dedup.run.path / "output" / "dedup" / "documents")}
+    caught = [p for p in pairs if len(set(p) & after) == 1]
+    assert len(caught) / len(pairs) >= 0.9, f"recall {len(caught)}/{len(pairs)}"
+    in_pairs = {u for p in corpus.pairs for u in p}
+    distinct = before - in_pairs
+    lost = distinct - after
+    assert len(lost) <= 0.01 * len(distinct), f"distinct pages removed: {sorted(lost)}"
+    steps = json.loads((dedup.run.path / "stats.json").read_text())["jobs"][3]["steps"]
+    assert steps[1]["dropped"] == len(before) - len(after) == steps[1]["dropped_by"]["near_duplicate"]
+
+    # tokenize the deduplicated documents: Megatron's IndexedDataset reads them back exactly
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from tokenizers import Tokenizer
+
+    tok_run = launcher.launch(TOKENIZE, [f"output.root={root}", f"tokenize.input.paths=[{dedup.run.path / 'output' / 'dedup' / 'documents'}]",
+                                         "tokenize.tokenizer.vocab_size=1000", "tracking.mode=disabled"], on="local")
+    out = tok_run.run.path / "output" / "tokenize"
+    dataset = IndexedDataset(str(out / "data"))
+    texts = [r["text"] for r in rows(dedup.run.path / "output" / "dedup" / "documents")]
+    assert len(dataset) == len(texts)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    eos = tok.token_to_id("<|endoftext|>")
+    for i, text in enumerate(texts):
+        ids = dataset[i].tolist()
+        assert ids[-1] == eos and eos not in ids[:-1]
+        assert tok.decode(ids[:-1]) == text
+    stats = json.loads((tok_run.run.path / "stats.json").read_text())
+    assert stats["jobs"][1]["tokens"] == int(dataset.sequence_lengths.sum())
+
+
+def test_killed_task_reruns_alone_and_output_has_every_document_once(filtered, corpus, tmp_path):
+    reference, overrides = filtered
+    expected = sorted(r["id"] for r in rows(reference.run.path / "output" / "filter" / "documents"))
+    base = [o for o in overrides if not o.startswith("output.root")] + [f"output.root={tmp_path}"]
+    with pytest.raises(JobFailed):
+        launcher.launch(FINEWEB, [*base, "filter.kill_tasks=[1]", "filter.kill_after_documents=3"], on="local")
+    run = launcher.prepare(FINEWEB, base, on="local")[2]
+    assert [t for t in range(4) if run.is_done("filter", t)] == [0, 2, 3]
+    published = sorted(p.name for p in (run.path / "output" / "filter" / "documents").glob("*"))
+    assert len(published) == 3 and not [n for n in published if n.endswith("00001.parquet")], "a killed task publishes nothing"
+    done_before = {t: run.done_file("filter", t).stat().st_mtime_ns for t in (0, 2, 3)}
+
+    again = launcher.launch(FINEWEB, base, on="local")
+    assert [(s.job, s.task_ids) for s in again.submitted] == [("filter", [1]), ("stats", [0])]
+    assert {t: run.done_file("filter", t).stat().st_mtime_ns for t in (0, 2, 3)} == done_before
+    got = sorted(r["id"] for r in rows(run.path / "output" / "filter" / "documents"))
+    assert got == expected
+
+
+def test_bad_input_files_fail_naming_the_file_or_are_counted_and_skipped(corpus, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = corpus.shards[0].read_bytes()
+    (bad / "a-truncated.warc.gz").write_bytes(good[: len(good) // 2])
+    (bad / "b-not-a-warc.warc").write_text("<html><body>just a page, not a WARC file</body></html>\n")
+    (bad / "c-empty.warc.gz").write_bytes(b"")
+    (bad / "d-good.warc.gz").write_bytes(corpus.shards[1].read_bytes())
+    base = [f"output.root={tmp_path / 'runs'}", f"filter.input.paths=[{bad}]", "filter.tasks=2", *COMMON, *LIGHT]
+    with pytest.raises(JobFailed, match=r"bad input file .*a-truncated\.warc\.gz after \d+ documents"):
+        launcher.launch(FINEWEB, base, on="local")
+    result = launcher.launch(FINEWEB, [*base, "filter.input.on_bad_file=skip"], on="local")
+    steps = json.loads((result.run.path / "stats.json").read_text())["jobs"][0]["steps"]
+    assert steps[0]["dropped_by"] == {"bad_files": 2}
+    urls = {r["url"] for r in rows(result.run.path / "output" / "filter" / "documents")}
+    import warcio.archiveiterator as ai
+    with open(corpus.shards[1], "rb") as fh:
+        shard1 = {r.rec_headers["WARC-Target-URI"] for r in ai.ArchiveIterator(fh) if r.rec_type == "response"}
+    assert urls & shard1, "the good file after the bad ones is still read"
+    assert steps[0]["documents_out"] > len(shard1), "documents before the truncation are kept"
+
+
+def test_recipe_errors_name_the_key_before_anything_runs(corpus, tmp_path):
+    base = [f"output.root={tmp_path}", f"filter.input.paths=[{corpus.shards[0]}]"]
+    with pytest.raises(RecipeError, match=r"filter\.url\.blocklists\.1.*no-such-list\.txt"):
+        launcher.prepare(FINEWEB, [*base, f"filter.url.blocklists=[default,{tmp_path}/no-such-list.txt]"], on="local")
+    with pytest.raises(RecipeError, match=r"filter\.language.*model_file"):
+        launcher.prepare(FINEWEB, [*base, "filter.language.backend=fasttext"], on="local")
+    with pytest.raises(RecipeError, match=r"filter\.input.*nothing found"):
+        launcher.prepare(FINEWEB, [f"output.root={tmp_path}", f"filter.input.paths=[{tmp_path}/none/*.warc.gz]"], on="local")
+    with pytest.raises(RecipeError, match=r"filter\.gopher_quality\.min_doc_wordz.*unknown key"):
+        launcher.prepare(FINEWEB, [*base, "filter.gopher_quality.min_doc_wordz=5"], on="local")
+
+
+@pytest.mark.slurm
+def test_filter_recipe_as_slurm_array(slurm_cluster, corpus, tmp_path):
+    overrides = [f"output.root={tmp_path}", f"filter.input.paths=[{corpus.shards[0].parent}]", *COMMON]
+    result = launcher.launch(FINEWEB, overrides, on="slurm")
+    assert [(s.job, s.is_array, len(s.task_ids)) for s in result.submitted] == [("filter", True, 4), ("stats", False, 1)]
+    states = launcher.wait(result, timeout_s=600)
+    assert {s.state for s in states} == {"COMPLETED"}, states
+    table = json.loads((result.run.path / "stats.json").read_text())["jobs"][0]
+    kept = rows(result.run.path / "output" / "filter" / "documents")
+    assert len(kept) == table["steps"][0]["documents_out"] - sum(s["dropped"] for s in table["steps"])
+    assert not {r["url"] for r in kept} & (corpus.urls("non_english") | corpus.urls("blocklisted") | corpus.urls("boilerplate"))
