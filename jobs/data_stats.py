@@ -15,7 +15,7 @@ def run(ctx: TaskContext) -> dict:
 
 
 def _log_table(ctx: TaskContext, report: dict) -> None:
-    run = getattr(ctx.wandb, "_run", None)  # the W&B run TaskRunner opened for this task, if any
+    run = ctx.wandb.run  # the W&B run TaskRunner opened for this task, if any
     if run is None:
         return
     import wandb

@@ -27,11 +27,13 @@ def run(ctx: TaskContext) -> dict:
         if ctx.task_id in cfg.fail_tasks and step >= cfg.fail_at_step:
             raise RuntimeError(f"injected failure in task {ctx.task_id} at step {step} (smoke.fail_tasks)")
         # A hash chain: the final digest depends on every step having run exactly once.
-        state["digest"] = hashlib.sha256(f"{state['digest']}:{step}".encode()).hexdigest()
-        state["total"] += (ctx.task_id + 1) * step
-        state["step"] = step
+        digest = hashlib.sha256(f"{state['digest']}:{step}".encode()).hexdigest()
+        total = state["total"] + (ctx.task_id + 1) * step
         time.sleep(cfg.step_seconds)
-        ctx.log(step, {"total": state["total"], "step_time": cfg.step_seconds})
+        ctx.log(step, {"total": total, "step_time": cfg.step_seconds})
+        # The step counts as done only now: a save from the preemption signal, which
+        # can arrive anywhere above, holds the last whole step.
+        state.update(step=step, digest=digest, total=total)
         if step % cfg.checkpoint_every == 0:
             save()
     result = {"task": ctx.task_id, "steps": state["step"], "total": state["total"], "digest": state["digest"]}

@@ -85,6 +85,12 @@ if [[ ${AISTACK_SLURM_LINK_CONF:-1} == 1 ]]; then
   [[ $(readlink "$SYSTEM_SLURM_CONF" 2>/dev/null) == "$SLURM_CONF_FILE" ]] || ln -sfn "$SLURM_CONF_FILE" "$SYSTEM_SLURM_CONF"
 fi
 
+# Node names must resolve, as on a real cluster: jobs use the first node's name as the
+# torch.distributed rendezvous address (submitit's MASTER_ADDR).
+for node in $(node_names); do
+  grep -qE "^127\.0\.0\.1[[:space:]].*\b$node\b" /etc/hosts || echo "127.0.0.1 $node  # aistack slurm/up.sh" >>/etc/hosts
+done
+
 # ---------------------------------------------------------------- already up?
 all_running() {
   local name pidfile comm

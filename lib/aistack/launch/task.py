@@ -91,6 +91,7 @@ class TaskRunner(submitit.helpers.Checkpointable):
         module = importlib.import_module(f"aistack.jobs.{self.entry}")
         if ctx.is_main:
             run.set_task_state(self.job, self.task_id, "RUNNING", attempt=ctx.attempt, started_at=time.time(), job_id=_job_id())
+
         try:
             result = module.run(ctx)
         except BaseException as err:
@@ -116,6 +117,7 @@ class TaskRunner(submitit.helpers.Checkpointable):
                     log.exception("quick save on preemption failed")
             if ctx.is_main:
                 ctx.run.set_task_state(self.job, self.task_id, "REQUEUED")
+                ctx.wandb.suspend()  # W&B buffers: flush before submitit exits for the requeue
         fresh = TaskRunner(self.run_path, self.job, self.entry, self.task_id, self.num_tasks, self.wandb_per_task)
         return submitit.helpers.DelayedSubmission(fresh, *args, **kwargs)
 

@@ -14,7 +14,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from aistack.recipe.schema import Tracking
 
@@ -41,27 +41,64 @@ def run_id(run_name: str, job: str, task_id: int) -> str:
 
 
 class WandbRun:
-    """Thin wrapper: log(step, values) and finish(); a no-op when disabled."""
+    """Thin wrapper around a W&B run: log, summary, finish; a no-op when disabled.
 
-    def __init__(self, run: Any = None):
-        self._run = run
+    `suspend()` finishes the underlying run so its buffered records reach the run files
+    (before a checkpoint-and-requeue); the next log reopens the same run id. Safe to call
+    from a signal handler: a suspend that arrives during a log runs right after it.
+    A hard kill (scontrol requeue, SIGKILL) loses what W&B had not flushed yet: its
+    service process dies with the job. metrics.jsonl, written line by line, keeps every
+    step either way.
+    """
+
+    def __init__(self, opener: Callable[[], Any] | None = None):
+        self._opener = opener
+        self._run = opener() if opener else None
+        self._busy = False
+        self._suspend_requested = False
+
+    @property
+    def run(self) -> Any:
+        """The wandb Run (for tables, images), reopened if suspended; None when disabled."""
+        if self._run is None and self._opener is not None:
+            self._run = self._opener()
+        return self._run
 
     @property
     def id(self) -> str | None:
         return self._run.id if self._run else None
 
     def log(self, step: int, values: dict[str, Any]) -> None:
-        if self._run is not None:
-            self._run.log(values, step=step)
+        self._call(lambda run: run.log(values, step=step))
 
     def summary(self, values: dict[str, Any]) -> None:
+        self._call(lambda run: run.summary.update(values))
+
+    def _call(self, action: Callable[[Any], None]) -> None:
+        if self._opener is None:
+            return
+        self._busy = True
+        try:
+            action(self.run)
+        finally:
+            self._busy = False
+        if self._suspend_requested:
+            self.suspend()
+
+    def suspend(self) -> None:
+        if self._busy:
+            self._suspend_requested = True
+            return
+        self._suspend_requested = False
         if self._run is not None:
-            self._run.summary.update(values)
+            run, self._run = self._run, None
+            run.finish()
 
     def finish(self, exit_code: int = 0) -> None:
         if self._run is not None:
-            self._run.finish(exit_code=exit_code)
-            self._run = None
+            run, self._run = self._run, None
+            run.finish(exit_code=exit_code)
+        self._opener = None
 
 
 def start(
@@ -78,8 +115,7 @@ def start(
         return WandbRun(None)
     import wandb
 
-    (run_dir / "wandb").parent.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
+    return WandbRun(lambda: wandb.init(
         project=tracking.project,
         entity=tracking.entity,
         group=tracking.group or run_name,
@@ -92,8 +128,7 @@ def start(
         dir=str(run_dir),
         mode=mode,
         settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
-    )
-    return WandbRun(run)
+    ))
 
 
 # --- reading offline run files back (tests, `aistack status`) ------------------------
