@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("export", help="a training run's last checkpoint as a Hugging Face transformers folder")
+    p.add_argument("run", help="run directory, or its name under --root")
+    p.add_argument("--to", choices=["hf"], default="hf")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/export-hf)")
+    p.add_argument("--root", default="runs")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("logs", help="print a task's stdout and stderr")
     p.add_argument("run")
     p.add_argument("--job", default=None, help="job of the run (default: the first)")
@@ -174,6 +181,8 @@ def _print_plan(result, scripts: bool) -> None:
             str(r.cpus_per_task), str(r.time), ",".join(job.depends_on) or "-",
         )
     console.print(table)
+    if result.loaded.kind == "pretrain":
+        _print_estimates(result)
     if scripts:
         shown: set[str] = set()
         for item in result.submitted:
@@ -182,6 +191,24 @@ def _print_plan(result, scripts: bool) -> None:
             shown.add(item.job)
             console.rule(f"sbatch script of job {item.job}")
             console.print(item.sbatch, markup=False, soft_wrap=True)
+
+
+def _print_estimates(result) -> None:
+    from rich.table import Table
+
+    from aistack.model.estimate import device_for, estimate, rows
+
+    recipe = result.loaded.recipe
+    device = device_for(recipe.resources.constraint, str(result.profile.sbatch_defaults.get("constraint", "")))
+    est = estimate(recipe, device=device, file=result.loaded.path)
+    table = Table(title="estimates (per device: the pipeline stage with the most memory)")
+    table.add_column("figure")
+    table.add_column("value")
+    for name, value in rows(est):
+        table.add_row(name, value)
+    console.print(table)
+    for warning in est.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
 
 
 # --- status / logs / cancel / sync --------------------------------------------------
@@ -273,6 +300,26 @@ def cmd_report(args) -> int:
         console.print(table)
     console.print(f"stats: {report['json']}  {report['csv']}")
     console.print(f"funnel: {report['funnel']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    # export_hf first: it imports transformers, which fails once the CPU compat layer that
+    # loading a checkpoint installs has replaced torch.cuda.Stream.
+    from aistack.model.export_hf import export_hf
+    from aistack.model.checkpoint import load_full_state_dict
+    from aistack.model.estimate import tokenizer_file, vocab_size_of
+    from aistack.recipe import RecipeError, load_recipe
+
+    run = _find(args)
+    recipe = load_recipe(run.recipe_file).recipe
+    vocab = vocab_size_of(recipe) if hasattr(recipe, "model") else None
+    if vocab is None:
+        raise RecipeError.single(str(run.recipe_file), "model.vocab_size", None,
+                                 "a vocabulary size (or a data.tokenizer file that exists) to export")
+    state = load_full_state_dict(run.path)  # TP=1/PP=1 names, gathered from the run's latest checkpoint
+    out = export_hf(state, recipe.model, vocab, args.out or run.path / "export-hf", tokenizer_json=tokenizer_file(recipe))
+    console.print(f"exported: {out}")
     return 0
 
 

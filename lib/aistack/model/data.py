@@ -103,12 +103,17 @@ class BatchReader:
     def num_microbatches(self) -> int:
         return self.per_rank // self.micro_batch
 
-    def microbatches(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Global batch `step` (0-based): this rank's micro-batches, in order."""
+    def sample_indices(self, step: int) -> Iterator[list[int]]:
+        """Global batch `step` (0-based): the sample indices of this rank's micro-batches, in order."""
         start = step * self.global_batch + self.dp_rank * self.per_rank
         for m in range(self.num_microbatches):
             first = start + m * self.micro_batch
-            samples = [self.dataset[i] for i in range(first, first + self.micro_batch)]
+            yield list(range(first, first + self.micro_batch))
+
+    def microbatches(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Global batch `step` (0-based): this rank's micro-batches, in order."""
+        for indices in self.sample_indices(step):
+            samples = [self.dataset[i] for i in indices]
             yield {k: torch.stack([s[k] for s in samples]) for k in ("tokens", "labels", "loss_mask", "position_ids")}
 
 

@@ -84,40 +84,73 @@ def check_layout(recipe: Any, world_size: int) -> None:
 # --- the loop ---------------------------------------------------------------------------
 
 
-def train(recipe: Any, ctx: Any) -> dict[str, Any]:
-    """Train the recipe's model in this task (one rank of a TP x PP x DP job). Returns a summary."""
+class Objective:
+    """What the loop trains on and for: the batches and the loss. The loop (model, optimizer,
+    schedule, resume, checkpoints, metrics) is the same for pretraining, SFT and distillation;
+    each of those is an Objective. This one is pretraining's: next-token cross-entropy over
+    megatron GPTDatasets."""
+
+    def vocab_size(self, recipe: Any) -> int:
+        """The unpadded vocabulary the model is built for."""
+        self.tokenizer = data.tokenizer_for(recipe.data, recipe.model)
+        return recipe.model.vocab_size or self.tokenizer.vocab_size
+
+    def setup(self, recipe: Any, layout: Layout, padded_vocab: int) -> None:
+        """After the model is built, before data: e.g. load a frozen teacher."""
+
+    def readers(self, recipe: Any, layout: Layout, ctx: Any) -> tuple[Any, Any]:
+        """(train, valid) readers: `.num_microbatches` and `.microbatches(step)` -> batches."""
+        m, t = recipe.model, recipe.train
+        train_ds, valid_ds = data.build_datasets(
+            recipe.data, m.seq_length, t.seed, num_train=t.steps * t.global_batch_size,
+            num_valid=t.eval_steps * t.global_batch_size, tokenizer=self.tokenizer, cache_dir=Path(ctx.task_dir) / "data_cache",
+        )
+        return (data.BatchReader(train_ds, t.global_batch_size, t.micro_batch_size, layout.dp, layout.dp_rank),
+                data.BatchReader(valid_ds, t.global_batch_size, t.micro_batch_size, layout.dp, layout.dp_rank))
+
+    def forward_step(self, data_iterator: Iterator, model):
+        """megatron's forward_step_func: (output, loss_func) for the next micro-batch."""
+        return lm_forward_step(data_iterator, model)
+
+    def summary(self) -> dict[str, Any]:
+        """Extra fields for the task's result."""
+        return {}
+
+    # Loss parts the forward step reports beside "loss" in training (logged per step, e.g. ce, kl).
+    metric_keys: tuple[str, ...] = ()
+
+
+def train(recipe: Any, ctx: Any, objective: Objective | None = None) -> dict[str, Any]:
+    """Train the recipe's model in this task (one rank of a TP x PP x DP job). Returns a summary.
+    `objective`: what to train on and for (default: pretraining)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # before any thread exists: they inherit it
     try:
         layout = init_model_parallel(recipe.parallel.tensor, recipe.parallel.pipeline, recipe.parallel.virtual_pipeline)
         check_layout(recipe, layout.world_size)
         with cpu_compat.device_scope():
-            return _train(recipe, ctx, layout)
+            return _train(recipe, ctx, layout, objective or Objective())
     finally:
         destroy_model_parallel()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
 
 
-def _train(recipe: Any, ctx: Any, layout: Layout) -> dict[str, Any]:
+def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[str, Any]:
     from megatron.core.utils import get_model_config
 
     m, t, ck = recipe.model, recipe.train, recipe.checkpoint
     precision = gpt.resolve_precision(t.precision)
     set_seeds(t.seed)
 
-    tokenizer = data.tokenizer_for(recipe.data, m)
-    vocab = gpt.padded_vocab_size(m.vocab_size or tokenizer.vocab_size, m, layout.tp)
+    vocab = gpt.padded_vocab_size(objective.vocab_size(recipe), m, layout.tp)
     model = wrap_ddp(gpt.build_model_chunks(m, recipe.parallel, vocab, precision), recipe.parallel, precision)
     optimizer = optim.build_optimizer(t, recipe.parallel, model, precision)
     scheduler = optim.build_scheduler(t, optimizer)
     config = get_model_config(model[0])
     _wire_schedule(config, model, optimizer)
 
-    train_ds, valid_ds = data.build_datasets(
-        recipe.data, m.seq_length, t.seed, num_train=t.steps * t.global_batch_size,
-        num_valid=t.eval_steps * t.global_batch_size, tokenizer=tokenizer, cache_dir=Path(ctx.task_dir) / "data_cache",
-    )
-    train_reader = data.BatchReader(train_ds, t.global_batch_size, t.micro_batch_size, layout.dp, layout.dp_rank)
-    valid_reader = data.BatchReader(valid_ds, t.global_batch_size, t.micro_batch_size, layout.dp, layout.dp_rank)
+    objective.setup(recipe, layout, vocab)
+    train_reader, valid_reader = objective.readers(recipe, layout, ctx)
+    step_fn = objective.forward_step
 
     # Resume from this task's latest checkpoint, else start from checkpoint.load (any layout).
     ckpt_dir = Path(ctx.task_dir) / "checkpoints"
@@ -144,7 +177,7 @@ def _train(recipe: Any, ctx: Any, layout: Layout) -> dict[str, Any]:
     if layout.world_size == 1:  # see the module docstring: a save on one rank of many cannot run
         ctx.on_preempt(lambda: (_print(layout, f"preempted: saving step {state['step']}"), save(state["step"])))
 
-    evaluate = partial(_evaluate, model, config, valid_reader, t, m)
+    evaluate = partial(_evaluate, model, config, valid_reader, t, m, step_fn)
     if step == 0:
         ctx.log(0, {"val_loss": evaluate()})
     flops_token = gpt.flops_per_token(m, vocab)
@@ -153,12 +186,13 @@ def _train(recipe: Any, ctx: Any, layout: Layout) -> dict[str, Any]:
     last = {}
     while step < t.steps:
         start = time.perf_counter()
-        loss, grad_norm, lr = _train_step(model, optimizer, scheduler, config, train_reader, step, t, m)
+        loss, grad_norm, lr, parts = _train_step(model, optimizer, scheduler, config, train_reader, step, t, m, step_fn,
+                                                 objective.metric_keys)
         step += 1
         state["step"] = step
         elapsed = time.perf_counter() - start
         tflops = flops_token * tokens_per_step / elapsed / layout.world_size / 1e12
-        last = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
+        last = {"loss": loss, "lr": lr, "grad_norm": grad_norm, **parts}
         if step % t.log_every == 0 or step == t.steps:
             values = {**last, "tokens_per_s": tokens_per_step / elapsed, "tflops_per_device": tflops,
                       "step_time": elapsed, **_memory()}
@@ -178,7 +212,7 @@ def _train(recipe: Any, ctx: Any, layout: Layout) -> dict[str, Any]:
         ctx.log(step, {"val_loss": last["val_loss"]})
     return {"steps": step, "tokens": step * tokens_per_step, **{k: float(v) for k, v in last.items()},
             "checkpoint": str(checkpoint.latest(ckpt_dir)) if checkpoint.latest(ckpt_dir) else None,
-            "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}}
+            "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}, **objective.summary()}
 
 
 def wrap_ddp(chunks: list, parallel_cfg: Any, precision: str) -> list:
@@ -213,14 +247,17 @@ def _wire_schedule(config, model: list, optimizer) -> None:
     config.grad_scale_func = optimizer.scale_loss
 
 
-def _forward_step(data_iterator: Iterator, model):
+def lm_forward_step(data_iterator: Iterator, model):
+    """Next-token cross-entropy, averaged over the micro-batch's loss_mask. A batch may carry
+    an `attention_mask` ([b, 1, s, s], True = masked: packed sequences); else causal."""
     batch = next(data_iterator)
-    output = model(batch["tokens"].to(_device()), batch["position_ids"].to(_device()), attention_mask=None,
-                   labels=batch["labels"].to(_device()))
+    mask = batch.get("attention_mask")
+    output = model(batch["tokens"].to(_device()), batch["position_ids"].to(_device()),
+                   attention_mask=None if mask is None else mask.to(_device()), labels=batch["labels"].to(_device()))
     loss_mask = batch["loss_mask"].to(_device()).float()
 
     def loss_func(per_token):  # called on the last stage only
-        loss = (per_token.float() * loss_mask).sum() / loss_mask.sum()
+        loss = (per_token.float() * loss_mask).sum() / loss_mask.sum().clamp(min=1)
         # The schedule divides the returned loss in place by the number of micro-batches:
         # report a clone.
         return loss, {"loss": loss.detach().clone()}
@@ -232,12 +269,13 @@ def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _run_schedule(model: list, reader: data.BatchReader, step: int, t: Any, m: Any, forward_only: bool) -> list[dict]:
+def _run_schedule(model: list, reader: Any, step: int, t: Any, m: Any, forward_only: bool,
+                  step_fn: Callable = lm_forward_step) -> list[dict]:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     iterators = [reader.microbatches(step) for _ in model]
     return get_forward_backward_func()(
-        forward_step_func=_forward_step,
+        forward_step_func=step_fn,
         data_iterator=iterators if len(model) > 1 else iterators[0],
         model=model if len(model) > 1 else model[0],
         num_microbatches=reader.num_microbatches,
@@ -248,11 +286,12 @@ def _run_schedule(model: list, reader: data.BatchReader, step: int, t: Any, m: A
     )
 
 
-def _train_step(model: list, optimizer, scheduler, config, reader, step: int, t: Any, m: Any) -> tuple[float, float, float]:
+def _train_step(model: list, optimizer, scheduler, config, reader, step: int, t: Any, m: Any,
+                step_fn: Callable = lm_forward_step, keys: tuple[str, ...] = ()) -> tuple[float, float, float, dict]:
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    losses = _run_schedule(model, reader, step, t, m, forward_only=False)
+    losses = _run_schedule(model, reader, step, t, m, forward_only=False, step_fn=step_fn)
     # The lr of step s (1-based) is the schedule at s: warmup reaches train.lr at warmup_steps.
     scheduler.num_steps = step
     scheduler.step(increment=1)
@@ -260,16 +299,17 @@ def _train_step(model: list, optimizer, scheduler, config, reader, step: int, t:
     if not ok:
         raise FloatingPointError(f"optimizer step {step + 1} skipped (non-finite gradients)")
     lr = optimizer.param_groups[0]["lr"]
-    return _mean_over_world(losses), float(grad_norm or 0.0), lr
+    parts = {k: _mean_over_world(losses, k) for k in keys}
+    return _mean_over_world(losses), float(grad_norm or 0.0), lr, parts
 
 
 @torch.no_grad()
-def _evaluate(model: list, config, reader, t: Any, m: Any) -> float:
+def _evaluate(model: list, config, reader, t: Any, m: Any, step_fn: Callable = lm_forward_step) -> float:
     for chunk in model:
         chunk.eval()
     total, count = 0.0, 0
     for k in range(t.eval_steps):
-        losses = _run_schedule(model, reader, k, t, m, forward_only=True)
+        losses = _run_schedule(model, reader, k, t, m, forward_only=True, step_fn=step_fn)
         value = _mean_over_world(losses)
         total, count = total + value, count + 1
     for chunk in model:
@@ -277,7 +317,7 @@ def _evaluate(model: list, config, reader, t: Any, m: Any) -> float:
     return total / count
 
 
-def _mean_over_world(losses: list[dict]) -> float:
+def _mean_over_world(losses: list[dict], key: str = "loss") -> float:
     """Mean micro-batch loss over data-parallel replicas. Only last-stage ranks hold losses;
     one all-reduce over the world brings the value to every rank (rank 0 logs it)."""
     from megatron.core import parallel_state as ps
@@ -285,7 +325,7 @@ def _mean_over_world(losses: list[dict]) -> float:
     holder = ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
     acc = torch.zeros(2, dtype=torch.float64, device=_device())
     if holder and losses:
-        acc[0] = sum(float(x["loss"]) for x in losses)
+        acc[0] = sum(float(x[key]) for x in losses)
         acc[1] = len(losses)
     dist.all_reduce(acc)
     return float(acc[0] / acc[1]) if acc[1] else math.nan

@@ -3,3 +3,7 @@
 from aistack.launch.planners import smoke  # noqa: F401
 from aistack.launch.planners import data  # noqa: F401
 from aistack.launch.planners import pretrain  # noqa: F401
+from aistack.launch.planners import sft  # noqa: F401
+from aistack.launch.planners import distill  # noqa: F401
+from aistack.launch.planners import evaluate  # noqa: F401
+from aistack.launch.planners import bench  # noqa: F401

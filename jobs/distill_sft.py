@@ -1,0 +1,14 @@
+"""The student's SFT on the teacher's generated answers (sequence-level distillation)."""
+
+from __future__ import annotations
+
+from aistack.launch.task import TaskContext
+
+
+def run(ctx: TaskContext) -> dict:
+    from aistack.model.train import train
+    from aistack.post.generate import generated_files
+    from aistack.post.objectives import SFTObjective
+
+    files = generated_files(ctx.run.path, ctx.recipe.sequence.shards)
+    return train(ctx.recipe, ctx, SFTObjective(ctx.recipe.sequence, train_files=files))

@@ -1,0 +1,85 @@
+"""Quality of a model as FP8 makes it: perplexity on held-out text and one lm-eval task."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def read_texts(path: str | Path, max_docs: int) -> list[str]:
+    """A .jsonl with a 'text' field per line, or a plain text file (one document per blank-line block)."""
+    path = Path(path)
+    if path.suffix in (".jsonl", ".json"):
+        texts = [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+    else:
+        texts = [block.strip() for block in path.read_text().split("\n\n") if block.strip()]
+    if not texts:
+        raise ValueError(f"{path}: no text to measure perplexity on")
+    return texts[:max_docs]
+
+
+@torch.inference_mode()
+def perplexity(model, tokenizer, texts: list[str], max_len: int, eos_id: int | None) -> dict[str, float]:
+    """Token-weighted perplexity: each document is scored from an end-of-text token, in
+    windows of at most max_len tokens (a model cannot look further)."""
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        seq = ([eos_id] if eos_id is not None else []) + ids
+        for start in range(0, len(seq) - 1, max_len):
+            window = torch.tensor(seq[start : start + max_len + 1], device=device)[None]
+            if window.shape[1] < 2:
+                continue
+            logits = model(input_ids=window[:, :-1]).logits.float()
+            nll += float(F.cross_entropy(logits[0], window[0, 1:], reduction="sum"))
+            count += window.shape[1] - 1
+    mean = nll / max(count, 1)
+    return {"nll": mean, "perplexity": math.exp(mean), "tokens": count}
+
+
+def task_score(model, tokenizer, task: str, limit: int | None, batch_size: int = 16, seed: int = 1234) -> dict[str, float]:
+    """One lm-eval task on an in-memory transformers model (lm-eval's `hf` model)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from aistack.eval import tasks as task_lib
+    from aistack.eval.evaluator import metrics_of
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        manager = task_lib.task_manager([], work, [task])
+        task_lib.load_task(task, manager)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings
+                  if hasattr(model.config, "max_position_embeddings") else None)
+        out = simple_evaluate(lm, tasks=[task], task_manager=manager, limit=limit, log_samples=False, bootstrap_iters=0,
+                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    return metrics_of(out["results"]).get(task, {})
+
+
+def deltas(bf16: dict[str, float], fp8: dict[str, float]) -> dict[str, float]:
+    return {k: fp8[k] - bf16[k] for k in bf16 if k in fp8 and isinstance(bf16[k], (int, float))}
+
+
+def quality_of(models: dict[str, Any], tokenizer, cfg: Any, max_len: int, eos_id: int | None) -> dict[str, Any]:
+    """{precision: {perplexity..., task metrics}} and the FP8 - BF16 deltas."""
+    from aistack.eval.tasks import PROJECT_TASKS
+
+    text = cfg.text or str(PROJECT_TASKS / "tinylang" / "ppl.jsonl")
+    texts = read_texts(text, cfg.max_docs)
+    out: dict[str, Any] = {"text": text, "task": cfg.task}
+    for precision, model in models.items():
+        row = {f"text_{k}": v for k, v in perplexity(model, tokenizer, texts, max_len, eos_id).items()}
+        if cfg.task:
+            row.update({f"{cfg.task}/{k}": v for k, v in task_score(model, tokenizer, cfg.task, cfg.limit).items()})
+        out[precision] = row
+    if "bf16" in out and "fp8" in out:
+        out["delta_fp8_minus_bf16"] = deltas(out["bf16"], out["fp8"])
+        out["delta_fp8_minus_bf16"]["text_perplexity_rel"] = out["fp8"]["text_perplexity"] / out["bf16"]["text_perplexity"] - 1
+    return out

@@ -1,0 +1,85 @@
+"""The benchmark's outputs in the run directory: results.csv/json, report.md, throughput.png."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from aistack.launch.rundir import atomic_write_json, atomic_write_text
+
+COLUMNS = ["precision", "fp8_mode", "batch", "prompt_len", "gen_len", "prefill_ms", "ttft_ms", "decode_tok_s", "prefill_tok_s",
+           "throughput_tok_s", "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "peak_mem_mb", "peak_mem_kind", "kv_cache",
+           "decode_tok_s_bound", "decode_roofline_frac", "prefill_ms_bound", "prefill_roofline_frac", "repeats"]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_table(out_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[Path, Path]:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = out_dir / "results.csv"
+    atomic_write_text(csv_path, buf.getvalue())
+    json_path = out_dir / "results.json"
+    atomic_write_json(json_path, {"rows": rows, **meta})
+    return csv_path, json_path
+
+
+def plot_throughput(out_dir: Path, rows: list[dict[str, Any]], title: str) -> Path:
+    """Decode tokens/s against batch size: one line per precision and (prompt, output) length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    lines: dict[tuple, list[tuple[int, float]]] = {}
+    for r in rows:
+        value = r["decode_tok_s"] if r["decode_tok_s"] is not None else r["throughput_tok_s"]
+        lines.setdefault((r["precision"], r["prompt_len"], r["gen_len"]), []).append((r["batch"], value))
+    for (precision, s, g), points in sorted(lines.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linestyle="-" if precision == "bf16" else "--",
+                label=f"{precision} prompt {s} out {g}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "throughput.png"
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_markdown(out_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
+    q = meta.get("quality") or {}
+    lines = [f"# Inference benchmark: {meta['model']}", "",
+             f"- device: {meta['device']}; roofline: {meta['roofline_device'] or 'n/a (no device spec: CPU or unknown GPU)'}",
+             f"- FP8: {meta['fp8']['backend']} ({'EMULATED: quantize-dequantize, speed is not FP8 speed' if meta['fp8']['emulated'] else 'real FP8 matmuls'}), "
+             f"weights {meta['fp8']['scaling']}-wise scales, activations {'per token' if meta['fp8']['activations'] else 'not quantized'}, "
+             f"{meta['fp8']['layers']} Linear layers, kept in BF16: {', '.join(meta['fp8']['skipped']) or 'none'}",
+             f"- decode: {'KV cache' if meta['kv_cache'] else 'no KV cache (whole sequence each step)'}; greedy; repeats per point: {meta['repeats']}",
+             "", "## Speed", "", "| " + " | ".join(COLUMNS[:17]) + " |", "|" + "---|" * 17]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS[:17]) + " |" for r in rows]
+    if q:
+        lines += ["", "## Quality (BF16 vs FP8)", "", f"held-out text: {q.get('text')}; task: {q.get('task') or 'none'}", "",
+                  "| metric | bf16 | fp8 | fp8 - bf16 |", "|---|---|---|---|"]
+        for key, value in (q.get("bf16") or {}).items():
+            lines.append(f"| {key} | {_fmt(value)} | {_fmt(q.get('fp8', {}).get(key))} | {_fmt(q.get('delta_fp8_minus_bf16', {}).get(key))} |")
+    path = out_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,112 @@
+"""The benchmark job, top to bottom: model -> BF16 and FP8 copies -> quality -> timed sweep -> report.
+
+An aistack checkpoint is exported to a transformers folder first (model.export_hf: the
+same logits), so generation uses the KV cache of transformers' models and FP8 swaps their
+nn.Linear layers; an HF folder is used as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from aistack.bench import fp8 as fp8_lib
+from aistack.bench.generate import time_point
+from aistack.bench.quality import quality_of
+from aistack.bench.report import plot_throughput, write_markdown, write_table
+from aistack.bench.roofline import ModelShape, bounds, device_spec
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("bench.device=cuda but no GPU is visible here")
+    return torch.device("cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def hf_folder(cfg: Any, work_dir: Path) -> Path:
+    from aistack.eval.evaluator import export_for_hf
+    from aistack.eval.source import describe
+
+    model = cfg.model_block.model_dump() if cfg.model_block is not None else None
+    source = describe(cfg.model, model=model, tokenizer=cfg.tokenizer)
+    return source.path if source.format == "hf" else export_for_hf(source, work_dir / "hf")
+
+
+def load(folder: Path, cfg: Any, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+    tokenizer = (PreTrainedTokenizerFast(tokenizer_file=cfg.tokenizer) if cfg.tokenizer else AutoTokenizer.from_pretrained(str(folder)))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16).to(device).eval()
+    return model, tokenizer
+
+
+def run_bench(cfg: Any, work_dir: str | Path, out_dir: str | Path, log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    from aistack.eval.tasks import set_offline
+
+    set_offline(cfg.offline)
+    work, out = Path(work_dir), Path(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    folder = hf_folder(cfg, work)
+    base, tokenizer = load(folder, cfg, device)
+    models = {}
+    quant = None
+    for precision in cfg.precisions:
+        if precision == "bf16":
+            models["bf16"] = base
+        else:
+            models["fp8"] = copy.deepcopy(base)
+            quant = fp8_lib.quantize_model(models["fp8"], cfg.fp8.scaling, cfg.fp8.activations, cfg.fp8.backend, cfg.fp8.skip)
+    max_len = getattr(base.config, "max_position_embeddings", None) or getattr(base.config, "n_positions")
+    for p in cfg.points():
+        if p["prompt_len"] + p["gen_len"] > max_len:
+            raise ValueError(f"bench: prompt_len {p['prompt_len']} + gen_len {p['gen_len']} exceeds the model's {max_len} positions")
+
+    quality = quality_of(models, tokenizer, cfg.quality, max_len, tokenizer.eos_token_id)
+
+    spec = device_spec()
+    shape = ModelShape.of_hf(base)
+    fp8_real = quant is not None and not quant.emulated
+    rows = []
+    for i, point in enumerate(cfg.points()):
+        start = time.time()
+        timing = time_point(models[point["precision"]], len(tokenizer), point["batch"], point["prompt_len"], point["gen_len"],
+                            cfg.repeats, cfg.warmup, cfg.kv_cache, seed=cfg.seed)
+        bound = bounds(shape, spec, point["precision"], point["batch"], point["prompt_len"], point["gen_len"], fp8_real)
+        row = {**point, **timing, "fp8_mode": (quant.as_dict()["backend"] if point["precision"] == "fp8" and quant else "-"),
+               "decode_tok_s_bound": bound["decode_tok_s_bound"],
+               "prefill_ms_bound": bound["prefill_s_bound"] * 1e3 if bound["prefill_s_bound"] else None}
+        row["decode_roofline_frac"] = (row["decode_tok_s"] / row["decode_tok_s_bound"]) if row["decode_tok_s_bound"] and row["decode_tok_s"] else None
+        row["prefill_roofline_frac"] = (row["prefill_ms_bound"] / row["prefill_ms"]) if row["prefill_ms_bound"] else None
+        rows.append(row)
+        if log:
+            log(i, {f"{point['precision']}/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        print(f"point {i + 1}/{len(cfg.points())} {point}: {row['decode_tok_s']} tok/s ({time.time() - start:.1f}s)", flush=True)
+
+    meta = {
+        "model": str(cfg.model), "hf_folder": str(folder), "device": _device_name(device),
+        "roofline_device": spec.name if spec else None, "kv_cache": cfg.kv_cache, "repeats": cfg.repeats,
+        "fp8": quant.as_dict() if quant else {"backend": "-", "emulated": False, "scaling": "-", "activations": False, "layers": 0, "skipped": []},
+        "quality": quality, "shape": shape.__dict__,
+    }
+    csv_path, json_path = write_table(out, rows, meta)
+    plot = plot_throughput(out, rows, f"{Path(str(cfg.model)).name} on {meta['device']}"
+                           + (" (FP8 emulated)" if meta["fp8"]["emulated"] else ""))
+    report = write_markdown(out, rows, meta)
+    return {"csv": str(csv_path), "json": str(json_path), "plot": str(plot), "report": str(report), "points": len(rows),
+            "fp8": meta["fp8"], "quality": quality}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,146 @@
+"""What a checkpoint is: its weights, the model block that built it, its tokenizer, its step.
+
+An aistack checkpoint (`step_000040/`, or a directory with a `latest` pointer, or a
+pretrain run directory) does not hold its architecture: the pretrain recipe does. It is
+found by walking up from the checkpoint to the run directory's recipe.yaml, so pointing
+an evaluation at a run is enough. A Hugging Face folder (config.json) is its own source.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_STEP_RE = re.compile(r"^step_(\d{6,})$")
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path  # a step_* directory (aistack) or a model folder (hf)
+    format: str  # "aistack" | "hf"
+    step: int | None
+    model_cfg: Any  # aistack.recipe.kinds.pretrain.ModelConfig (None for hf)
+    tokenizer: Path | None
+    run: str = ""  # the run directory it came from (for tables and plots)
+
+
+def is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and not (path / "metadata.json").exists()
+
+
+def checkpoint_dirs(spec: str | Path, all_steps: bool = False) -> list[Path]:
+    """A checkpoint, a checkpoints root (`latest`), a pretrain task or run directory, or
+    an HF folder -> the step directories to evaluate (every complete one with all_steps)."""
+    from aistack.model import checkpoint
+
+    path = Path(spec).expanduser().absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint or run directory at {path}")
+    if is_hf_folder(path) or (path / "metadata.json").exists():
+        return [path]
+    roots = [path] if (path / checkpoint.LATEST).exists() else sorted(path.glob("**/checkpoints"))
+    roots = [r for r in roots if (r / checkpoint.LATEST).exists()]
+    if not roots:
+        raise FileNotFoundError(f"{path}: no checkpoint (no step_*/metadata.json, no 'latest', no */checkpoints/latest below)")
+    if len(roots) > 1:
+        raise ValueError(f"{path}: several checkpoint roots below ({', '.join(map(str, roots))}): name one")
+    root = roots[0]
+    if not all_steps:
+        return [checkpoint.latest(root)]
+    return sorted((p for p in root.iterdir() if _STEP_RE.match(p.name) and (p / "metadata.json").exists()), key=lambda p: p.name)
+
+
+def recipe_above(path: Path) -> tuple[Path, dict] | None:
+    """The nearest run directory's recipe.yaml above `path` (file, data)."""
+    for parent in [path, *path.parents]:
+        candidate = parent / "recipe.yaml"
+        if candidate.is_file():
+            return candidate, yaml.safe_load(candidate.read_text())
+    return None
+
+
+def describe(path: str | Path, model: dict | None = None, tokenizer: str | None = None) -> Source:
+    """The Source of one checkpoint directory. `model` / `tokenizer` override the recipe's."""
+    from aistack.recipe.kinds.pretrain import ModelConfig
+
+    path = Path(path).absolute()
+    if is_hf_folder(path):
+        tok = Path(tokenizer) if tokenizer else (path / "tokenizer.json" if (path / "tokenizer.json").exists() else None)
+        return Source(path, "hf", _hf_step(path), None, tok, run=path.name)
+    found = recipe_above(path)
+    data = found[1] if found else {}
+    if model is None:
+        if "model" not in data:
+            where = found[0] if found else "any parent directory"
+            raise ValueError(f"{path}: no model block to build it from (none in {where}); set evaluate.model")
+        model = data["model"]
+    if tokenizer is None:
+        tokenizer = (data.get("data") or {}).get("tokenizer")
+    meta = path / "aistack.json"
+    step = json.loads(meta.read_text()).get("step") if meta.exists() else None
+    if step is None and (m := _STEP_RE.match(path.name)):
+        step = int(m.group(1))
+    run = found[0].parent.name if found else path.parent.name
+    return Source(path, "aistack", step, ModelConfig.model_validate(model), Path(tokenizer) if tokenizer else None, run=run)
+
+
+def _hf_step(path: Path) -> int | None:
+    meta = path / "aistack_export.json"
+    if meta.exists():
+        return json.loads(meta.read_text()).get("step")
+    return None
+
+
+def eod_id(tokenizer_json: Path) -> int:
+    from aistack.model.data import Tokenizer
+
+    return Tokenizer.from_file(tokenizer_json).eod
+
+
+def load_gpt(source: Source, device: str | None = None, dtype: Any = None):
+    """A TP=1 PP=1 GPTModel with the checkpoint's weights, in eval mode; returns (model, padded vocab).
+
+    Megatron needs its parallel state even for one process: a gloo (or NCCL) group of one
+    is initialised if none exists (under submitit: the task's own rendezvous)."""
+    import torch
+
+    from aistack.dist.megatron import init_model_parallel, set_seeds
+    from aistack.model import checkpoint, cpu_compat, gpt
+    from aistack.model.data import Tokenizer
+    from aistack.recipe.kinds.pretrain import ParallelConfig
+
+    if source.format != "aistack":
+        raise ValueError(f"{source.path} is a Hugging Face folder, not an aistack checkpoint")
+    if source.tokenizer is None and not source.model_cfg.vocab_size:
+        raise ValueError(f"{source.path}: no tokenizer and no model.vocab_size: the vocabulary size is unknown")
+    _import_transformers_before_cpu_compat()
+    vocab = source.model_cfg.vocab_size or Tokenizer.from_file(source.tokenizer).vocab_size
+    padded = gpt.padded_vocab_size(vocab, source.model_cfg, 1)
+    init_model_parallel(1, 1)
+    set_seeds(1234)
+    with cpu_compat.device_scope():
+        model = gpt.build_gpt(source.model_cfg, ParallelConfig(), True, True, padded, "fp32", use_te=False)
+        checkpoint.load(source.path, [model], restore_rng=False)
+    model.eval()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device=device, dtype=dtype or torch.float32)
+    return model, padded
+
+
+def _import_transformers_before_cpu_compat() -> None:
+    """cpu_compat replaces torch.cuda.Stream (and friends) with functions; transformers
+    evaluates `torch.cuda.Stream | None` annotations when its generation modules are first
+    imported, which then fails. Import them while torch.cuda is intact (only without a GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    try:
+        import transformers.activations  # noqa: F401  (pulls in generation.continuous_batching)
+    except ImportError:
+        pass

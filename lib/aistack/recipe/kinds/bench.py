@@ -1,0 +1,81 @@
+"""`kind: bench`: generation speed and quality of a model in BF16 and in FP8.
+
+    bench:
+      model: runs/gpt-125m-abc          # an aistack checkpoint/run (exported to HF first) or an HF folder
+      precisions: [bf16, fp8]
+      batch_sizes: [1, 8, 32]
+      prompt_lengths: [128, 512]
+      gen_lengths: [128]
+
+One job loops over the sweep points (see aistack.launch.planners.bench for why).
+FP8 runs on the tensor cores of an sm_89/sm_90 GPU (torch._scaled_mm, or Transformer
+Engine); elsewhere the same quantization is emulated (quantize-dequantize), so quality
+is measured everywhere and speed only where FP8 is real; the report says which.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from aistack.recipe.kinds.evaluate import ExistingFile, TaskName, expand_checkpoints
+from aistack.recipe.kinds.pretrain import ModelConfig
+from aistack.recipe.schema import Recipe, StrictModel, register_kind
+
+
+class FP8Config(StrictModel):
+    scaling: Literal["tensor", "row"] = Field(default="row", description="weight scales: one per tensor or one per output row")
+    activations: bool = Field(default=True, description="quantize activations too (per token where emulated, per tensor in _scaled_mm)")
+    backend: Literal["auto", "scaled_mm", "te", "emulate"] = Field(default="auto", description="auto: scaled_mm on sm_89+, emulation elsewhere")
+    skip: list[str] = Field(default_factory=lambda: ["lm_head"], description="Linear modules (name suffixes) kept in BF16")
+
+
+class QualityConfig(StrictModel):
+    text: ExistingFile | None = Field(default=None, description="held-out text (.jsonl with a 'text' field, or .txt); null: tinylang's")
+    task: TaskName | None = Field(default="tinylang_mc", description="an lm-eval task scored in BF16 and FP8; null: none")
+    limit: int | None = Field(default=None, ge=1, description="documents of the task")
+    max_docs: int = Field(default=200, ge=1, description="documents of held-out text")
+
+
+class BenchConfig(StrictModel):
+    model: str = Field(description="aistack checkpoint / pretrain run (exported to HF) or a Hugging Face model folder")
+    model_block: ModelConfig | None = Field(default=None, description="the architecture; null: the pretrain run's model block")
+    tokenizer: ExistingFile | None = Field(default=None, description="tokenizer.json; null: the run's data.tokenizer or the HF folder's")
+    precisions: list[Literal["bf16", "fp8"]] = Field(default_factory=lambda: ["bf16", "fp8"], min_length=1)
+    fp8: FP8Config = Field(default_factory=FP8Config)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 16], min_length=1)
+    prompt_lengths: list[int] = Field(default_factory=lambda: [128], min_length=1)
+    gen_lengths: list[int] = Field(default_factory=lambda: [64], min_length=1)
+    repeats: int = Field(default=5, ge=1, description="timed repeats per point (p50/p90/p99 over them)")
+    warmup: int = Field(default=1, ge=0)
+    kv_cache: bool = Field(default=True, description="decode with the KV cache (prefill once, one token per step)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    offline: bool = True
+    seed: int = 1234
+
+    @field_validator("model")
+    @classmethod
+    def _resolve(cls, spec: str) -> str:
+        return expand_checkpoints(spec, all_steps=False)[0]
+
+    @field_validator("batch_sizes", "prompt_lengths", "gen_lengths")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError(f"positive integers (got {values})")
+        return values
+
+    def points(self) -> list[dict]:
+        """The sweep: precision-major, so one quantized model serves all its points."""
+        return [{"precision": p, "batch": b, "prompt_len": s, "gen_len": g}
+                for p in self.precisions for b in self.batch_sizes for s in self.prompt_lengths for g in self.gen_lengths]
+
+
+@register_kind("bench")
+class BenchRecipe(Recipe):
+    kind: Literal["bench"] = "bench"
+    bench: BenchConfig
+
+    NON_IDENTITY_KEYS = ()

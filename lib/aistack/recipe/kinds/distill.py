@@ -1,0 +1,100 @@
+"""`kind: distill`: a student learns from a frozen teacher.
+
+method: logit      Hinton et al. (2015) on the `data:` block's pretraining corpus:
+                   loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE.
+                   logit.source online: the teacher runs beside the student in the same job;
+                   offline: an array job (logit.shards tasks) first writes the teacher's
+                   top-k logits to a zarr store, the student then trains from it.
+method: sequence   the teacher answers a prompt set (an array job over sequence.shards), the
+                   answers become chat records, the student is finetuned on them (as `kind: sft`).
+
+`teacher.checkpoint` and `checkpoint.load` (the student's start) name checkpoints of earlier
+pretraining runs (any TP/PP layout), which is how these recipes chain after pretraining.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from aistack.recipe.kinds.pretrain import DataConfig, ModelConfig, ParallelConfig, TrainConfig
+from aistack.recipe.kinds.sft import FinetuneCheckpointConfig
+from aistack.recipe.schema import Recipe, StrictModel, register_kind
+
+
+class TeacherConfig(StrictModel):
+    checkpoint: str = Field(description="the teacher's aistack checkpoint (dir, or a parent with `latest`; any TP/PP layout)")
+    model: ModelConfig = Field(description="the teacher's architecture (its pretraining recipe's model block)")
+    tokenizer: str | None = Field(default=None, description="the teacher's tokenizer.json: checked against the student's")
+
+
+class LogitConfig(StrictModel):
+    source: Literal["online", "offline"] = "online"
+    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the KL term; 1 - alpha on cross-entropy")
+    temperature: float = Field(default=2.0, gt=0)
+    top_k: int = Field(default=32, ge=1, description="offline: logits kept per token")
+    online_top_k: bool = Field(default=False, description="online: truncate the teacher to top_k too (the offline loss, exactly)")
+    shards: int = Field(default=1, ge=1, description="offline: array tasks writing the store")
+    block: int = Field(default=64, ge=1, description="offline: sequences per zarr chunk (the unit of commit)")
+    store: str | None = Field(default=None, description="offline: the zarr store; null = teacher_logits.zarr in the run directory")
+
+
+class SamplingConfig(StrictModel):
+    max_new_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.0, ge=0, description="0: greedy")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int = 0
+
+
+class SequenceConfig(StrictModel):
+    prompts: list[str] = Field(default_factory=list,
+                               description="jsonl/parquet: {messages: [...]} (a trailing assistant turn is dropped) or {prompt: str}")
+    shards: int = Field(default=1, ge=1, description="array tasks generating answers")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    tokenizer: str = Field(description="tokenizer (with chat template) shared by teacher and student")
+    chat_template: Literal["auto", "tokenizer", "default"] = "auto"
+    packing: Literal["pack", "pad"] = "pack"
+    valid_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+    @property
+    def train(self) -> list[str]:  # read as an SFT data block whose records come from generation
+        return []
+
+    @property
+    def valid(self) -> list[str]:
+        return []
+
+
+@register_kind("distill")
+class DistillRecipe(Recipe):
+    kind: Literal["distill"] = "distill"
+    method: Literal["logit", "sequence"] = "logit"
+    teacher: TeacherConfig
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the student")
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="method logit: the corpus both models read")
+    logit: LogitConfig = Field(default_factory=LogitConfig)
+    sequence: SequenceConfig | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: FinetuneCheckpointConfig = Field(default_factory=FinetuneCheckpointConfig)
+
+    NON_IDENTITY_KEYS: ClassVar[tuple[str, ...]] = (
+        "parallel.tensor", "parallel.pipeline", "parallel.virtual_pipeline", "parallel.sequence_parallel",
+        "parallel.distributed_optimizer", "parallel.recompute", "checkpoint.every", "checkpoint.keep", "train.log_every",
+        "logit.shards", "data.num_workers",
+    )
+
+    @model_validator(mode="after")
+    def _method_inputs(self):
+        if self.method == "logit":
+            if not self.data.paths:
+                raise ValueError("method logit needs data.paths (the corpus teacher and student read)")
+            if self.teacher.model.seq_length != self.model.seq_length:
+                raise ValueError(f"teacher.model.seq_length {self.teacher.model.seq_length} != model.seq_length "
+                                 f"{self.model.seq_length}: both read the same sequences")
+            if self.logit.source == "offline" and self.logit.top_k > (self.model.vocab_size or self.logit.top_k):
+                raise ValueError(f"logit.top_k {self.logit.top_k} exceeds model.vocab_size {self.model.vocab_size}")
+        elif self.sequence is None or not self.sequence.prompts:
+            raise ValueError("method sequence needs sequence.prompts (and sequence.tokenizer)")
+        return self

@@ -1,0 +1,110 @@
+"""`kind: evaluate`: lm-evaluation-harness over checkpoints x tasks, as one Slurm array.
+
+    evaluate:
+      checkpoints: [runs/gpt-tiny-abc]   # pretrain runs, checkpoints roots, step_* dirs or HF folders
+      all_steps: true                    # every saved step of each (metrics vs training step)
+      tasks: [tinylang_mc, tinylang_ppl] # lm-eval task names: the project's local ones or any lm-eval task
+
+Checkpoints are resolved to their step directories when the recipe is validated: the
+run's identity (and its directory) names exactly the weights it evaluates, and every
+array task reads the same list from the run's recipe.yaml, even while training goes on.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+
+from aistack.recipe.kinds.pretrain import ModelConfig
+from aistack.recipe.schema import Recipe, StrictModel, register_kind
+
+_TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.*:-]{0,127}$")
+_STEP_RE = re.compile(r"^step_(\d{6,})$")
+
+
+def _task_name(value: str) -> str:
+    if not _TASK_RE.fullmatch(value):
+        raise ValueError("an lm-eval task name (letters, digits and '_.-:*')")
+    return value
+
+
+def _existing(kind: str):
+    def check(value: str) -> str:
+        path = Path(value).expanduser()
+        ok = path.is_dir() if kind == "dir" else path.is_file()
+        if not ok:
+            raise ValueError(f"an existing {'directory' if kind == 'dir' else 'file'} (nothing at {path.absolute()})")
+        return str(path.absolute())
+
+    return check
+
+
+TaskName = Annotated[str, AfterValidator(_task_name)]
+ExistingDir = Annotated[str, AfterValidator(_existing("dir"))]
+ExistingFile = Annotated[str, AfterValidator(_existing("file"))]
+
+
+def expand_checkpoints(spec: str, all_steps: bool) -> list[str]:
+    """One `checkpoints` entry -> absolute step directories (or the HF folder itself).
+
+    Accepts a step_* directory, a checkpoints root (`latest`), a pretrain task or run
+    directory (searched for */checkpoints/latest) or a Hugging Face model folder."""
+    path = Path(spec).expanduser().absolute()
+    if not path.exists():
+        raise ValueError(f"a checkpoint, checkpoints root, pretrain run or HF folder (nothing at {path})")
+    if (path / "metadata.json").exists() or (path / "config.json").exists():
+        return [str(path)]
+    roots = [path] if (path / "latest").exists() else sorted(p for p in path.glob("**/checkpoints") if (p / "latest").exists())
+    if not roots:
+        raise ValueError(f"a directory holding checkpoints (no step_*/metadata.json, 'latest' or */checkpoints/latest in {path})")
+    if len(roots) > 1:
+        raise ValueError(f"one checkpoints root ({path} holds several: {', '.join(str(r) for r in roots)})")
+    root = roots[0]
+    if all_steps:
+        steps = sorted(p for p in root.iterdir() if _STEP_RE.match(p.name) and (p / "metadata.json").exists())
+        return [str(p) for p in steps]
+    latest = root / (root / "latest").read_text().strip()
+    if not (latest / "metadata.json").exists():
+        raise ValueError(f"a complete checkpoint ({root / 'latest'} names {latest.name}, which is incomplete)")
+    return [str(latest)]
+
+
+class EvaluateConfig(StrictModel):
+    all_steps: bool = Field(default=False, description="every saved step of each checkpoints root, not only the latest")
+    checkpoints: list[str] = Field(min_length=1, description="pretrain runs, checkpoints roots, step_* dirs or HF model folders")
+    tasks: list[TaskName] = Field(min_length=1, description="lm-eval task (or group) names")
+    task_paths: list[ExistingDir] = Field(default_factory=list, description="more folders of lm-eval task YAMLs (recipes/eval/tasks is always included)")
+    backend: Literal["aistack", "hf"] = Field(default="aistack", description="aistack: the registered megatron model; hf: export to HF, lm-eval's `hf` model")
+    model: ModelConfig | None = Field(default=None, description="null: the model block of the pretrain run the checkpoint is in")
+    tokenizer: ExistingFile | None = Field(default=None, description="tokenizer.json; null: the pretrain run's data.tokenizer")
+    batch_size: int = Field(default=8, ge=1)
+    num_fewshot: int | None = Field(default=None, ge=0)
+    limit: float | None = Field(default=None, gt=0, description="documents per task (int) or fraction (<1)")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    seed: int = 1234
+    offline: bool = Field(default=True, description="HF_HUB_OFFLINE/HF_DATASETS_OFFLINE in the jobs: uncached data fails fast")
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _resolve(cls, specs: list[str], info: ValidationInfo) -> list[str]:
+        resolved: list[str] = []
+        for spec in specs:
+            resolved += [p for p in expand_checkpoints(spec, info.data.get("all_steps", False)) if p not in resolved]
+        if not resolved:
+            raise ValueError(f"checkpoints holding at least one complete checkpoint ({specs} hold none)")
+        return resolved
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Array task i -> (checkpoint, task): checkpoint-major, so one node reuses a loaded model's files."""
+        return [(c, t) for c in self.checkpoints for t in self.tasks]
+
+
+@register_kind("evaluate")
+class EvaluateRecipe(Recipe):
+    kind: Literal["evaluate"] = "evaluate"
+    evaluate: EvaluateConfig
+
+    NON_IDENTITY_KEYS = ("evaluate.batch_size",)

@@ -1,0 +1,164 @@
+"""Evaluation with lm-eval on aistack checkpoints: the registered `aistack` model against the
+HF export through lm-eval's `hf` model, trained vs untrained on the project's tinylang tasks,
+offline errors that name the dataset, and the checkpoints x tasks sweep with its table."""
+
+from __future__ import annotations
+
+import csv
+import filecmp
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from aistack.launch import launcher
+from conftest import RECIPES
+
+TINY = RECIPES / "pretrain" / "gpt-tiny.yaml"
+EVAL = RECIPES / "eval" / "tinylang.yaml"
+TASKS = RECIPES / "eval" / "tasks" / "tinylang"
+
+
+def train(root: Path, corpus: Path, *extra: str) -> Path:
+    """A gpt-tiny run on tinylang (its word-level tokenizer); returns the run directory."""
+    args = [f"output.root={root}", f"data.paths=[{{path: {corpus}}}]", f"data.tokenizer={TASKS / 'tokenizer.json'}",
+            "model.vocab_size=null", "tracking.mode=disabled", *extra]
+    return launcher.launch(TINY, args, on="local").run.path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    from aistack.eval import tinylang
+
+    root = tmp_path_factory.mktemp("eval")
+    corpus = tinylang.write_corpus(root / "data" / "tl", num_docs=400)
+    return {
+        # checkpoints at steps 20 and 40
+        "trained": train(root / "trained", corpus, "train.steps=40", "checkpoint.every=20", "checkpoint.keep=3"),
+        # one step at a learning rate of 1e-9: the initial weights, as a checkpoint
+        "random": train(root / "random", corpus, "train.steps=1", "train.lr=1e-9", "train.min_lr=0", "train.eval_every=1"),
+    }
+
+
+def evaluate(tmp_path, run: Path, task: str, backend: str = "aistack", **extra) -> dict:
+    from aistack.eval.evaluator import evaluate_pair
+    from aistack.recipe.kinds.evaluate import EvaluateConfig
+
+    cfg = EvaluateConfig(checkpoints=[str(run)], tasks=[task], backend=backend, batch_size=16, **extra)
+    return evaluate_pair(cfg, cfg.checkpoints[0], task, tmp_path / f"{backend}-{task}")["metrics"][task]
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch):
+    # evaluate_pair sets the HF offline switches in this process: restore them afterwards.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def test_shipped_tinylang_files_are_made_by_the_project(tmp_path):
+    from aistack.eval import tinylang
+
+    tinylang.write_tasks(tmp_path)
+    for name in ("mc.jsonl", "ppl.jsonl", "tokenizer.json"):
+        assert filecmp.cmp(tmp_path / name, TASKS / name, shallow=False), f"{name} differs from `python -m aistack.eval.tinylang`"
+    docs = [json.loads(line) for line in (TASKS / "mc.jsonl").read_text().splitlines()]
+    assert len(docs) == 100 and all(len(d["choices"]) == 4 and len(set(d["choices"])) == 4 for d in docs)
+
+
+def test_aistack_model_is_registered_with_lm_eval():
+    from lm_eval.api.registry import get_model
+
+    from aistack.eval.lm_model import AistackLM
+
+    assert get_model("aistack") is AistackLM
+
+
+def test_registered_model_and_hf_export_agree(tmp_path, runs):
+    # The untrained checkpoint: near-chance choices, so a scoring difference would show in the accuracy.
+    ours = evaluate(tmp_path, runs["random"], "tinylang_mc")
+    theirs = evaluate(tmp_path, runs["random"], "tinylang_mc", backend="hf")
+    assert (tmp_path / "hf-tinylang_mc" / "hf" / "config.json").exists(), "exported with model.export_hf"
+    assert ours["acc"] == theirs["acc"] and ours["acc_norm"] == theirs["acc_norm"], (ours, theirs)
+    ppl_ours = evaluate(tmp_path, runs["trained"], "tinylang_ppl")
+    ppl_theirs = evaluate(tmp_path, runs["trained"], "tinylang_ppl", backend="hf")
+    assert ppl_ours["word_perplexity"] == pytest.approx(ppl_theirs["word_perplexity"], rel=1e-4)
+
+
+def test_trained_model_beats_an_untrained_one(tmp_path, runs):
+    vocab = 129  # tinylang's tokenizer: 127 words + end-of-text + unk
+    rand_ppl = evaluate(tmp_path, runs["random"], "tinylang_ppl")["word_perplexity"]
+    trained_ppl = evaluate(tmp_path, runs["trained"], "tinylang_ppl")["word_perplexity"]
+    assert 0.7 * vocab < rand_ppl < 1.5 * vocab, f"an untrained model is near uniform over {vocab} tokens: {rand_ppl}"
+    assert trained_ppl < 0.2 * rand_ppl, (trained_ppl, rand_ppl)
+    rand_acc = evaluate(tmp_path, runs["random"], "tinylang_mc")["acc"]
+    trained_acc = evaluate(tmp_path, runs["trained"], "tinylang_mc")["acc"]
+    assert 0.1 <= rand_acc <= 0.45, f"chance is 0.25 over 100 questions: {rand_acc}"
+    assert trained_acc >= 0.9, trained_acc
+    # generate_until: greedy next word
+    assert evaluate(tmp_path, runs["trained"], "tinylang_gen")["exact_match/strip"] >= 0.9
+
+
+def test_uncached_dataset_fails_fast_naming_task_and_dataset(tmp_path, runs):
+    from aistack.eval.tasks import MissingDataset, UnknownTask
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "remote.yaml").write_text(
+        "task: remote_mc\ndataset_path: aistack-tests/never-downloaded\ndataset_name: main\noutput_type: multiple_choice\n"
+        "test_split: test\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{c}}'\ndoc_to_target: 0\n"
+    )
+    start = time.time()
+    with pytest.raises(MissingDataset, match=r"task 'remote_mc': dataset 'aistack-tests/never-downloaded' \(config 'main'\)") as err:
+        evaluate(tmp_path, runs["random"], "remote_mc", task_paths=[str(tasks)])
+    assert "HF_DATASETS_OFFLINE=1" in str(err.value)
+    assert time.time() - start < 60, "offline: no waiting on the network"
+    with pytest.raises(UnknownTask, match="tinylang_mcq.*close: tinylang_mc"):
+        evaluate(tmp_path, runs["random"], "tinylang_mcq")
+
+
+def test_recipe_resolves_checkpoints_and_errors_name_the_key(tmp_path, runs):
+    from aistack.recipe import RecipeError
+
+    loaded, plan, _, _ = launcher.prepare(EVAL, [f"output.root={tmp_path}", f"evaluate.checkpoints=[{runs['trained']}]",
+                                                 "evaluate.tasks=[tinylang_mc,tinylang_ppl]"], on="local")
+    steps = [Path(c).name for c in loaded.recipe.evaluate.checkpoints]
+    assert steps == ["step_000020", "step_000040"], "all_steps: every saved checkpoint of the run"
+    assert [(j.name, j.num_tasks, j.depends_on) for j in plan.jobs] == [("eval", 4, ()), ("gather", 1, ("eval",))]
+    with pytest.raises(RecipeError, match="evaluate.checkpoints") as err:
+        launcher.prepare(EVAL, [f"output.root={tmp_path}", f"evaluate.checkpoints=[{tmp_path / 'nope'}]"], on="local")
+    assert "nothing at" in str(err.value) and "tinylang.yaml" in str(err.value)
+
+
+def _check_sweep(run_dir: Path) -> None:
+    with open(run_dir / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    got = {(r["step"], r["task"], r["metric"]) for r in rows}
+    want = {(s, "tinylang_mc", m) for s in ("20", "40") for m in ("acc", "acc_norm")}
+    want |= {(s, "tinylang_ppl", m) for s in ("20", "40") for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")}
+    assert got == want and len(rows) == len(want)
+    ppl = {r["step"]: float(r["value"]) for r in rows if r["metric"] == "word_perplexity"}
+    assert ppl["40"] < ppl["20"], "perplexity falls with training"
+    table = json.loads((run_dir / "results.json").read_text())["table"]
+    assert len(table["tinylang_ppl/word_perplexity"]) == 2
+    for plot in ("tinylang_mc__acc.png", "tinylang_ppl__word_perplexity.png"):
+        assert (run_dir / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+SWEEP = ["evaluate.tasks=[tinylang_mc,tinylang_ppl]", "tracking.mode=offline"]
+
+
+def test_sweep_of_2_checkpoints_x_2_tasks_locally(tmp_path, runs):
+    result = launcher.launch(EVAL, [f"output.root={tmp_path}", f"evaluate.checkpoints=[{runs['trained']}]", *SWEEP], on="local")
+    _check_sweep(result.run.path)
+    assert list((result.run.path / "wandb").glob("offline-run-*")), "the gather job logs to W&B (offline)"
+
+
+@pytest.mark.slurm
+def test_sweep_of_2_checkpoints_x_2_tasks_on_slurm(slurm_cluster, tmp_path, runs):
+    result = launcher.launch(EVAL, [f"output.root={tmp_path}", f"evaluate.checkpoints=[{runs['trained']}]", *SWEEP], on="slurm")
+    evals = [s for s in result.submitted if s.job == "eval"]
+    assert len(evals) == 1 and evals[0].is_array and len(evals[0].task_ids) == 4, "one Slurm array of 4 tasks"
+    rows = launcher.wait(result, timeout_s=600)
+    assert {r.state for r in rows} == {"COMPLETED"}, rows
+    _check_sweep(result.run.path)
