@@ -121,8 +121,6 @@ def test_cli_exports_a_trained_run(tmp_path, capsys):
     """`aistack export RUN --to hf` on a real 1-step run of recipes/pretrain/gpt-tiny.yaml."""
     from aistack.model import checkpoint
 
-    if not hasattr(checkpoint, "load_full_state_dict"):
-        pytest.skip("aistack.model.checkpoint.load_full_state_dict (the training side's gatherer) does not exist yet")
     from aistack.cli import main
     from aistack.launch import launcher
     from aistack.model.data import make_tiny_dataset

@@ -82,7 +82,13 @@ def wait(launch_: Launch, timeout_s: float = 3600, poll_s: float = 2.0, on_poll=
     """Poll Slurm until every task has finished (or the timeout); returns the last status."""
     deadline = time.time() + timeout_s
     while True:
-        rows = launch_.status()
+        try:
+            rows = launch_.status()
+        except RuntimeError:  # accounting briefly unavailable: ask again
+            if time.time() > deadline:
+                raise
+            time.sleep(poll_s)
+            continue
         if on_poll:
             on_poll(rows)
         if all(r.state in FINISHED_OK | FINISHED_BAD for r in rows) or time.time() > deadline:

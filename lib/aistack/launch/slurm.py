@@ -123,9 +123,13 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
         return {}
     states: dict[str, str] = {}
     cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise RuntimeError(f"sacct failed: {out.stderr.strip()}")
+    for attempt in range(5):  # slurmdbd can be briefly busy under a burst of job records
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if out.returncode == 0:
+            break
+        time.sleep(0.5 * (attempt + 1))
+    else:
+        raise RuntimeError(f"sacct failed (exit {out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
     for line in out.stdout.splitlines():
         if "|" not in line:
             continue

@@ -173,3 +173,29 @@ def _set_tracker_states(states: dict) -> None:
     from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
     get_cuda_rng_tracker().set_states({k: v.clone() for k, v in states.items()})
+
+
+def load_full_state_dict(run_dir: str | Path, job: str = "train", task: int = 0) -> dict[str, Any]:
+    """The latest checkpoint of a run's training task as one full state dict (TP=1/PP=1 names),
+    whatever layout saved it: megatron's dist_checkpointing reshards on load."""
+    import yaml
+
+    from aistack.dist.megatron import init_model_parallel, set_seeds
+    from aistack.model import cpu_compat, gpt
+    from aistack.model.data import Tokenizer
+    from aistack.recipe.kinds.pretrain import ModelConfig, ParallelConfig
+
+    run_dir = Path(run_dir)
+    data = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    model_cfg = ModelConfig.model_validate(data["model"])
+    source = latest(run_dir / "jobs" / job / "tasks" / f"{task:05d}" / "checkpoints")
+    if source is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint of job {job} task {task} to export")
+    tokenizer = (data.get("data") or {}).get("tokenizer")
+    vocab = model_cfg.vocab_size or Tokenizer.from_file(tokenizer).vocab_size
+    init_model_parallel(1, 1)
+    set_seeds(1234)
+    with cpu_compat.device_scope():
+        model = gpt.build_gpt(model_cfg, ParallelConfig(), True, True, gpt.padded_vocab_size(vocab, model_cfg, 1), "fp32", use_te=False)
+        load(source, [model], restore_rng=False)
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}

@@ -64,6 +64,12 @@ def device_scope() -> Iterator[None]:
 
 
 class _NullStream:
+    """torch.cuda.Stream's stand-in: a class (not a function), so `torch.cuda.Stream | None`
+    annotations (transformers evaluates some) still work after install()."""
+
+    def __init__(self, *_a, **_k) -> None:
+        pass
+
     def wait_stream(self, *_a, **_k) -> None:
         pass
 
@@ -103,8 +109,9 @@ def install() -> None:
     cuda.current_device = lambda: 0  # an index the device mode maps to cpu
     for name in ("synchronize", "set_device", "manual_seed", "manual_seed_all", "empty_cache", "reset_peak_memory_stats"):
         setattr(cuda, name, _noop(name))
-    for name in ("current_stream", "default_stream", "stream", "Stream"):
+    for name in ("current_stream", "default_stream", "stream"):
         setattr(cuda, name, _null_stream(name))
+    cuda.Stream = _NullStream
     _install_rng_tracker()
     _INSTALLED = True
 
