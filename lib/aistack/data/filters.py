@@ -70,33 +70,16 @@ def build_filter_pipeline(cfg, data_folder: str, paths_file: str, out_dir: Path,
             dup_line_frac=g.dup_line_frac, dup_para_frac=g.dup_para_frac, dup_line_char_frac=g.dup_line_char_frac,
             dup_para_char_frac=g.dup_para_char_frac, top_n_grams=tuple(map(tuple, g.top_n_grams)),
             dup_n_grams=tuple(map(tuple, g.dup_n_grams)), exclusion_writer=excluded("gopher_repetition"), language=language))
-    q = cfg.gopher_quality
-    if q.enabled:
-        steps.append(GopherQualityFilter(
-            min_doc_words=q.min_doc_words, max_doc_words=q.max_doc_words, min_avg_word_length=q.min_avg_word_length,
-            max_avg_word_length=q.max_avg_word_length, max_symbol_word_ratio=q.max_symbol_word_ratio,
-            max_bullet_lines_ratio=q.max_bullet_lines_ratio, max_ellipsis_lines_ratio=q.max_ellipsis_lines_ratio,
-            max_non_alpha_words_ratio=q.max_non_alpha_words_ratio, min_stop_words=q.min_stop_words,
-            exclusion_writer=excluded("gopher_quality"), language=language))
-    c = cfg.c4_quality
-    if c.enabled:
-        steps.append(C4QualityFilter(
-            split_paragraph=c.split_paragraph, remove_citations=c.remove_citations,
-            filter_no_terminal_punct=c.filter_no_terminal_punct, min_num_sentences=c.min_num_sentences,
-            min_words_per_line=c.min_words_per_line, max_word_length=c.max_word_length,
-            filter_lorem_ipsum=c.filter_lorem_ipsum, filter_javascript=c.filter_javascript,
-            filter_curly_bracket=c.filter_curly_bracket, filter_policy=c.filter_policy,
-            exclusion_writer=excluded("c4_quality"), language=language))
-    f = cfg.fineweb_quality
-    if f.enabled:
-        steps.append(FineWebQualityFilter(
-            line_punct_thr=f.line_punct_thr, line_punct_exclude_zero=f.line_punct_exclude_zero,
-            short_line_thr=f.short_line_thr, short_line_length=f.short_line_length,
-            char_duplicates_ratio=f.char_duplicates_ratio, new_line_ratio=f.new_line_ratio,
-            exclusion_writer=excluded("fineweb_quality"), language=language))
+    # These configs name exactly the datatrove filters' keyword arguments (FineWeb's defaults).
+    for name, block, step in (
+        ("gopher_quality", cfg.gopher_quality, GopherQualityFilter),
+        ("c4_quality", cfg.c4_quality, C4QualityFilter),
+        ("fineweb_quality", cfg.fineweb_quality, FineWebQualityFilter),
+    ):
+        if block.enabled:
+            steps.append(step(**block.model_dump(exclude={"enabled"}), exclusion_writer=excluded(name), language=language))
     if cfg.pii.enabled:
-        steps.append(PIIFormatter(remove_emails=cfg.pii.remove_emails, remove_ips=cfg.pii.remove_ips,
-                                  only_remove_public_ips=cfg.pii.only_remove_public_ips))
+        steps.append(PIIFormatter(**cfg.pii.model_dump(exclude={"enabled"})))
     if kill:
         steps.append(KillAfter(cfg.kill_after_documents))
     steps += [make_writer(fmt, str(out_dir)) for fmt in cfg.output.formats]
