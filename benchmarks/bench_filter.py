@@ -35,7 +35,7 @@ def main() -> None:
     from aistack.data.inputs import write_paths_file
     from aistack.data.stats import step_rows
     from aistack.recipe import load_recipe
-    from warc_fixtures import build_corpus
+    from aistack.data.sample_crawl import build_corpus
 
     work = Path(tempfile.mkdtemp(prefix="bench-filter-"))
     corpus = build_corpus(work / "warc", shards=1, real=args.docs, blocked=2, boilerplate=2, near_dups=2)

@@ -9,39 +9,10 @@ training, so accuracy on them measures the learned skill, not memorisation.
 
 from __future__ import annotations
 
-import itertools
-import json
 import random
 from pathlib import Path
 
-LETTERS = "abcdefghijklmnop"
-SPECIAL = ["<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-
-
-def words(seed: int = 0) -> tuple[list[str], list[str]]:
-    """(train, held-out) 3-letter words over LETTERS."""
-    all_words = ["".join(w) for w in itertools.product(LETTERS, repeat=3)]
-    random.Random(seed).shuffle(all_words)
-    return all_words[200:], all_words[:200]
-
-
-def prompt(word: str) -> str:
-    return "reverse: " + " ".join(word)
-
-
-def answer(word: str) -> str:
-    return " ".join(reversed(word))
-
-
-def record(word: str, system: bool = False) -> dict:
-    messages = [{"role": "system", "content": "You reverse words."}] if system else []
-    return {"messages": [*messages, {"role": "user", "content": prompt(word)}, {"role": "assistant", "content": answer(word)}]}
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+from aistack.post.reverse_task import LETTERS, SPECIAL, answer, prompt, record, words, write_jsonl  # noqa: F401
 
 
 def make_task(root: Path, n_train: int = 1500) -> dict[str, Path]:

@@ -13,7 +13,7 @@ from aistack.launch import launcher
 from aistack.launch.local import JobFailed
 from aistack.recipe import RecipeError
 from conftest import RECIPES
-from warc_fixtures import build_corpus
+from aistack.data.sample_crawl import build_corpus
 
 FINEWEB = RECIPES / "data" / "fineweb.yaml"
 MINHASH = RECIPES / "data" / "minhash.yaml"

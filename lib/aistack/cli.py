@@ -84,9 +84,17 @@ def _parser() -> argparse.ArgumentParser:
 # --- run / plan ---------------------------------------------------------------------
 
 
+def _is_pipeline(args) -> bool:
+    from aistack.recipe import load_recipe
+
+    return load_recipe(args.recipe, args.overrides).kind == "pipeline"
+
+
 def cmd_run(args) -> int:
     from aistack.launch import launcher
 
+    if _is_pipeline(args):
+        return _run_pipeline(args)
     if args.dry_run:
         result = launcher.launch(args.recipe, args.overrides, on=args.on, dry_run=True)
         _print_plan(result, scripts=True)
@@ -114,25 +122,14 @@ def cmd_run(args) -> int:
 
 
 def _run_local(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from aistack.launch import launcher
     from aistack.launch.local import JobFailed
 
-    bars: dict[str, int] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
-
-        def on_progress(job: str, finished: int, total: int) -> None:
-            if job not in bars:
-                bars[job] = progress.add_task(job, total=total)
-            progress.update(bars[job], completed=finished)
-
-        try:
-            result = launcher.launch(args.recipe, args.overrides, on=args.on, progress=on_progress)
-        except JobFailed as err:
-            progress.stop()
-            err_console.print(f"[bold red]failed:[/] {err}", soft_wrap=True)
-            return 1
+    try:
+        result = _with_progress(lambda progress: launcher.launch(args.recipe, args.overrides, on=args.on, progress=progress))
+    except JobFailed as err:
+        err_console.print(f"[bold red]failed:[/] {err}", soft_wrap=True)
+        return 1
     if not result.submitted:
         console.print("every task of this run is already done: nothing to run")
     console.print(f"[green]done[/]: {result.run.path}")
@@ -158,9 +155,91 @@ def _follow(result):
 def cmd_plan(args) -> int:
     from aistack.launch import launcher
 
+    if _is_pipeline(args):
+        args.dry_run = True
+        return _run_pipeline(args)
+
     result = launcher.launch(args.recipe, args.overrides, on=args.on, dry_run=True)
     _print_plan(result, scripts=True)
     return 0
+
+
+def _run_pipeline(args) -> int:
+    from aistack.launch.launcher import default_target
+    from aistack.launch.profile import load_profile
+    from aistack.pipeline import execute, show
+    from aistack.pipeline.stages import resolve
+    from aistack.recipe import load_recipe
+
+    loaded = load_recipe(args.recipe, args.overrides)
+    profile = load_profile(args.on or default_target())
+    pipeline = resolve(loaded, allow_missing=args.dry_run)
+    if args.dry_run:
+        outcomes = execute.submit_slurm(pipeline, profile, dry_run=True)
+        show.print_plan(console, pipeline, outcomes, profile, scripts=True)
+        console.print("[yellow]dry run: nothing was submitted[/]")
+        return 0
+    console.print(f"pipeline [bold]{loaded.recipe.name}[/] ({len(pipeline.stages)} stages) on [bold]{profile.name}[/] "
+                  f"({profile.executor}) -> {pipeline.dir.path}")
+    if profile.executor == "local":
+        outcomes = _with_progress(lambda progress: execute.run_local(pipeline, profile, progress))
+        for outcome in outcomes:
+            if outcome.error:
+                err_console.print(f"[bold red]stage {outcome.stage}:[/] {outcome.error}", soft_wrap=True)
+        show.print_status(console, show.stage_states(execute.stage_runs(pipeline.dir)))
+        failed = any(o.error for o in outcomes)
+        if not failed and (pipeline.dir.path / "report.md").exists():
+            console.print(f"[green]done[/]: report {pipeline.dir.path / 'report.md'} (and report.html)")
+        return 1 if failed else 0
+    outcomes = execute.submit_slurm(pipeline, profile)
+    for outcome in outcomes:
+        if outcome.in_flight:
+            console.print(f"  {outcome.stage}: already queued or running (Slurm {', '.join(outcome.in_flight)})")
+        elif not outcome.submitted:
+            console.print(f"  {outcome.stage}: done, nothing to submit")
+        for item in outcome.submitted:
+            what = f"array of {len(item.task_ids)}" if item.is_array else "job"
+            after = f" after {','.join(outcome.waits_on)}" if outcome.waits_on and item is outcome.submitted[0] else ""
+            console.print(f"  {outcome.stage}/{item.job}: Slurm {what} {item.job_id}{after}")
+    if not args.wait:
+        console.print(f"follow it with: aistack status {pipeline.dir.path}")
+        return 0
+    states = _follow_pipeline(pipeline.dir)
+    show.print_status(console, states)
+    return 0 if all(s.state == "COMPLETED" for s in states) else 1
+
+
+def _with_progress(work):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bars: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+
+        def on_progress(job: str, finished: int, total: int) -> None:
+            if job not in bars:
+                bars[job] = progress.add_task(job, total=total)
+            progress.update(bars[job], completed=finished)
+
+        return work(on_progress)
+
+
+def _follow_pipeline(pipeline_dir, poll_s: float = 5.0, timeout_s: float = 6 * 3600):
+    import time
+
+    from aistack.pipeline import execute, show
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            states = show.stage_states(execute.stage_runs(pipeline_dir))
+        except RuntimeError:  # accounting briefly unavailable
+            time.sleep(poll_s)
+            continue
+        line = "  ".join(f"{s.name} {s.done}/{s.total} {s.state.lower()}" for s in states)
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", soft_wrap=True)
+        if show.finished(states) or time.time() > deadline:
+            return states
+        time.sleep(poll_s)
 
 
 def _print_plan(result, scripts: bool) -> None:
@@ -240,6 +319,11 @@ def cmd_status(args) -> int:
             console.print(recipe.parent.name)
         return 0
     run = _find(args)
+    if (run.path / "stages.json").exists():
+        from aistack.pipeline import execute, show
+
+        show.print_status(console, show.stage_states(execute.stage_runs(run)))
+        return 0
     rows = run_status(run, _plan_jobs(run))
     _print_status(rows)
     return 0
@@ -327,7 +411,12 @@ def cmd_cancel(args) -> int:
     from aistack.launch.status import cancel_run
 
     run = _find(args)
-    cancelled = cancel_run(run)
+    runs = [run]
+    if (run.path / "stages.json").exists():  # a pipeline: every stage's run
+        from aistack.pipeline.execute import stage_runs
+
+        runs = [stage_run for _, _, stage_run, _, _ in stage_runs(run) if stage_run.path.exists()]
+    cancelled = [c for r in runs for c in cancel_run(r)]
     console.print(f"cancelled: {', '.join(cancelled) if cancelled else 'nothing was running'}")
     return 0
 

@@ -68,7 +68,9 @@ class SlurmExecutor:
     def launch_for(self, run: RunDir, job: JobSpec, dependency: str | None) -> SlurmLaunch:
         return slurm_launch(job, self.profile, self.job_name(run, job), run.path.parent, dependency)
 
-    def submit(self, plan: Plan, run: RunDir, dry_run: bool = False) -> list[Submitted]:
+    def submit(self, plan: Plan, run: RunDir, dry_run: bool = False, after: list[str] | tuple[str, ...] = ()) -> list[Submitted]:
+        """Submit every job with pending tasks; `after`: Slurm ids (of earlier pipeline
+        stages) that every job of this plan waits for as well."""
         limit = max_array_size(self.profile)
         submitted: list[Submitted] = []
         ids_by_job: dict[str, list[str]] = {}
@@ -76,7 +78,7 @@ class SlurmExecutor:
             pending = run.pending_tasks(job.name, job.num_tasks)
             if not pending:
                 continue
-            needs = [jid for dep in job.depends_on for jid in ids_by_job.get(dep, [])]
+            needs = [*after, *(jid for dep in job.depends_on for jid in ids_by_job.get(dep, []))]
             dependency = "afterok:" + ":".join(needs) if needs else None
             launch = self.launch_for(run, job, dependency)
             groups = chunks(pending, limit) if job.is_array else [pending]

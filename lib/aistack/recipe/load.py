@@ -29,6 +29,7 @@ _OVERRIDE_RE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*)=(
 _ENV_RE = re.compile(r"\$\{env:(?P<var>[A-Za-z_][A-Za-z0-9_]*)(,(?P<default>[^}]*))?\}")
 # Env vars whose values must never be copied into a recipe (and from there into the run
 # directory, W&B config or an sbatch script). Jobs read them from their environment.
+_STAGE_REF_RE = re.compile(r"\$\{(?P<ref>stages\.[^}]*)\}")
 _SECRET_VAR_RE = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 
 
@@ -38,6 +39,9 @@ class LoadedRecipe:
     path: Path
     data: dict[str, Any]  # resolved plain data, as validated
     sources: dict[str, str] = field(default_factory=dict)  # key path -> file that set it
+    # Absolute path prefixes replaced by a stable token before hashing (a pipeline's own
+    # directory), so the identity does not depend on where the runs live.
+    path_aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -53,6 +57,8 @@ class LoadedRecipe:
                 node = node.get(part, {})
             node.pop(leaf, None)
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+        for prefix, token in self.path_aliases.items():
+            blob = blob.replace(prefix, token)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -60,11 +66,44 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     layers = _read_with_extends(path, chain=())
     layers.append((OVERRIDES_SOURCE, parse_overrides(overrides, str(path))))
+    # refs=None: ${stages...} references stay for a pipeline's stages to resolve
+    loaded = _resolve(path, layers, refs=None)
+    if loaded.kind != "pipeline":
+        for ref in sorted(stage_refs_in(loaded.data)):
+            raise RecipeError.single(str(path), "", "${" + ref + "}", "no ${stages...} reference: only a pipeline's stages may name an earlier stage")
+    return loaded
+
+
+def load_stage(
+    source: Path | dict[str, Any], file: Path, key: str, overrides: dict[str, Any], refs: dict[str, str],
+) -> LoadedRecipe:
+    """A pipeline stage: a recipe file (or an inline recipe set at `key` of `file`), with
+    the stage's overrides on top and `${stages.NAME.output}` references replaced by `refs`."""
+    if isinstance(source, dict):
+        inline = copy.deepcopy(source)
+        parents = inline.pop("extends", [])
+        parents = [parents] if isinstance(parents, str) else parents
+        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            raise RecipeError.single(str(file), f"{key}.extends", parents, "a path or list of paths to base recipes")
+        layers: list[tuple[str, dict]] = []
+        for parent in parents:
+            parent_path = Path(parent) if os.path.isabs(parent) else file.parent / parent
+            layers += _read_with_extends(parent_path, (file.resolve(),), referenced_from=(str(file), f"{key}.extends"))
+        layers.append((f"{file} ({key})", inline))
+        path = file
+    else:
+        path = Path(source)
+        layers = _read_with_extends(path, chain=(), referenced_from=(str(file), key))
+    layers.append((f"{file} (overrides of {key})", overrides))
+    return _resolve(path, layers, refs)
+
+
+def _resolve(path: Path, layers: list[tuple[str, dict]], refs: dict[str, str] | None) -> LoadedRecipe:
     merged: dict[str, Any] = {}
     for _, layer in layers:
         merged = deep_merge(merged, layer)
     sources = _provenance(layers)
-    merged = _interpolate(merged, sources, default_file=str(path), keypath="")
+    merged = _interpolate(merged, sources, default_file=str(path), keypath="", refs=refs)
     recipe = validate(merged, sources, str(path))
     return LoadedRecipe(recipe=recipe, path=path, data=recipe.model_dump(mode="json"), sources=sources)
 
@@ -206,31 +245,57 @@ def parse_overrides(overrides, file: str) -> dict[str, Any]:
 # --- ${env:VAR} interpolation -------------------------------------------------------
 
 
-def _interpolate(node: Any, sources: dict[str, str], default_file: str, keypath: str) -> Any:
-    """Replace ${env:VAR}; errors name the recipe file (and the file that set the key)."""
+def _env_value(match: re.Match[str], node: str, key: str, file: str) -> str:
+    var = match["var"]
+    if _SECRET_VAR_RE.search(var):
+        raise RecipeError.single(
+            file, key, node,
+            f"${{env:{var}}} looks like a secret; secrets are read by the job from its environment and never copied into a recipe",
+        )
+    value = os.environ.get(var, match["default"])
+    if value is None:
+        raise RecipeError.single(file, key, node, f"environment variable {var} is not set (or give a default: ${{env:{var},DEFAULT}})")
+    return value
+
+
+def _replace_stage_refs(text: str, refs: dict[str, str], file: str, key: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        ref = match["ref"]
+        if ref not in refs:
+            known = ", ".join("${" + r + "}" for r in sorted(refs)) or "none: only a pipeline stage may name an earlier stage"
+            raise RecipeError.single(file, key, text, f"a reference to an earlier stage's output ({known})")
+        return refs[ref]
+
+    return _STAGE_REF_RE.sub(replace, text)
+
+
+def stage_refs_in(node: Any) -> set[str]:
+    """Every `stages.NAME...` reference in a (nested) recipe value."""
     if isinstance(node, dict):
-        return {k: _interpolate(v, sources, default_file, f"{keypath}{k}.") for k, v in node.items()}
+        return set().union(*(stage_refs_in(v) for v in node.values())) if node else set()
     if isinstance(node, list):
-        return [_interpolate(v, sources, default_file, keypath) for v in node]
+        return set().union(*(stage_refs_in(v) for v in node)) if node else set()
+    return {m["ref"] for m in _STAGE_REF_RE.finditer(node)} if isinstance(node, str) else set()
+
+
+def _interpolate(node: Any, sources: dict[str, str], default_file: str, keypath: str, refs: dict[str, str] | None = None) -> Any:
+    """Replace ${env:VAR} (and, in a pipeline's stages, ${stages.NAME.output[.KEY]});
+    errors name the recipe file (and the file that set the key)."""
+    if isinstance(node, dict):
+        return {k: _interpolate(v, sources, default_file, f"{keypath}{k}.", refs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, sources, default_file, keypath, refs) for v in node]
     if not isinstance(node, str) or "${" not in node:
         return node
     key = keypath.rstrip(".")
+    if _STAGE_REF_RE.search(node):
+        if refs is None:  # a pipeline's own file: its stages resolve these later
+            return _STAGE_REF_RE.sub(lambda m: m.group(0), _ENV_RE.sub(lambda m: _env_value(m, node, key, default_file), node))
+        node = _replace_stage_refs(node, refs, _owner(key, sources, default_file), key)
+        if "${" not in node:
+            return node
 
-    def replace(match: re.Match[str]) -> str:
-        var = match["var"]
-        if _SECRET_VAR_RE.search(var):
-            raise RecipeError.single(
-                default_file, key, node,
-                f"${{env:{var}}} looks like a secret; secrets are read by the job from its environment and never copied into a recipe",
-            )
-        value = os.environ.get(var, match["default"])
-        if value is None:
-            raise RecipeError.single(
-                default_file, key, node, f"environment variable {var} is not set (or give a default: ${{env:{var},DEFAULT}})"
-            )
-        return value
-
-    text = _ENV_RE.sub(replace, node)
+    text = _ENV_RE.sub(lambda m: _env_value(m, node, key, default_file), node)
     if "${" in text:
         raise RecipeError.single(default_file, key, node, "interpolations of the form ${env:VAR} or ${env:VAR,default}")
     # A whole-value interpolation keeps YAML typing: "${env:NODES}" -> 4, not "4".

@@ -7,3 +7,4 @@ from aistack.launch.planners import sft  # noqa: F401
 from aistack.launch.planners import distill  # noqa: F401
 from aistack.launch.planners import evaluate  # noqa: F401
 from aistack.launch.planners import bench  # noqa: F401
+from aistack.launch.planners import report  # noqa: F401

@@ -12,12 +12,22 @@ from __future__ import annotations
 
 from aistack.launch.plan import JobSpec, planner
 from aistack.recipe import LoadedRecipe, RecipeError
+from aistack.recipe.deferred import expected_shards, is_deferred
+from aistack.recipe.kinds.data import expand_inputs
 
 
 def _shards(loaded: LoadedRecipe, block: str) -> int:
     cfg = getattr(loaded.recipe, block)
     files = cfg.input.files()
-    if not files:  # checked at validation too; the files may have gone since
+    deferred = [p for p in cfg.input.paths if is_deferred(p) or not expand_inputs([p], cfg.input.format)]
+    if deferred and not cfg.tasks:
+        # Inputs an upstream stage writes: as many shards as it has array tasks.
+        expected = expected_shards(deferred)
+        if expected is None:
+            raise RecipeError.single(str(loaded.path), f"{block}.tasks", cfg.tasks,
+                                     f"a number of array tasks: the inputs {deferred} do not exist yet")
+        return cfg.num_tasks(files, expected)
+    if not files and not deferred:  # checked at validation too; the files may have gone since
         raise RecipeError.single(str(loaded.path), f"{block}.input.paths", cfg.input.paths, "paths matching at least one input file")
     return cfg.num_tasks(files)
 

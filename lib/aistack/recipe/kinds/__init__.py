@@ -7,3 +7,5 @@ from aistack.recipe.kinds import sft  # noqa: F401
 from aistack.recipe.kinds import distill  # noqa: F401
 from aistack.recipe.kinds import evaluate  # noqa: F401
 from aistack.recipe.kinds import bench  # noqa: F401
+from aistack.recipe.kinds import report  # noqa: F401
+from aistack.recipe.kinds import pipeline  # noqa: F401

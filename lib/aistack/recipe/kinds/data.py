@@ -19,6 +19,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
+from aistack.recipe.deferred import defer_missing, is_deferred
 from aistack.recipe.schema import Recipe, StrictModel, register_kind
 
 INPUT_SUFFIXES = {
@@ -36,7 +37,7 @@ def _repo_blocklists() -> Path:
 
 def _existing_file(value: str) -> str:
     path = Path(value).expanduser()
-    if not path.is_file():
+    if not path.is_file() and not is_deferred(value) and not defer_missing(value):
         raise ValueError(f"an existing file (no file at {path.absolute()})")
     return str(path.absolute())
 
@@ -80,21 +81,22 @@ class InputBlock(StrictModel):
 
     @model_validator(mode="after")
     def _paths_exist(self) -> "InputBlock":
-        missing = [p for p in self.paths if not expand_inputs([p], self.format)]
+        missing = [p for p in self.paths if not is_deferred(p) and not expand_inputs([p], self.format) and not defer_missing(p)]
         if missing:
             raise ValueError(f"input paths matching at least one {self.format} file; nothing found for {missing}")
         self.paths = [str(Path(p).expanduser().absolute()) for p in self.paths]
         return self
 
     def files(self) -> list[str]:
-        return expand_inputs(self.paths, self.format)
+        """The input files; while a pipeline is planned, without those an upstream stage will write."""
+        return expand_inputs([p for p in self.paths if not is_deferred(p)], self.format)
 
 
 class ShardedStage(StrictModel):
     tasks: int | None = Field(default=None, ge=1, description="array tasks; default: one per input file")
 
-    def num_tasks(self, files: list[str]) -> int:
-        return self.tasks or max(len(files), 1)
+    def num_tasks(self, files: list[str], deferred_shards: int = 0) -> int:
+        return self.tasks or max(len(files) + deferred_shards, 1)
 
 
 # --- filter -------------------------------------------------------------------------

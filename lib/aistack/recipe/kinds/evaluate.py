@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
+from aistack.recipe.deferred import defer_missing, is_deferred
 from aistack.recipe.kinds.pretrain import ModelConfig
 from aistack.recipe.schema import Recipe, StrictModel, register_kind
 
@@ -35,7 +36,7 @@ def _existing(kind: str):
     def check(value: str) -> str:
         path = Path(value).expanduser()
         ok = path.is_dir() if kind == "dir" else path.is_file()
-        if not ok:
+        if not ok and not is_deferred(value) and not defer_missing(value):
             raise ValueError(f"an existing {'directory' if kind == 'dir' else 'file'} (nothing at {path.absolute()})")
         return str(path.absolute())
 
@@ -53,6 +54,11 @@ def expand_checkpoints(spec: str, all_steps: bool) -> list[str]:
     Accepts a step_* directory, a checkpoints root (`latest`), a pretrain task or run
     directory (searched for */checkpoints/latest) or a Hugging Face model folder."""
     path = Path(spec).expanduser().absolute()
+    if is_deferred(spec) or defer_missing(spec):
+        # An earlier pipeline stage writes it: its latest checkpoint is found when the job runs.
+        if all_steps:
+            raise ValueError(f"all_steps: false for {path}: an earlier stage writes it, so its steps are not known yet")
+        return [str(path)]
     if not path.exists():
         raise ValueError(f"a checkpoint, checkpoints root, pretrain run or HF folder (nothing at {path})")
     if (path / "metadata.json").exists() or (path / "config.json").exists():

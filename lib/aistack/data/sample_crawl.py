@@ -1,4 +1,7 @@
-"""WARC shards of real HTML for the data-stage tests, with injected pages of known kinds.
+"""A small sample crawl: WARC shards of real HTML with injected pages of known kinds.
+
+The data-stage tests and the tiny end-to-end pipeline read it (`python -m
+aistack.data.sample_crawl OUT_DIR`); nothing is downloaded.
 
 Real pages: Debian's Python documentation (python3-doc, /usr/share/doc/python3-doc/html),
 served under their docs.python.org URLs as HTTP 200 response records (with warcinfo
@@ -152,11 +155,11 @@ def write_warc(path: Path, docs: list[tuple[str, str, str]]) -> Path:
 
     with open(path, "wb") as handle:
         writer = WARCWriter(handle, gzip=True)
-        writer.write_record(writer.create_warcinfo_record(path.name, {"software": "aistack-tests", "format": "WARC File Format 1.1"}))
+        writer.write_record(writer.create_warcinfo_record(path.name, {"software": "aistack-sample-crawl", "format": "WARC File Format 1.1"}))
         for i, (url, html, _) in enumerate(docs):
             date = f"2024-03-{1 + i % 28:02d}T12:{i % 60:02d}:00Z"
             host = url.split("/")[2]
-            request = StatusAndHeaders(f"GET /{url.split('/', 3)[3]} HTTP/1.1", [("Host", host), ("User-Agent", "aistack-test-crawler/1.0")], is_http_request=True)
+            request = StatusAndHeaders(f"GET /{url.split('/', 3)[3]} HTTP/1.1", [("Host", host), ("User-Agent", "aistack-sample-crawler/1.0")], is_http_request=True)
             writer.write_record(writer.create_warc_record(url, "request", http_headers=request, warc_headers_dict={"WARC-Date": date}))
             body = html.encode("utf-8")
             headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))], protocol="HTTP/1.1")
@@ -169,3 +172,25 @@ def write_warc(path: Path, docs: list[tuple[str, str, str]]) -> Path:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a sample crawl (WARC shards of Debian's HTML documentation).")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--pages", type=int, default=120, help="real documentation pages")
+    parser.add_argument("--near-dups", type=int, default=10)
+    args = parser.parse_args(argv)
+    done = args.out_dir / "COMPLETE"
+    if done.exists():  # written once; rerunning the demo keeps the same input (and run hashes)
+        print(f"sample crawl already in {args.out_dir}")
+        return
+    corpus = build_corpus(args.out_dir, shards=args.shards, real=args.pages, near_dups=args.near_dups)
+    done.write_text(f"{len(corpus.kinds)} pages\n")
+    print(f"sample crawl: {len(corpus.kinds)} pages in {len(corpus.shards)} WARC shards under {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pipelines: stages of recipes chained by their outputs, run as one (Slurm afterok, or in order here)."""

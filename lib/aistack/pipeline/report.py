@@ -1,0 +1,233 @@
+"""A pipeline's report: one page over its stages' outputs, as report.md and report.html.
+
+Sections: the stages (kind, run directory, tasks, time), the data stages' stats tables
+and funnel plots, the training stages' loss curves, the evaluation table and the FP8
+benchmark tables. Each section is read from the files the stage's own jobs wrote; a
+stage whose outputs are missing is reported as such, never invented.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aistack.launch.rundir import RunDir, atomic_write_text, read_json
+from aistack.track.metrics import read_metrics
+
+DATA_KINDS = ("filter", "dedup", "tokenize")
+TRAIN_KINDS = ("pretrain", "sft", "distill")
+
+
+@dataclass
+class Section:
+    title: str
+    text: list[str] = field(default_factory=list)
+    tables: list[list[list[str]]] = field(default_factory=list)  # header row first
+    images: list[Path] = field(default_factory=list)
+
+
+def build(title: str, stages: list[dict[str, str]], out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = [_overview(stages)]
+    sections += [_data_section(s) for s in stages if s["kind"] in DATA_KINDS]
+    trained = [s for s in stages if s["kind"] in TRAIN_KINDS]
+    if trained:
+        sections.append(_training_section(trained, out_dir))
+    sections += [_eval_section(s) for s in stages if s["kind"] == "evaluate"]
+    sections += [_bench_section(s) for s in stages if s["kind"] == "bench"]
+    images = _copy_images(sections, out_dir)
+    md = out_dir / "report.md"
+    page = out_dir / "report.html"
+    atomic_write_text(md, _markdown(title, sections, images))
+    atomic_write_text(page, _html(title, sections, images))
+    return {"markdown": str(md), "html": str(page), "sections": [s.title for s in sections], "images": len(images)}
+
+
+# --- sections -------------------------------------------------------------------------
+
+
+def _overview(stages: list[dict[str, str]]) -> Section:
+    rows = [["stage", "kind", "run", "tasks done", "elapsed (s)"]]
+    for s in stages:
+        run = RunDir(Path(s["run"]))
+        plan = read_json(run.path / "plan.json", {"jobs": []})
+        total = sum(j["tasks"] for j in plan["jobs"])
+        done = sum(run.is_done(j["name"], t) for j in plan["jobs"] for t in range(j["tasks"]))
+        rows.append([s["name"], s["kind"], run.name, f"{done}/{total}", _fmt(elapsed(run, plan["jobs"]))])
+    return Section("Stages", tables=[rows])
+
+
+def elapsed(run: RunDir, jobs: list[dict]) -> float | None:
+    """From the first task's start to the last task's end (or its last update)."""
+    starts, ends = [], []
+    for job in jobs:
+        for t in range(job["tasks"]):
+            state = run.task_state(job["name"], t)
+            if state.get("started_at"):
+                starts.append(state["started_at"])
+                ends.append(state.get("ended_at") or state.get("updated_at") or state["started_at"])
+    return (max(ends) - min(starts)) if starts else None
+
+
+def _data_section(stage: dict[str, str]) -> Section:
+    from aistack.data.report import load_report
+
+    section = Section(f"Data: {stage['name']} ({stage['kind']})")
+    try:
+        report = load_report(RunDir(Path(stage["run"])))
+    except (RuntimeError, FileNotFoundError) as err:
+        section.text.append(f"no stats: {err}")
+        return section
+    for job in report["table"]["jobs"]:
+        rows = [["step", "documents in", "out", "dropped", "why"]]
+        for row in job["steps"]:
+            why = ", ".join(f"{k} {v}" for k, v in row["dropped_by"].items())
+            rows.append([row["name"], str(row["documents_in"]), str(row["documents_out"]), str(row["dropped"]), why])
+        section.text.append(f"job {job['job']}: {job['tasks']} tasks")
+        section.tables.append(rows)
+    section.images.append(Path(report["funnel"]))
+    return section
+
+
+def _training_section(stages: list[dict[str, str]], out_dir: Path) -> Section:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    section = Section("Training: loss curves")
+    rows = [["stage", "kind", "steps", "first loss", "last loss", "last val loss"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for s in stages:
+        records = read_metrics(Path(s["run"]) / "jobs" / "train" / "tasks" / "00000" / "metrics.jsonl")
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+        if train:
+            ax.plot(*zip(*train), label=f"{s['name']} train")
+        if val:
+            ax.plot(*zip(*val), "o--", label=f"{s['name']} val")
+        rows.append([s["name"], s["kind"], str(train[-1][0]) if train else "-", _fmt(train[0][1] if train else None),
+                     _fmt(train[-1][1] if train else None), _fmt(val[-1][1] if val else None)])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "loss.png"
+    tmp = path.with_name(".loss.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    section.tables.append(rows)
+    section.images.append(path)
+    return section
+
+
+def _eval_section(stage: dict[str, str]) -> Section:
+    section = Section(f"Evaluation: {stage['name']}")
+    rows = _csv_rows(Path(stage["run"]) / "results.csv")
+    if rows is None:
+        section.text.append("no results.csv: the evaluation has not finished")
+        return section
+    keep = ["run", "step", "task", "metric", "value"]
+    section.tables.append([keep] + [[r[k] if k != "value" else _fmt(_num(r[k])) for k in keep] for r in rows])
+    return section
+
+
+def _bench_section(stage: dict[str, str]) -> Section:
+    run = Path(stage["run"])
+    section = Section(f"FP8 inference benchmark: {stage['name']}")
+    rows = _csv_rows(run / "results.csv")
+    if rows is None:
+        section.text.append("no results.csv: the benchmark has not finished")
+        return section
+    keep = [c for c in ("precision", "fp8_mode", "batch", "prompt_len", "gen_len", "ttft_ms", "decode_tok_s", "peak_mem_mb")
+            if c in rows[0]]
+    section.tables.append([keep] + [[r[k] if not _num(r[k]) else _fmt(_num(r[k])) for k in keep] for r in rows])
+    quality = read_json(run / "results.json", {}).get("quality") or {}
+    if quality.get("bf16"):
+        q_rows = [["metric", "bf16", "fp8", "fp8 - bf16"]]
+        for key, value in quality["bf16"].items():
+            q_rows.append([key, _fmt(value), _fmt(quality.get("fp8", {}).get(key)),
+                           _fmt(quality.get("delta_fp8_minus_bf16", {}).get(key))])
+        section.tables.append(q_rows)
+    if (run / "report.md").exists():
+        section.text.append(f"full benchmark report: {run / 'report.md'}")
+    if (run / "throughput.png").exists():
+        section.images.append(run / "throughput.png")
+    return section
+
+
+# --- rendering ----------------------------------------------------------------------
+
+
+def _copy_images(sections: list[Section], out_dir: Path) -> dict[Path, str]:
+    """Images next to the report, so the page works when the folder is copied."""
+    names: dict[Path, str] = {}
+    for section in sections:
+        for image in section.images:
+            if not image.exists():
+                continue
+            name = image.name if image.parent == out_dir else f"{Path(image).parents[0].name}-{image.name}"
+            if image.parent != out_dir:
+                shutil.copyfile(image, out_dir / name)
+            names[image] = name
+    return names
+
+
+def _markdown(title: str, sections: list[Section], images: dict[Path, str]) -> str:
+    lines = [f"# {title}", ""]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        lines += [*(t + "\n" for t in s.text)]
+        for table in s.tables:
+            lines.append("| " + " | ".join(table[0]) + " |")
+            lines.append("|" + "---|" * len(table[0]))
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table[1:]]
+            lines.append("")
+        lines += [f"![{s.title}]({images[i]})\n" for i in s.images if i in images]
+    return "\n".join(lines) + "\n"
+
+
+def _html(title: str, sections: list[Section], images: dict[Path, str]) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}img{max-width:100%}</style></head><body>",
+             f"<h1>{e(title)}</h1>"]
+    for s in sections:
+        parts.append(f"<h2>{e(s.title)}</h2>")
+        parts += [f"<p>{e(t)}</p>" for t in s.text]
+        for table in s.tables:
+            head = "".join(f"<th>{e(c)}</th>" for c in table[0])
+            body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table[1:])
+            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        parts += [f"<img src='{e(images[i])}' alt='{e(s.title)}'>" for i in s.images if i in images]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]] | None:
+    if not path.exists():
+        return None
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _num(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.4g}"
+    return str(int(value)) if isinstance(value, (int, float)) else str(value)

@@ -1,0 +1,190 @@
+"""A pipeline recipe -> its stages: each a loaded recipe, its plan and its run directory.
+
+Stages are resolved in the order the pipeline lists them. Each one sees the outputs of
+the stages before it as `${stages.NAME...}` references (absolute paths inside their run
+directories); while it is validated and planned those paths are deferred (they may not
+exist yet; see aistack.recipe.deferred). Everything that can be wrong with any stage is
+found here, before anything is written or submitted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aistack.launch.plan import Plan, make_plan
+from aistack.launch.rundir import RunDir
+from aistack.pipeline.outputs import SHARDED_BY, references
+from aistack.recipe import LoadedRecipe, RecipeError
+from aistack.recipe.deferred import deferring
+from aistack.recipe.load import OVERRIDES_SOURCE, deep_merge, load_stage, stage_refs_in
+
+REPORT_STAGE = "report"
+PIPELINE_TOKEN = "<pipeline>"  # stands for the pipeline directory in stage hashes
+
+
+@dataclass
+class Stage:
+    name: str
+    loaded: LoadedRecipe
+    plan: Plan
+    run: RunDir
+    needs: tuple[str, ...]  # stages that must finish first
+
+    @property
+    def kind(self) -> str:
+        return self.loaded.kind
+
+
+@dataclass
+class Pipeline:
+    loaded: LoadedRecipe
+    dir: RunDir  # <output.root>/<name>: the pipeline's own files; the stages' run dirs inside
+    stages: list[Stage]
+    missing_inputs: list[str]  # plan/dry-run only: inputs not on this machine
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def downstream_of(self, name: str) -> list[str]:
+        out: list[str] = []
+        for stage in self.stages:
+            if name in stage.needs or any(n in out for n in stage.needs):
+                out.append(stage.name)
+        return out
+
+
+def pipeline_dir(loaded: LoadedRecipe) -> RunDir:
+    recipe = loaded.recipe
+    return RunDir((Path(recipe.output.root).expanduser() / recipe.name).absolute())
+
+
+def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
+    recipe = loaded.recipe
+    pdir = pipeline_dir(loaded)
+    file = Path(loaded.path)
+    stages: list[Stage] = []
+    refs: dict[str, str] = {}
+    missing: list[str] = []
+    for name, spec in recipe.stages.items():
+        key = f"stages.{name}"
+        if name == REPORT_STAGE and recipe.report:
+            raise RecipeError.single(str(file), key, name, f"another stage name ('{REPORT_STAGE}' is the report's; or set report: false)")
+        overrides = expand_dotted(spec.overrides)
+        needs = _needs(name, spec, overrides, [s.name for s in stages], file, key)
+        source = _recipe_source(spec.recipe, loaded, file, key)
+        overrides = deep_merge(overrides, _placement(loaded, name, pdir))
+        upstream = {str(s.run.path): _shards(s) for s in stages}
+        with deferring(upstream, allow_missing) as deferral:
+            stage_loaded = load_stage(source, file, f"{key}.recipe", overrides, refs)
+            if stage_loaded.kind in ("pipeline", "report"):
+                raise RecipeError.single(str(file), f"{key}.recipe", stage_loaded.kind, "a recipe of a stage kind (not pipeline or report)")
+            stage_loaded.path_aliases = {str(pdir.path): PIPELINE_TOKEN}
+            plan = make_plan(stage_loaded)
+        missing += deferral.missing
+        run = RunDir.for_recipe(stage_loaded)
+        stages.append(Stage(name, stage_loaded, plan, run, needs))
+        refs.update(references(name, stage_loaded.kind, run.path))
+    if recipe.report:
+        stages.append(_report_stage(loaded, pdir, stages))
+    return Pipeline(loaded, pdir, stages, sorted(set(missing)))
+
+
+def expand_dotted(overrides: dict[str, Any]) -> dict[str, Any]:
+    """{"train.lr": 1e-4, "data": {...}} -> nested. Nested keys win over dotted ones: a
+    command-line override (always nested) then beats a dotted key of the file."""
+    dotted: dict[str, Any] = {}
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "." in key:
+            node = dotted
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        else:
+            nested[key] = value
+    return deep_merge(dotted, nested)
+
+
+def _needs(name: str, spec, overrides: dict, earlier: list[str], file: Path, key: str) -> tuple[str, ...]:
+    referenced = stage_refs_in(overrides) | (stage_refs_in(spec.recipe) if isinstance(spec.recipe, dict) else set())
+    needs: list[str] = []
+    for ref in sorted(referenced):
+        parts = ref.split(".")
+        target = parts[1] if len(parts) > 1 else ""
+        if target not in earlier:
+            raise RecipeError.single(str(file), f"{key}.overrides", "${" + ref + "}",
+                                     f"a reference to a stage listed before {name} ({', '.join(earlier) or 'there is none'})")
+        needs.append(target)
+    for after in spec.after:
+        if after not in earlier:
+            raise RecipeError.single(str(file), f"{key}.after", after, f"a stage listed before {name} ({', '.join(earlier) or 'there is none'})")
+        needs.append(after)
+    return tuple(dict.fromkeys(needs))
+
+
+def _recipe_source(value: str | dict, loaded: LoadedRecipe, file: Path, key: str) -> Path | dict:
+    if isinstance(value, dict):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        owner = loaded.sources.get(f"{key}.recipe", str(file))
+        base = Path.cwd() if owner == OVERRIDES_SOURCE else Path(owner).parent
+        path = base / path
+    if not path.is_file():
+        raise RecipeError.single(loaded.sources.get(f"{key}.recipe", str(file)), f"{key}.recipe", value, "a recipe file that exists")
+    return path.absolute()
+
+
+def _placement(loaded: LoadedRecipe, name: str, pdir: RunDir) -> dict[str, Any]:
+    """What the pipeline sets on every stage: its name, where it lives, how it is tracked."""
+    tracking = loaded.recipe.tracking.model_dump(mode="json")
+    tracking["group"] = tracking.get("group") or loaded.recipe.name
+    return {"name": name, "output": {"root": str(pdir.path)}, "tracking": tracking}
+
+
+def _shards(stage: Stage) -> int | None:
+    job = SHARDED_BY.get(stage.kind)
+    return stage.plan.job(job).num_tasks if job else None
+
+
+def _report_stage(loaded: LoadedRecipe, pdir: RunDir, stages: list[Stage]) -> Stage:
+    data = {
+        "kind": "report",
+        "report": {
+            "title": f"pipeline {loaded.recipe.name}",
+            "stages": [{"name": s.name, "kind": s.kind, "run": str(s.run.path)} for s in stages],
+            "copy_to": str(pdir.path),
+        },
+        "resources": {"nodes": 1, "tasks_per_node": 1, "time": 20},
+    }
+    report = load_stage(data, Path(loaded.path), f"stages.{REPORT_STAGE}", _placement(loaded, REPORT_STAGE, pdir), {})
+    report.path_aliases = {str(pdir.path): PIPELINE_TOKEN}
+    return Stage(REPORT_STAGE, report, make_plan(report), RunDir.for_recipe(report), tuple(s.name for s in stages))
+
+
+def write_pipeline_files(pipeline: Pipeline) -> None:
+    """<pipeline dir>/recipe.yaml (the pipeline as resolved) and stages.json (the current stage runs)."""
+    from aistack.launch.rundir import atomic_write_json
+
+    pdir = pipeline.dir
+    pdir.path.mkdir(parents=True, exist_ok=True)
+    pdir.write_recipe(pipeline.loaded)
+    atomic_write_json(pdir.path / "stages.json", {"stages": [stage_record(s) for s in pipeline.stages]})
+
+
+def stage_record(stage: Stage) -> dict[str, Any]:
+    return {
+        "name": stage.name, "kind": stage.kind, "run": str(stage.run.path), "needs": list(stage.needs),
+        "jobs": [{"name": j.name, "tasks": j.num_tasks, "depends_on": list(j.depends_on)} for j in stage.plan.jobs],
+    }
+
+
+def read_stage_records(pdir: RunDir) -> list[dict[str, Any]]:
+    path = pdir.path / "stages.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{pdir.path} is not a pipeline run (no stages.json)")
+    return json.loads(path.read_text())["stages"]

@@ -1,0 +1,77 @@
+"""Paths a recipe may name before they exist: outputs of earlier pipeline stages.
+
+A stage of a pipeline is validated when the whole pipeline is planned, before the stages
+it reads from have run. Inside `deferring(...)` the validators that check a path exists
+(or expand it: input files, checkpoint step directories) leave a path that lies under an
+upstream stage's run directory as it is; the job validates it again on the node, where
+the upstream stage has finished. Such a path is never expanded at planning time even when
+it exists, so a stage's identity (its run directory) does not change between the first
+run of a pipeline and a rerun.
+
+`aistack plan` / `--dry-run` may also defer inputs that are missing on the planning
+machine (a cluster's crawl storage seen from a laptop): they are reported, not errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Deferral:
+    # upstream run directory -> how many files its main output has (shards), when known
+    upstream: dict[str, int | None] = field(default_factory=dict)
+    allow_missing: bool = False  # plan / dry-run: missing paths are noted, not errors
+    missing: list[str] = field(default_factory=list)
+
+
+_current: contextvars.ContextVar[Deferral | None] = contextvars.ContextVar("aistack_deferral", default=None)
+
+
+@contextlib.contextmanager
+def deferring(upstream: dict[str, int | None] | None = None, allow_missing: bool = False):
+    deferral = Deferral({os.path.abspath(k): v for k, v in (upstream or {}).items()}, allow_missing)
+    token = _current.set(deferral)
+    try:
+        yield deferral
+    finally:
+        _current.reset(token)
+
+
+def _upstream_of(path: str) -> str | None:
+    deferral = _current.get()
+    if deferral is None:
+        return None
+    full = os.path.abspath(os.path.expanduser(path))
+    for root in deferral.upstream:
+        if full == root or full.startswith(root + os.sep):
+            return root
+    return None
+
+
+def is_deferred(path: str) -> bool:
+    """True for a path an upstream stage will produce (checked again when the job runs)."""
+    return _upstream_of(path) is not None
+
+
+def defer_missing(path: str) -> bool:
+    """In plan/dry-run mode, note a missing path and say it may be skipped."""
+    deferral = _current.get()
+    if deferral is None or not deferral.allow_missing or Path(path).expanduser().exists():
+        return False
+    deferral.missing.append(str(Path(path).expanduser().absolute()))
+    return True
+
+
+def expected_shards(paths: list[str]) -> int | None:
+    """Shards that deferred inputs will hold: the upstream stages' array sizes, when known."""
+    deferral = _current.get()
+    if deferral is None:
+        return None
+    counts = [deferral.upstream.get(_upstream_of(p) or "") for p in paths if is_deferred(p)]
+    known = [c for c in counts if c]
+    return sum(known) if known else None

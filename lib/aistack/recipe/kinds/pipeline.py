@@ -1,0 +1,58 @@
+"""`kind: pipeline`: stages, each a recipe, chained by what they read from each other.
+
+    kind: pipeline
+    name: tiny-end-to-end
+    stages:
+      filter:
+        recipe: ../data/fineweb.yaml            # a recipe file, relative to this file ...
+        overrides: {filter.tasks: 2}            # ... with overrides (nested or dotted keys)
+      dedup:
+        recipe: ../data/minhash.yaml
+        overrides:
+          dedup.input.paths: ["${stages.filter.output}"]   # an earlier stage's output
+      notes:
+        recipe: {kind: smoke, extends: ../base/defaults.yaml}   # or an inline recipe
+        after: [dedup]                          # order without a data reference
+
+A stage runs after every stage it references or lists in `after`. Each stage is an
+ordinary run directory inside <output.root>/<name>/, named by the hash of its resolved
+recipe, which includes the run directories (so the hashes) of the stages it reads: a
+change reruns that stage and everything downstream of it, and nothing upstream.
+The pipeline's `tracking` block applies to every stage (W&B group: the pipeline's name).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from aistack.recipe.schema import Name, Recipe, StrictModel, register_kind
+
+
+class StageSpec(StrictModel):
+    recipe: str | dict[str, Any] = Field(description="a recipe file (relative to the pipeline file) or an inline recipe")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keys set on the stage's recipe, nested or dotted (train.lr: 1e-4); "
+                    "${stages.NAME.output} (or .output.KEY, .run) names an earlier stage's output")
+    after: list[Name] = Field(default_factory=list, description="stages to wait for besides those referenced")
+
+    @field_validator("recipe")
+    @classmethod
+    def _inline_has_kind(cls, value: str | dict) -> str | dict:
+        if isinstance(value, dict) and value.get("kind") == "pipeline":
+            raise ValueError("a recipe of another kind than pipeline (pipelines do not nest)")
+        if isinstance(value, dict) and "kind" not in value and "extends" not in value:
+            raise ValueError("an inline recipe with a `kind:` (or a path to a recipe file)")
+        return value
+
+
+@register_kind("pipeline")
+class PipelineRecipe(Recipe):
+    kind: Literal["pipeline"] = "pipeline"
+    stages: dict[Name, StageSpec] = Field(min_length=1, description="in order; each runs after the stages it reads")
+    report: bool = Field(default=True, description="a last stage writing report.md/html from every stage's outputs")
+
+    # The pipeline directory is named by the pipeline's name only; its stages carry the hashes.
+    PLACEMENT_KEYS: ClassVar[tuple[str, ...]] = Recipe.PLACEMENT_KEYS
