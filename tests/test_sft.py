@@ -1,6 +1,8 @@
 """SFT: assistant-only loss (exactly zero gradient elsewhere), packing equals unpacked, and a
 tiny pretrained GPT finetuned on a synthetic instruction task (reverse a 3-letter word)
-answers held-out prompts far better than before."""
+answers held-out prompts far better than before. Starting from a Hugging Face folder or at
+TP=2 gives the losses of the TP=1 start from the megatron checkpoint; an SFT run exports to
+a transformers folder with the same logits."""
 
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+# transformers before any megatron parallel state here (cpu_compat.install, see export_hf's imports)
+import aistack.model.export_hf  # noqa: F401
 import post_fixtures as pf
 from aistack.launch import launcher
+from aistack.track.metrics import read_metrics
 from conftest import RECIPES
 
 SFT = RECIPES / "sft" / "gpt-tiny-chat.yaml"
@@ -213,3 +218,114 @@ def test_finetuned_model_answers_held_out_prompts(tmp_path, task, pretrained):
     assert after >= 0.8, f"held-out accuracy after SFT {after}: {samples}"
     assert result["data"]["chat_template"] == "default" and result["data"]["valid_conversations"] > 0
     assert result["val_loss"] < 0.2
+
+
+# --- where SFT starts: an HF folder, another TP layout; and its export ------------------------
+
+SHORT = ("train.steps=3", "train.eval_every=3", "train.eval_steps=1", "checkpoint.every=3")
+
+
+def losses(run, key: str = "loss") -> dict[int, float]:
+    return {r["step"]: r[key] for r in read_metrics(run.run.task_dir("train", 0) / "metrics.jsonl") if key in r}
+
+
+def run_dir_of(checkpoints: Path) -> Path:
+    return next(p for p in checkpoints.parents if (p / "recipe.yaml").exists())
+
+
+@pytest.fixture(scope="module")
+def pretrained_hf(tmp_path_factory, pretrained) -> Path:
+    """The pretrained run exported with `aistack export RUN --to hf`."""
+    from aistack.cli import main
+
+    out = tmp_path_factory.mktemp("pretrained-hf") / "hf"
+    assert main(["export", str(run_dir_of(pretrained)), "--to", "hf", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def sft_tp1(tmp_path_factory, task, pretrained):
+    """3 SFT steps at TP=1 from the megatron checkpoint: the reference."""
+    return launcher.launch(SFT, sft_args(tmp_path_factory.mktemp("sft-tp1"), task, pretrained, *SHORT), on="local")
+
+
+def test_sft_from_a_hugging_face_folder_starts_where_the_megatron_checkpoint_does(tmp_path, task, pretrained_hf, sft_tp1):
+    import json
+
+    assert json.loads((pretrained_hf / "config.json").read_text())["num_key_value_heads"] == 2, "GQA on both sides"
+    from_hf = launcher.launch(SFT, sft_args(tmp_path, task, pretrained_hf, *SHORT), on="local")
+    reference, got = losses(sft_tp1), losses(from_hf)
+    assert sorted(got) == [1, 2, 3]
+    # Bit-identical weights, same layout, data and optimizer: the same trace, first step included.
+    assert got == reference, f"{got} vs {reference}"
+    assert losses(from_hf, "val_loss") == losses(sft_tp1, "val_loss")
+    log = "".join(p.read_text() for p in from_hf.run.log_dir("train").glob("*_log.out"))
+    assert "loaded Hugging Face weights" in log
+
+
+def test_sft_from_a_hugging_face_folder_refuses_a_different_model_block(tmp_path, task, pretrained_hf):
+    from aistack.launch.local import JobFailed
+
+    with pytest.raises(JobFailed) as err:
+        launcher.launch(SFT, sft_args(tmp_path, task, pretrained_hf, *SHORT, "model.num_query_groups=4"), on="local")
+    log = "".join(p.read_text() for p in tmp_path.rglob("*_log.err")) + str(err.value)
+    assert "key 'model.num_query_groups' = 4 but config.json num_key_value_heads = 2" in log
+
+
+LAYOUTS = {"tp2": ("parallel.tensor=2", "resources.tasks_per_node=2"),
+           "tp2pp2": ("parallel.tensor=2", "parallel.pipeline=2", "resources.tasks_per_node=4")}
+
+
+@pytest.mark.parametrize("start, layout", [("megatron", "tp2"), ("hf", "tp2pp2")])
+def test_sft_over_tensor_and_pipeline_ranks_gives_the_losses_of_tp1(tmp_path, task, pretrained, pretrained_hf, sft_tp1,
+                                                                    start, layout):
+    """From the same pretrained weights (the megatron checkpoint, or its HF export sharded for
+    each rank) the first steps match the single-process run."""
+    init = pretrained if start == "megatron" else pretrained_hf
+    run = launcher.launch(SFT, sft_args(tmp_path, task, init, *SHORT, *LAYOUTS[layout]), on="local")
+    tp, pp = (2, 2) if layout == "tp2pp2" else (2, 1)
+    assert run.run.task_result("train", 0)["result"]["layout"] == {"tp": tp, "pp": pp, "dp": 1}
+    reference, got = losses(sft_tp1), losses(run)
+    assert sorted(got) == [1, 2, 3]
+    for step in got:
+        assert got[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-4), f"step {step}: {got} vs {reference}"
+    assert losses(run, "val_loss")[3] == pytest.approx(losses(sft_tp1, "val_loss")[3], rel=1e-4)
+
+
+def test_an_sft_run_exports_to_hugging_face_with_the_same_logits(tmp_path, task, sft_tp1):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aistack.cli import main
+    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
+    from aistack.model import cpu_compat
+    from aistack.post.chat import load_chat_tokenizer
+    from aistack.post.objectives import load_frozen
+    from aistack.recipe import load_recipe
+
+    out = tmp_path / "hf"
+    assert main(["export", str(sft_tp1.run.path), "--to", "hf", "--out", str(out)]) == 0
+    cfg = load_recipe(sft_tp1.run.recipe_file).recipe.model
+    chat = load_chat_tokenizer(task["tokenizer"])
+    messages = pf.record("abc", system=True)["messages"]
+    ids, _ = chat.encode_chat(messages)
+    tokens = torch.as_tensor(ids, dtype=torch.long).unsqueeze(0)
+    init_model_parallel(1, 1)
+    try:
+        with cpu_compat.device_scope():
+            set_seeds(0)
+            model = load_frozen(cfg, sft_tp1.run.task_dir("train", 0) / "checkpoints", cfg.vocab_size)
+            positions = torch.arange(tokens.shape[1]).unsqueeze(0)
+            with torch.no_grad():
+                expected = model(tokens, positions, attention_mask=None)[..., : cfg.vocab_size]
+    finally:
+        destroy_model_parallel()
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = hf(tokens).logits
+    assert expected.std() > 0.1, "logits must spread for the comparison to mean something"
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # The folder is prompted as the model was finetuned: its tokenizer carries the chat template.
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    text = hf_tok.apply_chat_template(messages, tokenize=False)
+    assert text == chat.render(messages) and "<|assistant|>" in text
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids.tolist()

@@ -401,8 +401,15 @@ def cmd_export(args) -> int:
     if vocab is None:
         raise RecipeError.single(str(run.recipe_file), "model.vocab_size", None,
                                  "a vocabulary size (or a data.tokenizer file that exists) to export")
+    # SFT and sequence-level distillation: the chat format the model was trained on goes with it.
+    chat_data, chat_template = getattr(recipe, "sequence", None) or getattr(recipe, "data", None), None
+    if getattr(chat_data, "chat_template", None):
+        from aistack.post.chat import load_chat_tokenizer
+
+        chat_template = load_chat_tokenizer(chat_data.tokenizer, chat_data.chat_template).template_source
     state = load_full_state_dict(run.path)  # TP=1/PP=1 names, gathered from the run's latest checkpoint
-    out = export_hf(state, recipe.model, vocab, args.out or run.path / "export-hf", tokenizer_json=tokenizer_file(recipe))
+    out = export_hf(state, recipe.model, vocab, args.out or run.path / "export-hf", tokenizer_json=tokenizer_file(recipe),
+                    chat_template=chat_template)
     console.print(f"exported: {out}")
     return 0
 

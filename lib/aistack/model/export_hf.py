@@ -157,9 +157,11 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], out_dir: Path, max_shard
     return names
 
 
-def _save_tokenizer(tokenizer_json: str | Path, out_dir: Path) -> int | None:
+def _save_tokenizer(tokenizer_json: str | Path, out_dir: Path, chat_template: str | None = None) -> int | None:
     """Wrap the tokenizers file for AutoTokenizer; returns the end-of-text id (or None)."""
     tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json))
+    if chat_template:  # a chat model is prompted in the format it was finetuned on: apply_chat_template
+        tok.chat_template = chat_template
     vocab = tok.get_vocab()
     # The same end-of-document tokens aistack.model.data looks for.
     eos = next((t for t in ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>") if t in vocab), None)
@@ -171,9 +173,10 @@ def _save_tokenizer(tokenizer_json: str | Path, out_dir: Path) -> int | None:
 
 def export_hf(state_dict: dict[str, Any], model_cfg: Any, vocab_size: int, out_dir: str | Path,
               tokenizer_json: str | Path | None = None, dtype: torch.dtype | None = None,
-              max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+              max_shard_bytes: int = MAX_SHARD_BYTES, chat_template: str | None = None) -> Path:
     """Write a transformers folder for this model (`model_cfg`: the recipe's `model:` block;
-    `vocab_size`: the unpadded one). `dtype`: cast the weights (default: as trained)."""
+    `vocab_size`: the unpadded one). `dtype`: cast the weights (default: as trained).
+    `chat_template`: written to tokenizer_config.json with the tokenizer (SFT runs)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sd = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
@@ -181,7 +184,7 @@ def export_hf(state_dict: dict[str, Any], model_cfg: Any, vocab_size: int, out_d
     tensors, config = convert(sd, model_cfg, vocab_size)
     # safetensors wants contiguous tensors that share no storage (slices and transposes do).
     tensors = {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    eos = _save_tokenizer(tokenizer_json, out_dir) if tokenizer_json else None
+    eos = _save_tokenizer(tokenizer_json, out_dir, chat_template) if tokenizer_json else None
     # Through transformers' config class: it validates the fields and writes what from_pretrained reads.
     config_class = {"llama": LlamaConfig, "gpt2": GPT2Config}[model_cfg.arch]
     hf_config = config_class(**config, dtype=next(iter(tensors.values())).dtype, bos_token_id=eos, eos_token_id=eos)

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from aistack.dist.megatron import Layout, destroy_model_parallel, init_model_parallel, set_seeds
-from aistack.model import checkpoint, cpu_compat, data, gpt, optim
+from aistack.model import checkpoint, cpu_compat, data, gpt, import_hf, optim
 from aistack.model.layout import layout_problems
 
 # Dense peak TFLOP/s per GPU (SXM parts), by matmul precision: MFU's denominator.
@@ -141,7 +141,14 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
     precision = gpt.resolve_precision(t.precision)
     set_seeds(t.seed)
 
-    vocab = gpt.padded_vocab_size(objective.vocab_size(recipe), m, layout.tp)
+    unpadded_vocab = objective.vocab_size(recipe)
+    from_hf = bool(ck.load) and import_hf.is_hf_folder(ck.load)
+    if from_hf:  # checked before anything is built
+        if ck.load_optimizer:
+            raise ValueError(f"checkpoint.load {ck.load} is a Hugging Face folder: it has no optimizer state "
+                             "to continue from (set checkpoint.load_optimizer=false)")
+        import_hf.check_model(ck.load, m, unpadded_vocab)  # the model block must be config.json's network
+    vocab = gpt.padded_vocab_size(unpadded_vocab, m, layout.tp)
     model = wrap_ddp(gpt.build_model_chunks(m, recipe.parallel, vocab, precision), recipe.parallel, precision)
     optimizer = optim.build_optimizer(t, recipe.parallel, model, precision)
     scheduler = optim.build_scheduler(t, optimizer)
@@ -160,6 +167,10 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
         step = checkpoint.load(resume, model, optimizer, scheduler)["step"]
         ctx.resumed_at(step)
         _print(layout, f"resuming from step {step} ({resume})")
+    elif from_hf:  # a transformers folder: weights only, sharded for this rank's layout
+        import_hf.load_hf(ck.load, model, m, unpadded_vocab)
+        optimizer.reload_model_params()  # mixed precision keeps fp32 main copies: refresh them
+        _print(layout, f"loaded Hugging Face weights from {ck.load}; starting at step 0")
     elif ck.load:
         source = checkpoint.latest(ck.load)
         if source is None:
@@ -168,6 +179,7 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
             step = checkpoint.load(source, model, optimizer, scheduler, restore_rng=False)["step"]
         else:  # weights only: a fresh optimizer from step 0
             checkpoint.load(source, model, restore_rng=False)
+            optimizer.reload_model_params()  # mixed precision keeps fp32 main copies: refresh them
         _print(layout, f"loaded {source} (optimizer: {ck.load_optimizer}); starting at step {step}")
 
     def save(at: int) -> None:

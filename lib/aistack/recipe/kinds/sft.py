@@ -38,7 +38,8 @@ class SFTTrainConfig(TrainConfig):
 class FinetuneCheckpointConfig(CheckpointConfig):
     load: str | None = Field(
         default=None,
-        description="pretrained weights: an aistack checkpoint (dir or its parent with `latest`, any TP/PP layout); "
+        description="pretrained weights: an aistack checkpoint (dir or its parent with `latest`, any TP/PP layout) "
+                    "or a Hugging Face folder (config.json + safetensors, llama or gpt2: the model block must match it); "
                     "null trains from random init (tests, ablations)")
     load_optimizer: bool = Field(default=False, description="finetunes start a fresh optimizer at step 0")
 
