@@ -78,7 +78,9 @@ class SlurmExecutor:
             pending = run.pending_tasks(job.name, job.num_tasks)
             if not pending:
                 continue
-            needs = [*after, *(jid for dep in job.depends_on for jid in ids_by_job.get(dep, []))]
+            # A job waits on what it needs in this plan; one with nothing of this plan to wait
+            # for waits on `after` itself (the others wait on it through their dependencies).
+            needs = [jid for dep in job.depends_on for jid in ids_by_job.get(dep, [])] or list(after)
             dependency = "afterok:" + ":".join(needs) if needs else None
             launch = self.launch_for(run, job, dependency)
             groups = chunks(pending, limit) if job.is_array else [pending]

@@ -30,7 +30,7 @@ _ENV_RE = re.compile(r"\$\{env:(?P<var>[A-Za-z_][A-Za-z0-9_]*)(,(?P<default>[^}]
 # Env vars whose values must never be copied into a recipe (and from there into the run
 # directory, W&B config or an sbatch script). Jobs read them from their environment.
 _STAGE_REF_RE = re.compile(r"\$\{(?P<ref>stages\.[^}]*)\}")
-_SECRET_VAR_RE = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+_SECRET_VAR_RE = re.compile(r"(KEY|TOKEN(?!IZER)|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 
 
 @dataclass

@@ -13,8 +13,9 @@ from aistack.recipe import LoadedRecipe, RecipeError
 
 
 def _one_rank(loaded: LoadedRecipe):
-    """Teacher shards run the teacher alone (TP=PP=1): one rank per array task."""
-    return loaded.recipe.resources.model_copy(update={"nodes": 1, "tasks_per_node": 1})
+    """Teacher shards run the teacher alone (TP=PP=1): one rank, one GPU per array task."""
+    res = loaded.recipe.resources
+    return res.model_copy(update={"nodes": 1, "tasks_per_node": 1, "gpus_per_node": min(res.gpus_per_node, 1)})
 
 
 @planner("distill")

@@ -1,0 +1,247 @@
+"""Pipelines: stage references, hashes that chain, plans at cluster scale, container rendering
+(fast, no cluster), and on the real local Slurm cluster: the tiny end-to-end pipeline with
+its dependencies, reruns and changes, and a failure that stops what depends on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aistack.cli import main
+from aistack.data.sample_crawl import build_corpus
+from aistack.launch.profile import load_profile
+from aistack.pipeline import execute
+from aistack.pipeline.show import stage_states
+from aistack.pipeline.stages import resolve
+from aistack.post.reverse_task import write_task
+from aistack.recipe import RecipeError, load_recipe
+from conftest import REPO, RECIPES, write_recipe
+
+TINY = RECIPES / "pipelines" / "tiny-end-to-end.yaml"
+BIG = RECIPES / "pipelines" / "fineweb-llama-8b-1024gpu.yaml"
+DOWNSTREAM_OF_SFT = {"sft", "distill", "evaluate", "bench", "report"}
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-inputs")
+    build_corpus(root / "crawl", shards=2, real=120, near_dups=8)
+    write_task(root / "chat")
+    return root
+
+
+@pytest.fixture
+def tiny_env(tiny_inputs, runs_root, monkeypatch) -> Path:
+    monkeypatch.setenv("AISTACK_SAMPLE_CRAWL", str(tiny_inputs / "crawl"))
+    monkeypatch.setenv("AISTACK_CHAT_DIR", str(tiny_inputs / "chat"))
+    monkeypatch.setenv("AISTACK_RUNS", str(runs_root))
+    return runs_root
+
+
+def stage_dirs(overrides=()) -> dict[str, str]:
+    pipeline = resolve(load_recipe(TINY, overrides))
+    return {s.name: s.run.name for s in pipeline.stages}
+
+
+# --- planning (no cluster) --------------------------------------------------------------
+
+
+def test_stage_hashes_chain_through_references(tiny_env):
+    before = stage_dirs()
+    assert list(before) == ["filter", "dedup", "tokenize", "pretrain", "sft", "distill", "evaluate", "bench", "report"]
+    assert stage_dirs() == before  # deterministic
+    after = stage_dirs(["stages.sft.overrides.train.lr=1e-3"])
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == DOWNSTREAM_OF_SFT
+    # placement-only changes (time limits) rerun nothing
+    assert stage_dirs(["stages.pretrain.overrides.resources.time=90"]) == before
+
+
+def test_references_resolve_to_upstream_outputs(tiny_env):
+    pipeline = resolve(load_recipe(TINY))
+    tok, pre, sft = (pipeline.stage(n) for n in ("tokenize", "pretrain", "sft"))
+    assert pre.loaded.recipe.data.paths[0].path == str(tok.run.path / "output" / "tokenize" / "data")
+    assert sft.loaded.recipe.checkpoint.load == str(pre.run.path / "jobs" / "train" / "tasks" / "00000" / "checkpoints")
+    assert pipeline.stage("sft").needs == ("pretrain", "tokenize")
+    assert pipeline.stage("report").needs[-1] == "bench"
+    # dedup reads as many shards as the filter stage writes (its array size)
+    assert pipeline.stage("dedup").plan.job("signatures").num_tasks == pipeline.stage("filter").plan.job("filter").num_tasks
+    assert all(s.run.path.parent == pipeline.dir.path for s in pipeline.stages)
+
+
+def test_bad_references_are_errors_naming_the_key(tiny_env, tmp_path):
+    forward = write_recipe(tmp_path / "forward.yaml", f"""
+kind: pipeline
+name: forward
+stages:
+  a:
+    recipe: {RECIPES}/examples/smoke.yaml
+    overrides: {{description: "${{stages.b.run}}"}}
+  b:
+    recipe: {RECIPES}/examples/smoke.yaml
+""")
+    with pytest.raises(RecipeError) as err:
+        resolve(load_recipe(forward))
+    assert "stages.a.overrides" in str(err.value) and "listed before a" in str(err.value)
+
+    missing = write_recipe(tmp_path / "missing.yaml", "kind: pipeline\nname: m\nstages:\n  a: {recipe: nope.yaml}\n")
+    with pytest.raises(RecipeError) as err:
+        resolve(load_recipe(missing))
+    assert "stages.a.recipe" in str(err.value) and "nope.yaml" in str(err.value)
+
+    assert main(["plan", str(RECIPES / "examples" / "smoke.yaml"), "description=${stages.x.output}"]) == 2
+
+
+def test_cluster_scale_pipeline_plan(capsys):
+    assert main(["plan", str(BIG), "--on", "example-h100"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU-hours: at most" in out
+    assert "128 x 8" in out  # the pretraining job: 128 nodes x 8 GPUs
+    assert "input not found on this machine (plan only)" in out
+    assert "--dependency='afterok:" in out
+    pipeline = resolve(load_recipe(BIG), allow_missing=True)
+    outcomes = {o.stage: o for o in execute.submit_slurm(pipeline, load_profile("example-h100"), dry_run=True)}
+    filter_arrays = [len(s.task_ids) for s in outcomes["filter"].submitted if s.job == "filter"]
+    assert filter_arrays == [1001] * 7 + [993]  # split at MaxArraySize
+    signatures = next(s for s in outcomes["dedup"].submitted if s.job == "signatures")
+    assert f"--dependency=afterok:{outcomes['filter'].submitted[0].job_id}" in signatures.sbatch.replace("'", "")
+    # a real run of the same recipe refuses the missing crawl before submitting anything
+    assert main(["run", str(BIG), "--on", "example-h100"]) == 2
+
+
+@pytest.mark.parametrize("profile, expected", [
+    ("cluster-pyxis.yaml", ["--container-image=nvcr.io/example/aistack:1.0", "--container-mounts=/lustre:/lustre", "--gpus-per-node=8"]),
+    ("cluster-apptainer.yaml", ["apptainer exec --nv", "--bind /lustre:/lustre", "/images/aistack.sif", "--gpus-per-node=8"]),
+])
+def test_container_commands_in_a_pipeline_dry_run(profile, expected, tmp_path, capsys):
+    image = "nvcr.io/example/aistack:1.0" if "pyxis" in profile else "/images/aistack.sif"
+    recipe = write_recipe(tmp_path / "p.yaml", f"""
+kind: pipeline
+name: containers
+output: {{root: {tmp_path}/runs}}
+stages:
+  smoke:
+    recipe: {RECIPES}/examples/smoke.yaml
+    overrides:
+      resources: {{gpus_per_node: 8, container: {{image: "{image}"}}}}
+""")
+    assert main(["run", str(recipe), "--on", str(REPO / "tests" / "data" / profile), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for flag in expected:
+        assert flag in out, flag
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+# --- on the local Slurm cluster -----------------------------------------------------------
+
+
+def task_times(run) -> tuple[float, float]:
+    """(first start, last end) over every task of a stage's run."""
+    states = [p for p in run.path.glob("jobs/*/tasks/*/state.json")]
+    import json
+
+    records = [json.loads(p.read_text()) for p in states]
+    return min(r["started_at"] for r in records), max(r["ended_at"] for r in records)
+
+
+def done_markers(run) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in run.path.glob("jobs/*/tasks/*/DONE")}
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env):
+    assert main(["run", str(TINY), "--on", "slurm", "--wait"]) == 0
+    pipeline = resolve(load_recipe(TINY))
+    states = stage_states(execute.stage_runs(pipeline.dir))
+    assert {s.name: s.state for s in states} == {s.name: "COMPLETED" for s in pipeline.stages}
+    # no stage started before every stage it reads had finished
+    for stage in pipeline.stages:
+        start, _ = task_times(stage.run)
+        for need in stage.needs:
+            assert start >= task_times(pipeline.stage(need).run)[1], (stage.name, need)
+    report = (pipeline.dir.path / "report.md").read_text()
+    for heading in ("## Data: filter", "## Training: loss curves", "## Evaluation: evaluate", "## FP8 inference benchmark"):
+        assert heading in report
+    assert (pipeline.dir.path / "report.html").exists() and (pipeline.dir.path / "loss.png").exists()
+
+    # an unchanged rerun submits nothing
+    profile = load_profile("slurm")
+    outcomes = execute.submit_slurm(resolve(load_recipe(TINY)), profile)
+    assert [o.stage for o in outcomes if o.submitted or o.in_flight] == []
+
+    # a new SFT learning rate reruns SFT and everything after it, nothing before
+    before = {s.name: done_markers(s.run) for s in pipeline.stages}
+    changed = resolve(load_recipe(TINY, ["stages.sft.overrides.train.lr=1e-3"]))
+    outcomes = execute.submit_slurm(changed, profile)
+    assert {o.stage for o in outcomes if o.submitted} == DOWNSTREAM_OF_SFT
+    from aistack.cli import _follow_pipeline
+
+    final = _follow_pipeline(changed.dir, poll_s=3)
+    assert all(s.state == "COMPLETED" for s in final), [(s.name, s.state) for s in final]
+    for stage in pipeline.stages:
+        if stage.name not in DOWNSTREAM_OF_SFT:
+            assert done_markers(stage.run) == before[stage.name], stage.name
+    assert changed.stage("sft").loaded.recipe.train.lr == 1e-3
+
+
+FAILING = """
+kind: pipeline
+name: failing
+output: {{root: {root}}}
+tracking: {{mode: disabled}}
+stages:
+  first:
+    recipe: {smoke}
+    overrides: {{smoke: {{tasks: 2, steps: 2, step_seconds: 0}}}}
+  second:
+    recipe: {smoke}
+    after: [first]
+    overrides: {{smoke: {{tasks: 2, steps: 4, step_seconds: 0, fail_tasks: {fail}, fail_at_step: 2}}}}
+  third:
+    recipe: {smoke}
+    after: [second]
+    overrides: {{smoke: {{tasks: 1, steps: 2, step_seconds: 0}}}}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_failed_stage_stops_its_dependents_and_a_rerun_completes(runs_root, tmp_path):
+    smoke = RECIPES / "examples" / "smoke.yaml"
+    recipe = write_recipe(tmp_path / "failing.yaml", FAILING.format(root=runs_root, smoke=smoke, fail="[1]"))
+    assert main(["run", str(recipe), "--on", "slurm", "--wait"]) == 1
+    pipeline = resolve(load_recipe(recipe))
+    states = {s.name: s for s in stage_states(execute.stage_runs(pipeline.dir))}
+    assert states["first"].state == "COMPLETED"
+    assert states["second"].state == "FAILED" and states["second"].done < states["second"].total
+    assert states["third"].done == 0 and states["third"].state in ("CANCELLED", "PENDING")
+    if states["third"].state == "PENDING":  # never runnable: its dependency can no longer be satisfied
+        main(["cancel", str(pipeline.dir.path)])
+    first_done = done_markers(pipeline.stage("first").run)
+
+    # the fix (failure injection is not part of a run's identity): same stage runs, resumed
+    fixed = write_recipe(tmp_path / "fixed.yaml", FAILING.format(root=runs_root, smoke=smoke, fail="[]"))
+    assert [s.run.name for s in resolve(load_recipe(fixed)).stages] == [s.run.name for s in pipeline.stages]
+    assert main(["run", str(fixed), "--on", "slurm", "--wait"]) == 0
+    states = {s.name: s for s in stage_states(execute.stage_runs(pipeline.dir))}
+    assert all(s.state == "COMPLETED" for s in states.values())
+    assert done_markers(pipeline.stage("first").run) == first_done  # finished work untouched
+    assert pipeline.stage("third").run.task_result("reduce", 0) is not None
+
+
+def test_failed_stage_stops_its_dependents_on_the_local_executor(runs_root, tmp_path, capsys):
+    smoke = RECIPES / "examples" / "smoke.yaml"
+    recipe = write_recipe(tmp_path / "failing.yaml", FAILING.format(root=runs_root, smoke=smoke, fail="[1]"))
+    assert main(["run", str(recipe), "--on", "local"]) == 1
+    assert "stage third:[/]" not in capsys.readouterr().err  # rich markup rendered, not printed
+    pipeline = resolve(load_recipe(recipe))
+    first, second, third = (pipeline.stage(n).run for n in ("first", "second", "third"))
+    assert first.is_done("reduce", 0) and second.is_done("map", 0) and not second.is_done("map", 1)
+    assert not third.path.exists()  # never started
+    first_done = done_markers(first)
+    fixed = write_recipe(tmp_path / "fixed.yaml", FAILING.format(root=runs_root, smoke=smoke, fail="[]"))
+    assert main(["run", str(fixed), "--on", "local"]) == 0
+    assert third.is_done("reduce", 0) and done_markers(first) == first_done
+    assert (pipeline.dir.path / "report.md").exists()
