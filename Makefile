@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   runs the main job on this machine (no cluster needed)
+#   make demo   runs the main job, the tiny end-to-end pipeline, on this machine (no cluster needed)
 #   make test   installs what the tests need (venv, Slurm, munge, MariaDB) and runs them all
 # Both are idempotent and quick when already done.
 
@@ -9,7 +9,8 @@ BIN    := $(VENV)/bin
 # Reinstall only when the dependency list or the pins change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: demo test venv slurm-install slurm-up slurm-down clean
+.PHONY: demo demo-data test venv slurm-install slurm-up slurm-down clean
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
 
@@ -18,8 +19,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-demo: venv
-	$(BIN)/aistack run recipes/examples/smoke.yaml --on local
+# The main job: the tiny end-to-end pipeline (WARC -> filter -> dedup -> tokenize -> pretrain
+# -> SFT -> distill -> evaluate -> FP8 bench -> report) on this machine, no cluster.
+demo: venv demo-data
+	$(BIN)/aistack run recipes/pipelines/tiny-end-to-end.yaml --on local
+
+# Its inputs, made here: a sample crawl of Debian's HTML documentation, and SFT chat records.
+demo-data: venv
+	@test -d /usr/share/doc/python3-doc/html || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-doc)
+	@$(BIN)/python -m aistack.data.sample_crawl data/sample-crawl
+	@$(BIN)/python -m aistack.post.reverse_task data/reverse-task
 
 slurm-install:
 	@bash slurm/install.sh
@@ -34,4 +43,4 @@ slurm-down:
 	bash slurm/down.sh
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache data/sample-crawl data/reverse-task

@@ -10,25 +10,11 @@ import pytest
 import torch
 
 from aistack.recipe.kinds.pretrain import ModelConfig, ParallelConfig
-from test_export_hf import VOCAB, build_and_run, hf_logits
+from test_export_hf import VOCAB, build_and_run, hf_logits, megatron_state  # noqa: F401  (a fixture)
 
 LLAMA = ModelConfig(arch="llama", num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
                     ffn_hidden_size=96, seq_length=32, rotary_base=500000, vocab_size=VOCAB)
 GPT2 = ModelConfig(arch="gpt2", num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=32, vocab_size=VOCAB)
-
-
-@pytest.fixture(scope="module")
-def megatron_state():
-    # transformers before cpu_compat.install() (see export_hf's imports)
-    import aistack.model.export_hf  # noqa: F401
-    from transformers import GPT2LMHeadModel, LlamaForCausalLM  # noqa: F401
-
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
-
-    init_model_parallel(1, 1)
-    set_seeds(1234)
-    yield
-    destroy_model_parallel()
 
 
 def imported_logits(cfg: ModelConfig, folder, tokens: torch.Tensor) -> torch.Tensor:

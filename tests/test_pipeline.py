@@ -120,11 +120,12 @@ def test_container_commands_in_a_pipeline_dry_run(profile, expected, tmp_path, c
 kind: pipeline
 name: containers
 output: {{root: {tmp_path}/runs}}
+resources: {{container: {{image: "{image}"}}}}   # one image for every stage
 stages:
   smoke:
     recipe: {RECIPES}/examples/smoke.yaml
     overrides:
-      resources: {{gpus_per_node: 8, container: {{image: "{image}"}}}}
+      resources: {{gpus_per_node: 8}}
 """)
     assert main(["run", str(recipe), "--on", str(REPO / "tests" / "data" / profile), "--dry-run"]) == 0
     out = capsys.readouterr().out

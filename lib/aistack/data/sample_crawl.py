@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a sample crawl (WARC shards of Debian's HTML documentation).")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--pages", type=int, default=120, help="real documentation pages")
+    parser.add_argument("--pages", type=int, default=200, help="real documentation pages")
     parser.add_argument("--near-dups", type=int, default=10)
     args = parser.parse_args(argv)
     done = args.out_dir / "COMPLETE"

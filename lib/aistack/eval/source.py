@@ -80,7 +80,9 @@ def describe(path: str | Path, model: dict | None = None, tokenizer: str | None 
             raise ValueError(f"{path}: no model block to build it from (none in {where}); set evaluate.model")
         model = data["model"]
     if tokenizer is None:
-        tokenizer = (data.get("data") or {}).get("tokenizer")
+        from aistack.model.estimate import recipe_tokenizer
+
+        tokenizer = recipe_tokenizer(data)
     meta = path / "aistack.json"
     step = json.loads(meta.read_text()).get("step") if meta.exists() else None
     if step is None and (m := _STEP_RE.match(path.name)):

@@ -183,6 +183,7 @@ def load_full_state_dict(run_dir: str | Path, job: str = "train", task: int = 0)
     from aistack.dist.megatron import init_model_parallel, set_seeds
     from aistack.model import cpu_compat, gpt
     from aistack.model.data import Tokenizer
+    from aistack.model.estimate import recipe_tokenizer
     from aistack.recipe.kinds.pretrain import ModelConfig, ParallelConfig
 
     run_dir = Path(run_dir)
@@ -191,7 +192,7 @@ def load_full_state_dict(run_dir: str | Path, job: str = "train", task: int = 0)
     source = latest(run_dir / "jobs" / job / "tasks" / f"{task:05d}" / "checkpoints")
     if source is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint of job {job} task {task} to export")
-    tokenizer = (data.get("data") or {}).get("tokenizer")
+    tokenizer = recipe_tokenizer(data)
     vocab = model_cfg.vocab_size or Tokenizer.from_file(tokenizer).vocab_size
     init_model_parallel(1, 1)
     set_seeds(1234)

@@ -249,9 +249,15 @@ def device_for(*constraints: str | None) -> str | None:
     return None
 
 
+def recipe_tokenizer(data: dict) -> str | None:
+    """The tokenizer a run trained with, from its recipe data: data.tokenizer (pretrain, SFT,
+    logit distillation) or sequence.tokenizer (sequence-level distillation)."""
+    return (data.get("data") or {}).get("tokenizer") or (data.get("sequence") or {}).get("tokenizer")
+
+
 def tokenizer_file(recipe: Any) -> Path | None:
-    """The recipe's data.tokenizer (a tokenizer.json, or a folder holding one) if it exists."""
-    path = getattr(getattr(recipe, "data", None), "tokenizer", None)
+    """The recipe's tokenizer (a tokenizer.json, or a folder holding one) if it exists."""
+    path = recipe_tokenizer(recipe.model_dump(mode="json"))
     if not path:
         return None
     path = Path(path)

@@ -78,7 +78,7 @@ class StageState:
     done: int
     total: int
     elapsed_s: float | None
-    wandb: str  # the W&B run of the stage's first job, task 0 (id, and "offline" when not synced)
+    wandb: str  # the W&B run of the stage's first job, task 0 (id prefix, and "offline" when not synced)
     needs: list[str]
 
 
@@ -107,24 +107,26 @@ def stage_states(records) -> list[StageState]:
         plan_jobs = [{"name": j, "tasks": n} for j, n in jobs]
         wandb_dir = run.path / "wandb"
         first = jobs[0][0] if jobs else ""
-        wandb = run_id(run.name, first, 0) if wandb_dir.exists() else "-"
-        if wandb != "-" and any(wandb_dir.glob(f"offline-run-*-{wandb}")):
-            wandb += " (offline)"
+        wandb = "-"
+        if wandb_dir.exists():
+            full = run_id(run.name, first, 0)
+            wandb = full[:8] + (" offline" if any(wandb_dir.glob(f"offline-run-*-{full}")) else "")
         out.append(StageState(name, kind, run, state, done, total, elapsed(run, plan_jobs) if run.path.exists() else None, wandb, needs))
     return out
 
 
 def print_status(console: Console, states: list[StageState]) -> None:
     table = Table(title=f"pipeline stages ({time.strftime('%H:%M:%S')})")
-    for col in ("stage", "needs", "kind", "state", "tasks done", "elapsed", "W&B run", "run directory"):
+    for col in ("stage", "needs", "kind", "state", "tasks done", "elapsed", "W&B run"):
         table.add_column(col)
     colors = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "NOT_SUBMITTED": "dim"}
     for s in states:
         color = colors.get(s.state, "red")
         elapsed = f"{s.elapsed_s:.0f} s" if s.elapsed_s is not None else "-"
-        table.add_row(s.name, ", ".join(s.needs) or "-", s.kind, f"[{color}]{s.state}[/]", f"{s.done}/{s.total}", elapsed,
-                      s.wandb, s.run.name)
+        table.add_row(s.name, ",".join(s.needs) or "-", s.kind, f"[{color}]{s.state}[/]", f"{s.done}/{s.total}", elapsed, s.wandb)
     console.print(table)
+    if states:
+        console.print(f"run directories in {states[0].run.path.parent}/: " + ", ".join(s.run.name for s in states), soft_wrap=True)
 
 
 def finished(states: list[StageState]) -> bool:

@@ -140,10 +140,15 @@ def _recipe_source(value: str | dict, loaded: LoadedRecipe, file: Path, key: str
 
 
 def _placement(loaded: LoadedRecipe, name: str, pdir: RunDir) -> dict[str, Any]:
-    """What the pipeline sets on every stage: its name, where it lives, how it is tracked."""
+    """What the pipeline sets on every stage: its name, where it lives, how it is tracked,
+    and the container image when the pipeline names one (resources.container)."""
     tracking = loaded.recipe.tracking.model_dump(mode="json")
     tracking["group"] = tracking.get("group") or loaded.recipe.name
-    return {"name": name, "output": {"root": str(pdir.path)}, "tracking": tracking}
+    placement = {"name": name, "output": {"root": str(pdir.path)}, "tracking": tracking}
+    container = loaded.recipe.resources.container
+    if container is not None:  # one image for every stage
+        placement["resources"] = {"container": container.model_dump(mode="json")}
+    return placement
 
 
 def _shards(stage: Stage) -> int | None:

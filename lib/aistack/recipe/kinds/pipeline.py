@@ -18,7 +18,9 @@ A stage runs after every stage it references or lists in `after`. Each stage is 
 ordinary run directory inside <output.root>/<name>/, named by the hash of its resolved
 recipe, which includes the run directories (so the hashes) of the stages it reads: a
 change reruns that stage and everything downstream of it, and nothing upstream.
-The pipeline's `tracking` block applies to every stage (W&B group: the pipeline's name).
+The pipeline's `tracking` block applies to every stage (W&B group: the pipeline's name),
+and so does its `resources.container` when set (one image for the whole pipeline); the
+other resources are each stage's own.
 """
 
 from __future__ import annotations
