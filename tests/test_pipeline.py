@@ -92,6 +92,10 @@ stages:
 
     assert main(["plan", str(RECIPES / "examples" / "smoke.yaml"), "description=${stages.x.output}"]) == 2
 
+    with pytest.raises(RecipeError) as err:  # a bad value in a stage names the stage, the key and the value
+        resolve(load_recipe(TINY, ["stages.sft.overrides.train.lr=-1"]))
+    assert "stage sft of" in str(err.value) and "'train.lr' = -1" in str(err.value)
+
 
 def test_cluster_scale_pipeline_plan(capsys):
     assert main(["plan", str(BIG), "--on", "example-h100"]) == 0

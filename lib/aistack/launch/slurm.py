@@ -107,6 +107,9 @@ class SlurmExecutor:
             with executor.batch():
                 jobs = [executor.submit(r) for r in runners]
             job_id = jobs[0].job_id.split("_")[0]
+            # submitit submits a batch of one as a plain job (id "123", not "123_0"): a rerun
+            # of a single failed array task is then read back from Slurm as a job, not an array
+            as_array = "_" in jobs[0].job_id
         else:
             job_id = executor.submit(runners[0]).job_id
         run.record_submission(

@@ -95,7 +95,8 @@ def stage_states(records) -> list[StageState]:
         if rows and done == total:
             state = "COMPLETED"
         elif states & (FINISHED_BAD - {"PREEMPTED"}):
-            state = sorted(states & FINISHED_BAD)[0]
+            # the cause before its consequences: a failed task cancels the jobs after it
+            state = min(states & FINISHED_BAD, key=lambda s: (s == "CANCELLED", s))
         elif states & {"RUNNING", "COMPLETING", "REQUEUED", "CONFIGURING"}:
             state = "RUNNING"
         elif states & {"PENDING", "REQUEUE_HOLD", "SUSPENDED"}:

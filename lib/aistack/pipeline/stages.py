@@ -9,7 +9,9 @@ found here, before anything is written or submitted.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,7 @@ def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
         source = _recipe_source(spec.recipe, loaded, file, key)
         overrides = deep_merge(overrides, _placement(loaded, name, pdir))
         upstream = {str(s.run.path): _shards(s) for s in stages}
-        with deferring(upstream, allow_missing) as deferral:
+        with deferring(upstream, allow_missing) as deferral, _in_stage(name, file):
             stage_loaded = load_stage(source, file, f"{key}.recipe", overrides, refs)
             if stage_loaded.kind in ("pipeline", "report"):
                 raise RecipeError.single(str(file), f"{key}.recipe", stage_loaded.kind, "a recipe of a stage kind (not pipeline or report)")
@@ -90,6 +92,16 @@ def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
     if recipe.report:
         stages.append(_report_stage(loaded, pdir, stages))
     return Pipeline(loaded, pdir, stages, sorted(set(missing)))
+
+
+@contextlib.contextmanager
+def _in_stage(name: str, pipeline_file: Path):
+    """Errors of a stage's recipe say which stage of which pipeline they come from."""
+    try:
+        yield
+    except RecipeError as err:
+        where = err.file if err.file == str(pipeline_file) else f"{os.path.normpath(err.file)}, stage {name} of {pipeline_file}"
+        raise RecipeError(where, err.problems) from None
 
 
 def expand_dotted(overrides: dict[str, Any]) -> dict[str, Any]:
