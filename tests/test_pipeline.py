@@ -155,6 +155,7 @@ def done_markers(run) -> dict[str, float]:
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(1800)  # two pipeline runs: ~9 min on 2 cores
 @pytest.mark.usefixtures("slurm_cluster")
 def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env):
     assert main(["run", str(TINY), "--on", "slurm", "--wait"]) == 0
