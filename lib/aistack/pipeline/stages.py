@@ -50,13 +50,6 @@ class Pipeline:
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
 
-    def downstream_of(self, name: str) -> list[str]:
-        out: list[str] = []
-        for stage in self.stages:
-            if name in stage.needs or any(n in out for n in stage.needs):
-                out.append(stage.name)
-        return out
-
 
 def pipeline_dir(loaded: LoadedRecipe) -> RunDir:
     recipe = loaded.recipe

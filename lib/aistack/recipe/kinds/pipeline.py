@@ -25,7 +25,7 @@ other resources are each stage's own.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -55,6 +55,3 @@ class PipelineRecipe(Recipe):
     kind: Literal["pipeline"] = "pipeline"
     stages: dict[Name, StageSpec] = Field(min_length=1, description="in order; each runs after the stages it reads")
     report: bool = Field(default=True, description="a last stage writing report.md/html from every stage's outputs")
-
-    # The pipeline directory is named by the pipeline's name only; its stages carry the hashes.
-    PLACEMENT_KEYS: ClassVar[tuple[str, ...]] = Recipe.PLACEMENT_KEYS
