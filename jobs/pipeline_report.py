@@ -9,7 +9,7 @@ from aistack.launch.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:
-    from aistack.pipeline.report import build
+    from aistack.pipeline.report_page import build
 
     cfg = ctx.recipe.report
     stages = [s.model_dump() for s in cfg.stages]

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aistack.launch import launcher
-from aistack.launch.local import JobFailed
+from aistack.launch.executor import JobFailed
 from aistack.recipe import RecipeError
 from conftest import RECIPES
 from aistack.data.sample_crawl import build_corpus

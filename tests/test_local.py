@@ -7,7 +7,7 @@ import json
 import pytest
 
 from aistack.launch import launcher
-from aistack.launch.local import JobFailed
+from aistack.launch.executor import JobFailed
 from aistack.track.metrics import read_metrics
 from conftest import RECIPES
 

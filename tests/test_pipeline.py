@@ -11,8 +11,9 @@ import pytest
 from aistack.cli import main
 from aistack.data.sample_crawl import build_corpus
 from aistack.launch.profile import load_profile
-from aistack.pipeline import execute
-from aistack.pipeline.show import stage_states
+from aistack.launch.executor import executor_for
+from aistack.pipeline.submit import stage_runs, submit_stages
+from aistack.pipeline.status import stage_states
 from aistack.pipeline.stages import resolve
 from aistack.post.reverse_task import write_task
 from aistack.recipe import RecipeError, load_recipe
@@ -105,7 +106,7 @@ def test_cluster_scale_pipeline_plan(capsys):
     assert "input not found on this machine (plan only)" in out
     assert "--dependency='afterok:" in out
     pipeline = resolve(load_recipe(BIG), allow_missing=True)
-    outcomes = {o.stage: o for o in execute.submit_slurm(pipeline, load_profile("example-h100"), dry_run=True)}
+    outcomes = {o.stage: o for o in submit_stages(pipeline, executor_for(load_profile("example-h100"), dry_run=True), dry_run=True)}
     filter_arrays = [len(s.task_ids) for s in outcomes["filter"].submitted if s.job == "filter"]
     assert filter_arrays == [1001] * 7 + [993]  # split at MaxArraySize
     signatures = next(s for s in outcomes["dedup"].submitted if s.job == "signatures")
@@ -160,7 +161,7 @@ def done_markers(run) -> dict[str, float]:
 def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env):
     assert main(["run", str(TINY), "--on", "slurm", "--wait"]) == 0
     pipeline = resolve(load_recipe(TINY))
-    states = stage_states(execute.stage_runs(pipeline.dir))
+    states = stage_states(stage_runs(pipeline.dir))
     assert {s.name: s.state for s in states} == {s.name: "COMPLETED" for s in pipeline.stages}
     # no stage started before every stage it reads had finished
     for stage in pipeline.stages:
@@ -174,13 +175,13 @@ def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env):
 
     # an unchanged rerun submits nothing
     profile = load_profile("slurm")
-    outcomes = execute.submit_slurm(resolve(load_recipe(TINY)), profile)
+    outcomes = submit_stages(resolve(load_recipe(TINY)), executor_for(profile))
     assert [o.stage for o in outcomes if o.submitted or o.in_flight] == []
 
     # a new SFT learning rate reruns SFT and everything after it, nothing before
     before = {s.name: done_markers(s.run) for s in pipeline.stages}
     changed = resolve(load_recipe(TINY, ["stages.sft.overrides.train.lr=1e-3"]))
-    outcomes = execute.submit_slurm(changed, profile)
+    outcomes = submit_stages(changed, executor_for(profile))
     assert {o.stage for o in outcomes if o.submitted} == DOWNSTREAM_OF_SFT
     from aistack.cli import _follow_pipeline
 
@@ -219,7 +220,7 @@ def test_failed_stage_stops_its_dependents_and_a_rerun_completes(runs_root, tmp_
     recipe = write_recipe(tmp_path / "failing.yaml", FAILING.format(root=runs_root, smoke=smoke, fail="[1]"))
     assert main(["run", str(recipe), "--on", "slurm", "--wait"]) == 1
     pipeline = resolve(load_recipe(recipe))
-    states = {s.name: s for s in stage_states(execute.stage_runs(pipeline.dir))}
+    states = {s.name: s for s in stage_states(stage_runs(pipeline.dir))}
     assert states["first"].state == "COMPLETED"
     assert states["second"].state == "FAILED" and states["second"].done < states["second"].total
     assert states["third"].done == 0 and states["third"].state in ("CANCELLED", "PENDING")
@@ -231,7 +232,7 @@ def test_failed_stage_stops_its_dependents_and_a_rerun_completes(runs_root, tmp_
     fixed = write_recipe(tmp_path / "fixed.yaml", FAILING.format(root=runs_root, smoke=smoke, fail="[]"))
     assert [s.run.name for s in resolve(load_recipe(fixed)).stages] == [s.run.name for s in pipeline.stages]
     assert main(["run", str(fixed), "--on", "slurm", "--wait"]) == 0
-    states = {s.name: s for s in stage_states(execute.stage_runs(pipeline.dir))}
+    states = {s.name: s for s in stage_states(stage_runs(pipeline.dir))}
     assert all(s.state == "COMPLETED" for s in states.values())
     assert done_markers(pipeline.stage("first").run) == first_done  # finished work untouched
     assert pipeline.stage("third").run.task_result("reduce", 0) is not None

@@ -84,129 +84,88 @@ def _parser() -> argparse.ArgumentParser:
 # --- run / plan ---------------------------------------------------------------------
 
 
-def _is_pipeline(args) -> bool:
-    from aistack.recipe import load_recipe
-
-    return load_recipe(args.recipe, args.overrides).kind == "pipeline"
-
-
 def cmd_run(args) -> int:
-    from aistack.launch import launcher
-
-    if _is_pipeline(args):
-        return _run_pipeline(args)
-    if args.dry_run:
-        result = launcher.launch(args.recipe, args.overrides, on=args.on, dry_run=True)
-        _print_plan(result, scripts=True)
-        console.print("[yellow]dry run: nothing was submitted[/]")
-        return 0
-
-    loaded, plan, run, profile = launcher.prepare(args.recipe, args.overrides, on=args.on)
-    console.print(f"run [bold]{run.name}[/] ({loaded.kind}) on [bold]{profile.name}[/] ({profile.executor}) -> {run.path}")
-    if profile.executor == "local":
-        return _run_local(args)
-    result = launcher.launch(args.recipe, args.overrides, on=args.on)
-    if not result.submitted:
-        console.print("every task of this run is already done: nothing to submit")
-        return 0
-    for item in result.submitted:
-        what = f"array of {len(item.task_ids)}" if item.is_array else "job"
-        console.print(f"  submitted {item.job}: Slurm {what} {item.job_id}")
-    if not args.wait:
-        console.print(f"follow it with: aistack status {run.path}")
-        return 0
-    rows = _follow(result)
-    failed = [r for r in rows if r.state != "COMPLETED"]
-    _print_status(rows)
-    return 1 if failed else 0
-
-
-def _run_local(args) -> int:
-    from aistack.launch import launcher
-    from aistack.launch.local import JobFailed
-
-    try:
-        result = _with_progress(lambda progress: launcher.launch(args.recipe, args.overrides, on=args.on, progress=progress))
-    except JobFailed as err:
-        err_console.print(f"[bold red]failed:[/] {err}", soft_wrap=True)
-        return 1
-    if not result.submitted:
-        console.print("every task of this run is already done: nothing to run")
-    console.print(f"[green]done[/]: {result.run.path}")
-    return 0
-
-
-def _follow(result):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from aistack.launch import launcher
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
-        bars = {j.name: progress.add_task(j.name, total=j.num_tasks) for j in result.plan.jobs}
-
-        def on_poll(rows):
-            for name, bar in bars.items():
-                finished = sum(1 for r in rows if r.job == name and r.state in launcher.FINISHED_OK | launcher.FINISHED_BAD)
-                progress.update(bar, completed=finished)
-
-        return launcher.wait(result, on_poll=on_poll)
-
-
-def cmd_plan(args) -> int:
-    from aistack.launch import launcher
-
-    if _is_pipeline(args):
-        args.dry_run = True
-        return _run_pipeline(args)
-
-    result = launcher.launch(args.recipe, args.overrides, on=args.on, dry_run=True)
-    _print_plan(result, scripts=True)
-    return 0
-
-
-def _run_pipeline(args) -> int:
-    from aistack.launch.launcher import default_target
-    from aistack.launch.profile import load_profile
-    from aistack.pipeline import execute, show
-    from aistack.pipeline.stages import resolve
+    from aistack.launch.launcher import start
+    from aistack.launch.profile import default_target, load_profile
     from aistack.recipe import load_recipe
 
     loaded = load_recipe(args.recipe, args.overrides)
     profile = load_profile(args.on or default_target())
-    pipeline = resolve(loaded, allow_missing=args.dry_run)
     if args.dry_run:
-        outcomes = execute.submit_slurm(pipeline, profile, dry_run=True)
-        show.print_plan(console, pipeline, outcomes, profile, scripts=True)
+        _print_plan(start(loaded, profile, dry_run=True), scripts=True)
         console.print("[yellow]dry run: nothing was submitted[/]")
         return 0
-    console.print(f"pipeline [bold]{loaded.recipe.name}[/] ({len(pipeline.stages)} stages) on [bold]{profile.name}[/] "
-                  f"({profile.executor}) -> {pipeline.dir.path}")
     if profile.executor == "local":
-        outcomes = _with_progress(lambda progress: execute.run_local(pipeline, profile, progress))
-        for outcome in outcomes:
-            if outcome.error:
-                err_console.print(f"[bold red]stage {outcome.stage}:[/] {outcome.error}", soft_wrap=True)
-        show.print_status(console, show.stage_states(execute.stage_runs(pipeline.dir)))
-        failed = any(o.error for o in outcomes)
-        if not failed and (pipeline.dir.path / "report.md").exists():
-            console.print(f"[green]done[/]: report {pipeline.dir.path / 'report.md'} (and report.html)")
+        result = _with_progress(lambda progress: start(loaded, profile, progress=progress, announce=_announce))
+        return _local_outcome(result)
+    result = start(loaded, profile, announce=_announce)
+    _print_submissions(result)
+    if not result.submitted:
+        return 0
+    if not args.wait:
+        console.print(f"follow it with: aistack status {_top_dir(result)}")
+        return 0
+    if result.pipeline.is_single:
+        rows = _follow(result)
+        _print_status(rows)
+        return 0 if all(r.state == "COMPLETED" for r in rows) else 1
+    states = _follow_pipeline(result.pipeline.dir)
+    _print_stages(states)
+    return 0 if all(s.state == "COMPLETED" for s in states) else 1
+
+
+def cmd_plan(args) -> int:
+    args.dry_run = True
+    return cmd_run(args)
+
+
+def _top_dir(result) -> Path:
+    return result.run.path if result.pipeline.is_single else result.pipeline.dir.path
+
+
+def _announce(pipeline, profile) -> None:
+    where = f"on [bold]{profile.name}[/] ({profile.executor})"
+    if pipeline.is_single:
+        stage = pipeline.stages[0]
+        console.print(f"run [bold]{stage.run.name}[/] ({stage.kind}) {where} -> {stage.run.path}")
+    else:
+        console.print(f"pipeline [bold]{pipeline.loaded.recipe.name}[/] ({len(pipeline.stages)} stages) {where} -> {pipeline.dir.path}")
+
+
+def _local_outcome(result) -> int:
+    failed = [o for o in result.outcomes if o.error]
+    for outcome in failed:
+        label = "failed" if result.pipeline.is_single else f"stage {outcome.stage}"
+        err_console.print(f"[bold red]{label}:[/] {outcome.error}", soft_wrap=True)
+    if result.pipeline.is_single:
+        if not failed and not result.submitted:
+            console.print("every task of this run is already done: nothing to run")
+        if not failed:
+            console.print(f"[green]done[/]: {result.run.path}")
         return 1 if failed else 0
-    outcomes = execute.submit_slurm(pipeline, profile)
-    for outcome in outcomes:
+    _print_stages(_stage_states(result.pipeline.dir))
+    report = result.pipeline.dir.path / "report.md"
+    if not failed and report.exists():
+        console.print(f"[green]done[/]: report {report} (and report.html)")
+    return 1 if failed else 0
+
+
+def _print_submissions(result) -> None:
+    single = result.pipeline.is_single
+    if single and not result.submitted:
+        console.print("every task of this run is already done: nothing to submit")
+    for outcome in result.outcomes:
         if outcome.in_flight:
             console.print(f"  {outcome.stage}: already queued or running (Slurm {', '.join(outcome.in_flight)})")
-        elif not outcome.submitted:
+        elif not outcome.submitted and not single:
             console.print(f"  {outcome.stage}: done, nothing to submit")
         for item in outcome.submitted:
             what = f"array of {len(item.task_ids)}" if item.is_array else "job"
+            if single:
+                console.print(f"  submitted {item.job}: Slurm {what} {item.job_id}")
+                continue
             after = f" after {','.join(outcome.waits_on)}" if outcome.waits_on and item is outcome.submitted[0] else ""
             console.print(f"  {outcome.stage}/{item.job}: Slurm {what} {item.job_id}{after}")
-    if not args.wait:
-        console.print(f"follow it with: aistack status {pipeline.dir.path}")
-        return 0
-    states = _follow_pipeline(pipeline.dir)
-    show.print_status(console, states)
-    return 0 if all(s.state == "COMPLETED" for s in states) else 1
 
 
 def _with_progress(work):
@@ -223,21 +182,51 @@ def _with_progress(work):
         return work(on_progress)
 
 
+def _follow(result):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from aistack.launch import launcher
+    from aistack.launch.executor import FINISHED
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        bars = {j.name: progress.add_task(j.name, total=j.num_tasks) for j in result.plan.jobs}
+
+        def on_poll(rows):
+            for name, bar in bars.items():
+                finished = sum(1 for r in rows if r.job == name and r.state in FINISHED)
+                progress.update(bar, completed=finished)
+
+        return launcher.wait(result, on_poll=on_poll)
+
+
+def _stage_states(pipeline_dir):
+    from aistack.pipeline.status import stage_states
+    from aistack.pipeline.submit import stage_runs
+
+    return stage_states(stage_runs(pipeline_dir))
+
+
+def _print_stages(states) -> None:
+    from aistack.pipeline.show import print_status
+
+    print_status(console, states)
+
+
 def _follow_pipeline(pipeline_dir, poll_s: float = 5.0, timeout_s: float = 6 * 3600):
     import time
 
-    from aistack.pipeline import execute, show
+    from aistack.pipeline.status import finished
 
     deadline = time.time() + timeout_s
     while True:
         try:
-            states = show.stage_states(execute.stage_runs(pipeline_dir))
+            states = _stage_states(pipeline_dir)
         except RuntimeError:  # accounting briefly unavailable
             time.sleep(poll_s)
             continue
         line = "  ".join(f"{s.name} {s.done}/{s.total} {s.state.lower()}" for s in states)
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", soft_wrap=True)
-        if show.finished(states) or time.time() > deadline:
+        if finished(states) or time.time() > deadline:
             return states
         time.sleep(poll_s)
 
@@ -246,6 +235,11 @@ def _print_plan(result, scripts: bool) -> None:
     import yaml
     from rich.table import Table
 
+    if not result.pipeline.is_single:
+        from aistack.pipeline.show import print_plan
+
+        print_plan(console, result.pipeline, result.outcomes, result.profile, scripts=scripts)
+        return
     console.rule(f"recipe {result.loaded.path} (resolved)")
     console.print(yaml.safe_dump(result.loaded.data, sort_keys=False).rstrip(), markup=False, soft_wrap=True)
     table = Table(title=f"plan: run {result.run.name} on profile {result.profile.name}")
@@ -260,8 +254,7 @@ def _print_plan(result, scripts: bool) -> None:
             str(r.cpus_per_task), str(r.time), ",".join(job.depends_on) or "-",
         )
     console.print(table)
-    if result.loaded.kind == "pretrain":
-        _print_estimates(result)
+    _print_estimates(result)
     if scripts:
         shown: set[str] = set()
         for item in result.submitted:
@@ -275,15 +268,16 @@ def _print_plan(result, scripts: bool) -> None:
 def _print_estimates(result) -> None:
     from rich.table import Table
 
-    from aistack.model.estimate import device_for, estimate, rows
+    from aistack.kinds import spec_for
 
-    recipe = result.loaded.recipe
-    device = device_for(recipe.resources.constraint, str(result.profile.sbatch_defaults.get("constraint", "")))
-    est = estimate(recipe, device=device, file=result.loaded.path)
+    estimate = spec_for(result.loaded.kind).estimate
+    if estimate is None:
+        return
+    est = estimate(result.loaded.recipe, str(result.loaded.path), str(result.profile.sbatch_defaults.get("constraint", "")))
     table = Table(title="estimates (per device: the pipeline stage with the most memory)")
     table.add_column("figure")
     table.add_column("value")
-    for name, value in rows(est):
+    for name, value in est.rows:
         table.add_row(name, value)
     console.print(table)
     for warning in est.warnings:
@@ -320,9 +314,7 @@ def cmd_status(args) -> int:
         return 0
     run = _find(args)
     if (run.path / "stages.json").exists():
-        from aistack.pipeline import execute, show
-
-        show.print_status(console, show.stage_states(execute.stage_runs(run)))
+        _print_stages(_stage_states(run))
         return 0
     rows = run_status(run, _plan_jobs(run))
     _print_status(rows)
@@ -371,7 +363,7 @@ def cmd_logs(args) -> int:
 def cmd_report(args) -> int:
     from rich.table import Table
 
-    from aistack.data.report import load_report
+    from aistack.data.stats_report import load_report
 
     report = load_report(_find(args))
     for job in report["table"]["jobs"]:
@@ -420,7 +412,7 @@ def cmd_cancel(args) -> int:
     run = _find(args)
     runs = [run]
     if (run.path / "stages.json").exists():  # a pipeline: every stage's run
-        from aistack.pipeline.execute import stage_runs
+        from aistack.pipeline.submit import stage_runs
 
         runs = [stage_run for _, _, stage_run, _, _ in stage_runs(run) if stage_run.path.exists()]
     cancelled = [c for r in runs for c in cancel_run(r)]

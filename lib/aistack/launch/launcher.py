@@ -1,85 +1,84 @@
-"""One entry point for running a recipe: plan it, make its run directory, hand it to an executor."""
+"""The one launch path: recipe -> stages (a plain recipe is a pipeline of one) -> plans ->
+the profile's executor -> jobs. The CLI, the tests and the benchmarks all come through here.
+
+    loaded = load_recipe(path, overrides)          # once
+    result = start(loaded, load_profile("slurm"))  # resolve, plan, write run dirs, submit
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from aistack.launch.local import LocalExecutor
-from aistack.launch.plan import Plan, make_plan
-from aistack.launch.profile import ClusterProfile, load_profile
-from aistack.launch.rundir import RunDir, atomic_write_json
-from aistack.launch.slurm import SlurmExecutor, Submitted
+from aistack.launch.executor import FINISHED, JobFailed, Progress, Submitted, executor_for
+from aistack.launch.plan import Plan
+from aistack.launch.profile import ClusterProfile, default_target, load_profile
+from aistack.launch.rundir import RunDir
 from aistack.launch.status import TaskStatus, run_status
+from aistack.pipeline.stages import Pipeline, resolve
+from aistack.pipeline.submit import StageOutcome, submit_stages
 from aistack.recipe import LoadedRecipe, load_recipe
-
-FINISHED_OK = {"COMPLETED"}
-FINISHED_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
-
-
-def default_target() -> str:
-    """--on default: $AISTACK_ON, else Slurm when its client is installed, else this machine."""
-    return os.environ.get("AISTACK_ON") or ("slurm" if shutil.which("sbatch") else "local")
 
 
 @dataclass
 class Launch:
-    loaded: LoadedRecipe
-    plan: Plan
-    run: RunDir
+    pipeline: Pipeline
     profile: ClusterProfile
-    submitted: list[Submitted]
+    outcomes: list[StageOutcome]
+
+    # A plain recipe's one stage, as most callers want it.
+    @property
+    def loaded(self) -> LoadedRecipe:
+        return self.pipeline.stages[0].loaded
+
+    @property
+    def plan(self) -> Plan:
+        return self.pipeline.stages[0].plan
+
+    @property
+    def run(self) -> RunDir:
+        return self.pipeline.stages[0].run
+
+    @property
+    def submitted(self) -> list[Submitted]:
+        return [item for outcome in self.outcomes for item in outcome.submitted]
 
     def status(self) -> list[TaskStatus]:
         return run_status(self.run, [(j.name, j.num_tasks) for j in self.plan.jobs])
 
 
+def start(loaded: LoadedRecipe, profile: ClusterProfile, dry_run: bool = False,
+          progress: Progress | None = None, announce: Callable[[Pipeline, ClusterProfile], None] | None = None) -> Launch:
+    """Resolve and plan every stage (all bad input fails here, before anything is
+    written), then hand the stages to the profile's executor."""
+    pipeline = resolve(loaded, allow_missing=dry_run)
+    if announce:
+        announce(pipeline, profile)
+    outcomes = submit_stages(pipeline, executor_for(profile, dry_run), dry_run=dry_run, progress=progress)
+    return Launch(pipeline, profile, outcomes)
+
+
+def launch(recipe_path: str | Path, overrides=(), on: str | None = None, dry_run: bool = False,
+           progress: Progress | None = None) -> Launch:
+    """Load, start; a plain recipe run here raises JobFailed when a job failed."""
+    result = start(load_recipe(recipe_path, overrides), load_profile(on or default_target()), dry_run, progress)
+    if result.pipeline.is_single and result.outcomes[0].error:
+        raise JobFailed(result.outcomes[0].error)
+    return result
+
+
 def prepare(recipe_path: str | Path, overrides=(), on: str | None = None) -> tuple[LoadedRecipe, Plan, RunDir, ClusterProfile]:
-    """Everything that can fail on bad input, before anything is written or submitted."""
+    """A plain recipe checked and planned, nothing written: (loaded, plan, run dir, profile)."""
     loaded = load_recipe(recipe_path, overrides)
     profile = load_profile(on or default_target())
-    plan = make_plan(loaded)
-    return loaded, plan, RunDir.for_recipe(loaded), profile
-
-
-def launch(recipe_path, overrides=(), on: str | None = None, dry_run: bool = False, progress=None) -> Launch:
-    loaded, plan, run, profile = prepare(recipe_path, overrides, on)
-    if dry_run:
-        executor = SlurmExecutor(profile)
-        return Launch(loaded, plan, run, profile, executor.submit(plan, run, dry_run=True))
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_recipe(loaded)
-    atomic_write_json(run.path / "plan.json", plan_summary(plan, profile))
-    if profile.executor == "local":
-        submitted = LocalExecutor(profile).run(plan, run, progress=progress)
-    else:
-        submitted = SlurmExecutor(profile).submit(plan, run)
-    return Launch(loaded, plan, run, profile, submitted)
-
-
-def plan_summary(plan: Plan, profile: ClusterProfile) -> dict:
-    return {
-        "kind": plan.recipe.kind,
-        "name": plan.recipe.recipe.name,
-        "profile": profile.name,
-        "jobs": [
-            {
-                "name": j.name,
-                "entry": j.entry,
-                "tasks": j.num_tasks,
-                "depends_on": list(j.depends_on),
-                "resources": j.resources.model_dump(mode="json"),
-            }
-            for j in plan.jobs
-        ],
-    }
+    stage = resolve(loaded).stages[0]
+    return loaded, stage.plan, stage.run, profile
 
 
 def wait(launch_: Launch, timeout_s: float = 3600, poll_s: float = 2.0, on_poll=None) -> list[TaskStatus]:
-    """Poll Slurm until every task has finished (or the timeout); returns the last status."""
+    """Poll Slurm until every task of a plain recipe has finished (or the timeout)."""
     deadline = time.time() + timeout_s
     while True:
         try:
@@ -91,10 +90,6 @@ def wait(launch_: Launch, timeout_s: float = 3600, poll_s: float = 2.0, on_poll=
             continue
         if on_poll:
             on_poll(rows)
-        if all(r.state in FINISHED_OK | FINISHED_BAD for r in rows) or time.time() > deadline:
+        if all(r.state in FINISHED for r in rows) or time.time() > deadline:
             return rows
         time.sleep(poll_s)
-
-
-def submitted_dicts(items: list[Submitted]) -> list[dict]:
-    return [{k: v for k, v in asdict(i).items() if k != "sbatch"} for i in items]

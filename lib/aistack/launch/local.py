@@ -9,48 +9,33 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
 
 import submitit
 
-from aistack.launch.plan import Plan
+from aistack.launch.executor import Executor, JobFailed, Progress, Submitted
+from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.rundir import RunDir
-from aistack.launch.slurm import Submitted, wandb_per_task
+from aistack.launch.slurm import wandb_per_task
 from aistack.launch.task import TaskRunner
 
-Progress = Callable[[str, int, int], None]  # (job, finished, total)
 
-
-class JobFailed(RuntimeError):
-    pass
-
-
-class LocalExecutor:
+class LocalExecutor(Executor):
     def __init__(self, profile: ClusterProfile, parallelism: int | None = None):
-        self.profile = profile
+        super().__init__(profile)
         self.parallelism = parallelism or max(os.cpu_count() or 1, 1)
 
-    def run(self, plan: Plan, run: RunDir, progress: Progress | None = None) -> list[Submitted]:
-        done: list[Submitted] = []
-        failed: dict[str, str] = {}
-        for job in plan.ordered():
-            blocked = [d for d in job.depends_on if d in failed]
-            if blocked:
-                failed[job.name] = f"not run: depends on failed job(s) {blocked}"
-                continue
-            pending = run.pending_tasks(job.name, job.num_tasks)
-            if not pending:
-                continue
-            errors = self._run_job(run, job, pending, progress)
-            done.append(Submitted(job.name, "local", pending, job.is_array))
-            if errors:
-                failed[job.name] = "; ".join(f"task {t}: {e}" for t, e in sorted(errors.items())[:3])
-        if failed:
-            raise JobFailed("; ".join(f"job {name}: {why}" for name, why in failed.items()))
-        return done
+    def _submit_job(self, run: RunDir, job: JobSpec, pending: list[int], needs: list[str], dry_run: bool,
+                    progress: Progress | None) -> list[Submitted]:
+        # `needs` is already satisfied: jobs and stages run here one after the other.
+        if dry_run:
+            return [Submitted(job.name, "local", pending, job.is_array)]
+        errors = self._run_job(run, job, pending, progress)
+        if errors:
+            raise JobFailed("; ".join(f"task {t}: {e}" for t, e in sorted(errors.items())[:3]))
+        return [Submitted(job.name, "local", pending, job.is_array)]
 
-    def _run_job(self, run: RunDir, job, pending: list[int], progress: Progress | None) -> dict[int, str]:
+    def _run_job(self, run: RunDir, job: JobSpec, pending: list[int], progress: Progress | None) -> dict[int, str]:
         res = job.resources
         executor = submitit.LocalExecutor(folder=run.log_dir(job.name), max_num_timeout=res.max_requeues)
         ranks = res.world_size

@@ -6,23 +6,14 @@ the same plan, so what is printed is what gets submitted.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import lru_cache
 
-from aistack.recipe import LoadedRecipe, Resources
+from aistack.kinds import JobSpec, spec_for
+from aistack.recipe import LoadedRecipe
 
-
-@dataclass(frozen=True)
-class JobSpec:
-    name: str  # unique within the run, e.g. "map", "reduce", "train"
-    entry: str  # module in aistack.jobs whose `run(ctx)` does one task
-    num_tasks: int  # array size; 1 = a single (possibly multi-node) job
-    resources: Resources
-    depends_on: tuple[str, ...] = ()  # names of jobs in the same plan (afterok)
-
-    @property
-    def is_array(self) -> bool:
-        return self.num_tasks > 1
+__all__ = ["JobSpec", "Plan", "make_plan", "plan_summary"]
 
 
 @dataclass
@@ -44,21 +35,38 @@ class Plan:
         return list(self.jobs)
 
 
-Planner = Callable[[LoadedRecipe], list[JobSpec]]
-PLANNERS: dict[str, Planner] = {}
-
-
-def planner(kind: str):
-    def add(fn: Planner) -> Planner:
-        PLANNERS[kind] = fn
-        return fn
-
-    return add
-
-
 def make_plan(loaded: LoadedRecipe) -> Plan:
-    import aistack.launch.planners  # noqa: F401  (registers one planner per kind)
-
-    plan = Plan(recipe=loaded, jobs=PLANNERS[loaded.kind](loaded))
+    spec = spec_for(loaded.kind)
+    if spec.plan is None:
+        raise ValueError(f"kind {loaded.kind} has no plan of its own (a pipeline is planned stage by stage)")
+    plan = Plan(recipe=loaded, jobs=spec.plan(loaded))
     plan.ordered()
+    for job in plan.jobs:
+        _check_entry(job.entry)
     return plan
+
+
+@lru_cache(maxsize=None)
+def _check_entry(entry: str) -> None:
+    """A job module that does not exist fails here, before submission, not on the node."""
+    if importlib.util.find_spec(f"aistack.jobs.{entry}") is None:
+        raise ValueError(f"job module aistack.jobs.{entry} does not exist")
+
+
+def plan_summary(plan: Plan, profile_name: str) -> dict:
+    """plan.json: what `status`, `logs` and the report read back."""
+    return {
+        "kind": plan.recipe.kind,
+        "name": plan.recipe.recipe.name,
+        "profile": profile_name,
+        "jobs": [
+            {
+                "name": j.name,
+                "entry": j.entry,
+                "tasks": j.num_tasks,
+                "depends_on": list(j.depends_on),
+                "resources": j.resources.model_dump(mode="json"),
+            }
+            for j in plan.jobs
+        ],
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +34,11 @@ class ClusterProfile(StrictModel):
 
 
 LOCAL = ClusterProfile(name="local", executor="local")
+
+
+def default_target() -> str:
+    """--on default: $AISTACK_ON, else Slurm when its client is installed, else this machine."""
+    return os.environ.get("AISTACK_ON") or ("slurm" if shutil.which("sbatch") else "local")
 
 
 def profile_dirs() -> list[Path]:

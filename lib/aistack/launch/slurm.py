@@ -12,11 +12,11 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
 
+from aistack.launch.executor import FINISHED, Executor, Progress, Submitted
 from aistack.launch.plan import JobSpec, Plan
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.rundir import RunDir
@@ -24,15 +24,6 @@ from aistack.launch.sbatch import SlurmLaunch, render_sbatch, slurm_launch
 from aistack.launch.task import TaskRunner
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default
-
-
-@dataclass
-class Submitted:
-    job: str
-    job_id: str  # Slurm job id (of the array, for arrays)
-    task_ids: list[int]
-    is_array: bool
-    sbatch: str | None = None  # rendered script, for --dry-run
 
 
 def max_array_size(profile: ClusterProfile) -> int:
@@ -58,9 +49,10 @@ def wandb_per_task(job: JobSpec) -> bool:
     return job.num_tasks <= 16
 
 
-class SlurmExecutor:
+class SlurmExecutor(Executor):
     def __init__(self, profile: ClusterProfile):
-        self.profile = profile
+        super().__init__(profile)
+        self._max_array_size: int | None = None
 
     def job_name(self, run: RunDir, job: JobSpec) -> str:
         return f"{run.name}.{job.name}"
@@ -68,33 +60,22 @@ class SlurmExecutor:
     def launch_for(self, run: RunDir, job: JobSpec, dependency: str | None) -> SlurmLaunch:
         return slurm_launch(job, self.profile, self.job_name(run, job), run.path.parent, dependency)
 
-    def submit(self, plan: Plan, run: RunDir, dry_run: bool = False, after: list[str] | tuple[str, ...] = ()) -> list[Submitted]:
-        """Submit every job with pending tasks; `after`: Slurm ids (of earlier pipeline
-        stages) that every job of this plan waits for as well."""
-        limit = max_array_size(self.profile)
-        submitted: list[Submitted] = []
-        ids_by_job: dict[str, list[str]] = {}
-        for job in plan.ordered():
-            pending = run.pending_tasks(job.name, job.num_tasks)
-            if not pending:
-                continue
-            # A job waits on what it needs in this plan; one with nothing of this plan to wait
-            # for waits on `after` itself (the others wait on it through their dependencies).
-            needs = [jid for dep in job.depends_on for jid in ids_by_job.get(dep, [])] or list(after)
-            dependency = "afterok:" + ":".join(needs) if needs else None
-            launch = self.launch_for(run, job, dependency)
-            groups = chunks(pending, limit) if job.is_array else [pending]
-            for group in groups:
-                as_array = job.is_array
-                if dry_run:
-                    fake_id = f"<{job.name}-{len(submitted)}>"
-                    script = render_sbatch(launch, run.log_dir(job.name), len(group) if as_array else None)
-                    item = Submitted(job.name, fake_id, group, as_array, script)
-                else:
-                    item = self._submit_group(run, job, launch, group, as_array)
-                submitted.append(item)
-                ids_by_job.setdefault(job.name, []).append(item.job_id)
-        return submitted
+    def _submit_job(self, run: RunDir, job: JobSpec, pending: list[int], needs: list[str], dry_run: bool,
+                    progress: Progress | None) -> list[Submitted]:
+        """One array (split at the cluster's MaxArraySize) or one job, afterok on `needs`."""
+        if self._max_array_size is None:
+            self._max_array_size = max_array_size(self.profile)
+        dependency = "afterok:" + ":".join(needs) if needs else None
+        launch = self.launch_for(run, job, dependency)
+        groups = chunks(pending, self._max_array_size) if job.is_array else [pending]
+        items: list[Submitted] = []
+        for group in groups:
+            if dry_run:
+                script = render_sbatch(launch, run.log_dir(job.name), len(group) if job.is_array else None)
+                items.append(Submitted(job.name, f"<{job.name}-{len(items)}>", group, job.is_array, script))
+            else:
+                items.append(self._submit_group(run, job, launch, group, job.is_array))
+        return items
 
     def _submit_group(self, run: RunDir, job: JobSpec, launch: SlurmLaunch, group: list[int], as_array: bool) -> Submitted:
         executor = submitit.SlurmExecutor(
@@ -116,6 +97,21 @@ class SlurmExecutor:
             {"job": job.name, "executor": "slurm", "job_id": job_id, "task_ids": group, "array": as_array, "time": time.time()}
         )
         return Submitted(job.name, job_id, group, as_array)
+
+    def in_flight(self, plan: Plan, run: RunDir) -> list[str]:
+        """Slurm ids of this run still queued or running from an earlier submission: a
+        pipeline's later stages wait on them instead of submitting the stage again."""
+        if not run.submissions_file.exists():
+            return []
+        jobs = [(j.name, j.num_tasks) for j in plan.jobs]
+        if not any(run.pending_tasks(name, n) for name, n in jobs):
+            return []
+        from aistack.launch.status import run_status
+
+        rows = run_status(run, jobs)
+        live = {r.job_id.split("_")[0] for r in rows
+                if r.executor == "slurm" and r.state not in FINISHED | {"UNKNOWN", "NOT_SUBMITTED"}}
+        return sorted(live)
 
 
 # --- reading states back from Slurm -------------------------------------------------

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
 
-from aistack.launch.launcher import FINISHED_BAD, FINISHED_OK
-from aistack.launch.rundir import RunDir
-from aistack.launch.status import run_status
+from aistack.kinds import spec_for
 from aistack.pipeline.stages import Pipeline, Stage
+from aistack.pipeline.status import StageState
 
 
 def gpu_hours(stage: Stage, device_profile_constraint: str = "") -> tuple[float, float | None]:
@@ -19,10 +17,9 @@ def gpu_hours(stage: Stage, device_profile_constraint: str = "") -> tuple[float,
     limit = sum(j.num_tasks * j.resources.nodes * j.resources.gpus_per_node * j.resources.time / 60 for j in stage.plan.jobs)
     estimated = None
     recipe = stage.loaded.recipe
-    if stage.kind == "pretrain" and recipe.resources.gpus_per_node:
-        from aistack.model.estimate import device_for, estimate
-
-        est = estimate(recipe, device=device_for(recipe.resources.constraint, device_profile_constraint), file=stage.loaded.path)
+    estimate = spec_for(stage.kind).estimate
+    if estimate is not None and recipe.resources.gpus_per_node:
+        est = estimate(recipe, str(stage.loaded.path), device_profile_constraint)
         if est.step_seconds:
             estimated = est.step_seconds * recipe.train.steps * recipe.resources.world_size / 3600
     return limit, estimated
@@ -69,53 +66,6 @@ def print_plan(console: Console, pipeline: Pipeline, outcomes, profile, scripts:
                 console.print(item.sbatch, markup=False, soft_wrap=True)
 
 
-@dataclass
-class StageState:
-    name: str
-    kind: str
-    run: RunDir
-    state: str  # COMPLETED, RUNNING, PENDING, FAILED, CANCELLED, NOT_SUBMITTED, ...
-    done: int
-    total: int
-    elapsed_s: float | None
-    wandb: str  # the W&B run of the stage's first job, task 0 (id prefix, and "offline" when not synced)
-    needs: list[str]
-
-
-def stage_states(records) -> list[StageState]:
-    from aistack.pipeline.report import elapsed
-    from aistack.track.wandb_run import run_id
-
-    out: list[StageState] = []
-    for name, kind, run, jobs, needs in records:
-        rows = run_status(run, jobs) if run.path.exists() else []
-        done = sum(r.state == "COMPLETED" for r in rows)
-        total = sum(n for _, n in jobs)
-        states = {r.state for r in rows}
-        if rows and done == total:
-            state = "COMPLETED"
-        elif states & (FINISHED_BAD - {"PREEMPTED"}):
-            # the cause before its consequences: a failed task cancels the jobs after it
-            state = min(states & FINISHED_BAD, key=lambda s: (s == "CANCELLED", s))
-        elif states & {"RUNNING", "COMPLETING", "REQUEUED", "CONFIGURING"}:
-            state = "RUNNING"
-        elif states & {"PENDING", "REQUEUE_HOLD", "SUSPENDED"}:
-            state = "PENDING"
-        elif not rows or states <= {"NOT_SUBMITTED"}:
-            state = "NOT_SUBMITTED"
-        else:
-            state = "PENDING" if done < total else "COMPLETED"
-        plan_jobs = [{"name": j, "tasks": n} for j, n in jobs]
-        wandb_dir = run.path / "wandb"
-        first = jobs[0][0] if jobs else ""
-        wandb = "-"
-        if wandb_dir.exists():
-            full = run_id(run.name, first, 0)
-            wandb = full[:8] + (" offline" if any(wandb_dir.glob(f"offline-run-*-{full}")) else "")
-        out.append(StageState(name, kind, run, state, done, total, elapsed(run, plan_jobs) if run.path.exists() else None, wandb, needs))
-    return out
-
-
 def print_status(console: Console, states: list[StageState]) -> None:
     table = Table(title=f"pipeline stages ({time.strftime('%H:%M:%S')})")
     for col in ("stage", "needs", "kind", "state", "tasks done", "elapsed", "W&B run"):
@@ -128,8 +78,3 @@ def print_status(console: Console, states: list[StageState]) -> None:
     console.print(table)
     if states:
         console.print(f"run directories in {states[0].run.path.parent}/: " + ", ".join(s.run.name for s in states), soft_wrap=True)
-
-
-def finished(states: list[StageState]) -> bool:
-    """Nothing more will happen without a new submission."""
-    return all(s.state in FINISHED_OK | FINISHED_BAD | {"NOT_SUBMITTED"} for s in states)

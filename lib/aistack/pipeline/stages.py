@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aistack.kinds import spec_for
 from aistack.launch.plan import Plan, make_plan
 from aistack.launch.rundir import RunDir
-from aistack.pipeline.outputs import SHARDED_BY, references
 from aistack.recipe import LoadedRecipe, RecipeError
 from aistack.recipe.deferred import deferring
 from aistack.recipe.load import OVERRIDES_SOURCE, deep_merge, load_stage, stage_refs_in
@@ -43,12 +43,33 @@ class Stage:
 @dataclass
 class Pipeline:
     loaded: LoadedRecipe
-    dir: RunDir  # <output.root>/<name>: the pipeline's own files; the stages' run dirs inside
+    # <output.root>/<name>: the pipeline's own files, the stages' run dirs inside; None for
+    # a plain recipe, which runs as a pipeline of one stage in its own run directory.
+    dir: RunDir | None
     stages: list[Stage]
     missing_inputs: list[str]  # plan/dry-run only: inputs not on this machine
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
+
+    @property
+    def is_single(self) -> bool:
+        return self.dir is None
+
+
+def single_stage(loaded: LoadedRecipe) -> Pipeline:
+    """A plain recipe: one stage, named after the recipe, in its usual run directory."""
+    stage = Stage(loaded.recipe.name, loaded, make_plan(loaded), RunDir.for_recipe(loaded), ())
+    return Pipeline(loaded, None, [stage], [])
+
+
+def references(stage: str, kind: str, run_path: Path) -> dict[str, str]:
+    """`stages.<stage>.output[.KEY]` and `stages.<stage>.run` -> absolute paths."""
+    refs = {f"stages.{stage}.run": str(run_path)}
+    for key, rel in spec_for(kind).outputs.items():
+        name = f"stages.{stage}.output" if key == "output" else f"stages.{stage}.output.{key}"
+        refs[name] = str(run_path / rel)
+    return refs
 
 
 def pipeline_dir(loaded: LoadedRecipe) -> RunDir:
@@ -57,6 +78,9 @@ def pipeline_dir(loaded: LoadedRecipe) -> RunDir:
 
 
 def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
+    """The stages of a pipeline recipe (a plain recipe is a pipeline of one), planned."""
+    if loaded.kind != "pipeline":
+        return single_stage(loaded)
     recipe = loaded.recipe
     pdir = pipeline_dir(loaded)
     file = Path(loaded.path)
@@ -74,7 +98,7 @@ def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
         upstream = {str(s.run.path): _shards(s) for s in stages}
         with deferring(upstream, allow_missing) as deferral, _in_stage(name, file):
             stage_loaded = load_stage(source, file, f"{key}.recipe", overrides, refs)
-            if stage_loaded.kind in ("pipeline", "report"):
+            if not spec_for(stage_loaded.kind).stage:
                 raise RecipeError.single(str(file), f"{key}.recipe", stage_loaded.kind, "a recipe of a stage kind (not pipeline or report)")
             stage_loaded.path_aliases = {str(pdir.path): PIPELINE_TOKEN}
             plan = make_plan(stage_loaded)
@@ -157,7 +181,7 @@ def _placement(loaded: LoadedRecipe, name: str, pdir: RunDir) -> dict[str, Any]:
 
 
 def _shards(stage: Stage) -> int | None:
-    job = SHARDED_BY.get(stage.kind)
+    job = spec_for(stage.kind).sharded_by
     return stage.plan.job(job).num_tasks if job else None
 
 
@@ -181,6 +205,7 @@ def write_pipeline_files(pipeline: Pipeline) -> None:
     from aistack.launch.rundir import atomic_write_json
 
     pdir = pipeline.dir
+    assert pdir is not None, "a plain recipe has no pipeline files"
     pdir.path.mkdir(parents=True, exist_ok=True)
     pdir.write_recipe(pipeline.loaded)
     atomic_write_json(pdir.path / "stages.json", {"stages": [stage_record(s) for s in pipeline.stages]})

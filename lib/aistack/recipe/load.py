@@ -21,8 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from aistack.recipe.errors import MISSING, RecipeError
-from aistack.recipe.schema import RECIPE_KINDS, Recipe
-import aistack.recipe.kinds  # noqa: F401  (fills RECIPE_KINDS)
+from aistack.recipe.schema import Recipe
 
 OVERRIDES_SOURCE = "command-line override"
 _OVERRIDE_RE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*)=(?P<value>.*)$", re.DOTALL)
@@ -109,12 +108,16 @@ def _resolve(path: Path, layers: list[tuple[str, dict]], refs: dict[str, str] | 
 
 
 def validate(data: dict[str, Any], sources: dict[str, str], file: str) -> Recipe:
+    # The kinds declare their schemas (aistack.kinds); recipe/ reaches them only here.
+    from aistack.kinds import all_kinds
+
+    kinds = all_kinds()
     kind = data.get("kind", MISSING)
-    if kind not in RECIPE_KINDS:
-        expected = "one of " + ", ".join(sorted(RECIPE_KINDS))
+    if kind not in kinds:
+        expected = "one of " + ", ".join(sorted(kinds))
         raise RecipeError.single(file, "kind", kind, expected)
     try:
-        return RECIPE_KINDS[kind].model_validate(data)
+        return kinds[kind].recipe.model_validate(data)
     except ValidationError as err:
         problems: list[tuple[str, object, str]] = []
         for item in err.errors():

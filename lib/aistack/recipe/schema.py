@@ -139,15 +139,3 @@ class Recipe(StrictModel):
     # (failure injection, logging intervals): also left out of the identity.
     NON_IDENTITY_KEYS: ClassVar[tuple[str, ...]] = ()
 
-
-RECIPE_KINDS: dict[str, type[Recipe]] = {}
-
-
-def register_kind(name: str):
-    """Class decorator: make `kind: <name>` select this model."""
-
-    def add(cls: type[Recipe]) -> type[Recipe]:
-        RECIPE_KINDS[name] = cls
-        return cls
-
-    return add

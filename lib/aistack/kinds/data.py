@@ -19,8 +19,11 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from aistack.recipe.deferred import defer_missing, is_deferred
-from aistack.recipe.schema import Recipe, StrictModel, register_kind
+from aistack.kinds.spec import JobSpec, KindSpec, single_node
+from aistack.recipe.deferred import defer_missing, expected_shards, is_deferred
+from aistack.recipe.errors import RecipeError
+from aistack.recipe.load import LoadedRecipe
+from aistack.recipe.schema import Recipe, StrictModel
 
 INPUT_SUFFIXES = {
     "warc": (".warc", ".warc.gz", ".arc", ".arc.gz"),
@@ -32,7 +35,7 @@ DEFAULT_BLOCKLIST = "default"
 
 
 def _repo_blocklists() -> Path:
-    return Path(__file__).resolve().parents[4] / "recipes" / "data" / "blocklists"
+    return Path(__file__).resolve().parents[3] / "recipes" / "data" / "blocklists"
 
 
 def _existing_file(value: str) -> str:
@@ -213,7 +216,6 @@ class FilterConfig(ShardedStage):
     kill_after_documents: int = Field(default=5, ge=0)
 
 
-@register_kind("filter")
 class FilterRecipe(Recipe):
     kind: Literal["filter"] = "filter"
     filter: FilterConfig
@@ -243,7 +245,6 @@ class DedupConfig(ShardedStage):
     keep_removed: bool = False
 
 
-@register_kind("dedup")
 class DedupRecipe(Recipe):
     kind: Literal["dedup"] = "dedup"
     dedup: DedupConfig
@@ -275,7 +276,76 @@ class TokenizeConfig(ShardedStage):
     batch_size: int = Field(default=256, ge=1, description="documents per tokenizer batch")
 
 
-@register_kind("tokenize")
 class TokenizeRecipe(Recipe):
     kind: Literal["tokenize"] = "tokenize"
     tokenize: TokenizeConfig
+
+
+# --- plans: shard arrays over the input files, chained with afterok -------------------
+#
+# filter    filter[N] -> stats
+# dedup     signatures[N] -> buckets[B*W] -> clusters -> filter[N] -> stats
+# tokenize  tokenizer -> tokenize[N] -> merge -> stats
+#
+# N is `tasks` (default: one per input file); the `stats` job merges every task's stats
+# into one table in the run directory, logs it to W&B and draws the funnel plot.
+
+
+def _shards(loaded: LoadedRecipe, block: str) -> int:
+    cfg = getattr(loaded.recipe, block)
+    files = cfg.input.files()
+    deferred = [p for p in cfg.input.paths if is_deferred(p) or not expand_inputs([p], cfg.input.format)]
+    if deferred and not cfg.tasks:
+        # Inputs an upstream stage writes: as many shards as it has array tasks.
+        expected = expected_shards(deferred)
+        if expected is None:
+            raise RecipeError.single(str(loaded.path), f"{block}.tasks", cfg.tasks,
+                                     f"a number of array tasks: the inputs {deferred} do not exist yet")
+        return cfg.num_tasks(files, expected)
+    if not files and not deferred:  # checked at validation too; the files may have gone since
+        raise RecipeError.single(str(loaded.path), f"{block}.input.paths", cfg.input.paths, "paths matching at least one input file")
+    return cfg.num_tasks(files)
+
+
+def _shard_resources(loaded: LoadedRecipe):
+    return loaded.recipe.resources.model_copy(update={"tasks_per_node": 1, "gpus_per_node": 0})
+
+
+def plan_filter(loaded: LoadedRecipe) -> list[JobSpec]:
+    return [
+        JobSpec("filter", "filter", _shards(loaded, "filter"), _shard_resources(loaded)),
+        JobSpec("stats", "data_stats", 1, single_node(loaded.recipe.resources), depends_on=("filter",)),
+    ]
+
+
+def plan_dedup(loaded: LoadedRecipe) -> list[JobSpec]:
+    cfg = loaded.recipe.dedup
+    res, one = _shard_resources(loaded), single_node(loaded.recipe.resources)
+    shards = _shards(loaded, "dedup")
+    return [
+        JobSpec("signatures", "dedup_signatures", shards, res),
+        JobSpec("buckets", "dedup_buckets", cfg.minhash.num_buckets * cfg.bucket_workers, res, depends_on=("signatures",)),
+        JobSpec("clusters", "dedup_clusters", 1, one, depends_on=("buckets",)),
+        JobSpec("filter", "dedup_filter", shards, res, depends_on=("clusters",)),
+        JobSpec("stats", "data_stats", 1, one, depends_on=("filter",)),
+    ]
+
+
+def plan_tokenize(loaded: LoadedRecipe) -> list[JobSpec]:
+    one = single_node(loaded.recipe.resources)
+    return [
+        JobSpec("tokenizer", "tokenizer_train", 1, one),
+        JobSpec("tokenize", "tokenize", _shards(loaded, "tokenize"), _shard_resources(loaded), depends_on=("tokenizer",)),
+        JobSpec("merge", "tokenize_merge", 1, one, depends_on=("tokenize",)),
+        JobSpec("stats", "data_stats", 1, one, depends_on=("merge",)),
+    ]
+
+
+SPECS = (
+    KindSpec("filter", FilterRecipe, plan_filter, outputs={"output": "output/filter/documents"},
+             sharded_by="filter", report="data"),
+    KindSpec("dedup", DedupRecipe, plan_dedup, outputs={"output": "output/dedup/documents"},
+             sharded_by="filter", report="data"),
+    KindSpec("tokenize", TokenizeRecipe, plan_tokenize,
+             outputs={"output": "output/tokenize/data", "tokenizer": "output/tokenize/tokenizer.json"}, report="data"),
+)

@@ -19,8 +19,10 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from aistack.recipe.deferred import defer_missing, is_deferred
-from aistack.recipe.kinds.pretrain import ModelConfig
-from aistack.recipe.schema import Recipe, StrictModel, register_kind
+from aistack.kinds.pretrain import ModelConfig
+from aistack.kinds.spec import JobSpec, KindSpec, single_node
+from aistack.recipe.load import LoadedRecipe
+from aistack.recipe.schema import Recipe, StrictModel
 
 _TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.*:-]{0,127}$")
 _STEP_RE = re.compile(r"^step_(\d{6,})$")
@@ -108,9 +110,27 @@ class EvaluateConfig(StrictModel):
         return [(c, t) for c in self.checkpoints for t in self.tasks]
 
 
-@register_kind("evaluate")
 class EvaluateRecipe(Recipe):
     kind: Literal["evaluate"] = "evaluate"
     evaluate: EvaluateConfig
 
     NON_IDENTITY_KEYS = ("evaluate.batch_size",)
+
+
+def plan(loaded: LoadedRecipe) -> list[JobSpec]:
+    """eval[checkpoints x tasks] (one Slurm array) -> gather (afterok).
+
+    Task i evaluates pair i of EvaluateConfig.pairs() (checkpoint-major); the gather job
+    merges every task's metrics into one table and plots each metric against training step.
+    """
+    recipe = loaded.recipe
+    # One process per task: the model is loaded at TP=1 PP=1 whatever layout it was trained with.
+    res = recipe.resources.model_copy(update={"nodes": 1, "tasks_per_node": 1})
+    return [
+        JobSpec("eval", "eval_task", len(recipe.evaluate.pairs()), res),
+        JobSpec("gather", "eval_gather", 1, single_node(recipe.resources), depends_on=("eval",)),
+    ]
+
+
+SPEC = KindSpec("evaluate", EvaluateRecipe, plan, outputs={"output": "results.json", "csv": "results.csv"},
+                report="evaluation")

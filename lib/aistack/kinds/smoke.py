@@ -12,7 +12,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from aistack.recipe.schema import Recipe, StrictModel, register_kind
+from aistack.kinds.spec import JobSpec, KindSpec, single_node
+from aistack.recipe.load import LoadedRecipe
+from aistack.recipe.schema import Recipe, StrictModel
 
 
 class SmokeConfig(StrictModel):
@@ -26,9 +28,20 @@ class SmokeConfig(StrictModel):
     fail_at_step: int = Field(default=0, ge=0)
 
 
-@register_kind("smoke")
 class SmokeRecipe(Recipe):
     kind: Literal["smoke"] = "smoke"
     smoke: SmokeConfig = Field(default_factory=SmokeConfig)
 
     NON_IDENTITY_KEYS: ClassVar[tuple[str, ...]] = ("smoke.fail_tasks", "smoke.fail_at_step", "smoke.step_seconds", "smoke.checkpoint_every")
+
+
+def plan(loaded: LoadedRecipe) -> list[JobSpec]:
+    """A map array over shards, then a reduce job chained with afterok."""
+    recipe = loaded.recipe
+    return [
+        JobSpec("map", "smoke", recipe.smoke.tasks, recipe.resources),
+        JobSpec("reduce", "smoke_reduce", 1, single_node(recipe.resources), depends_on=("map",)),
+    ]
+
+
+SPEC = KindSpec("smoke", SmokeRecipe, plan, outputs={"output": "jobs/reduce/tasks/00000/DONE"})

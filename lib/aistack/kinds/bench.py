@@ -7,7 +7,7 @@
       prompt_lengths: [128, 512]
       gen_lengths: [128]
 
-One job loops over the sweep points (see aistack.launch.planners.bench for why).
+One job loops over the sweep points (see `plan` below for why).
 FP8 runs on the tensor cores of an sm_89/sm_90 GPU (torch._scaled_mm, or Transformer
 Engine); elsewhere the same quantization is emulated (quantize-dequantize), so quality
 is measured everywhere and speed only where FP8 is real; the report says which.
@@ -19,9 +19,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from aistack.recipe.kinds.evaluate import ExistingFile, TaskName, expand_checkpoints
-from aistack.recipe.kinds.pretrain import ModelConfig
-from aistack.recipe.schema import Recipe, StrictModel, register_kind
+from aistack.kinds.evaluate import ExistingFile, TaskName, expand_checkpoints
+from aistack.kinds.pretrain import ModelConfig
+from aistack.kinds.spec import JobSpec, KindSpec
+from aistack.recipe.load import LoadedRecipe
+from aistack.recipe.schema import Recipe, StrictModel
 
 
 class FP8Config(StrictModel):
@@ -73,9 +75,23 @@ class BenchConfig(StrictModel):
                 for p in self.precisions for b in self.batch_sizes for s in self.prompt_lengths for g in self.gen_lengths]
 
 
-@register_kind("bench")
 class BenchRecipe(Recipe):
     kind: Literal["bench"] = "bench"
     bench: BenchConfig
 
     NON_IDENTITY_KEYS = ()
+
+
+def plan(loaded: LoadedRecipe) -> list[JobSpec]:
+    """One job that loops over the sweep points (BF16 and FP8 x batch x prompt x output length).
+
+    Why one job and not an array of one task per point: a point takes seconds, while loading
+    (and exporting, and quantizing) the model and warming the GPU (CUDA context, cuBLAS
+    heuristics, allocator) take longer than that; and BF16 vs FP8 are only comparable on the
+    same GPU, which one job guarantees and an array spread over nodes does not.
+    """
+    res = loaded.recipe.resources.model_copy(update={"nodes": 1, "tasks_per_node": 1})
+    return [JobSpec("bench", "bench_run", 1, res)]
+
+
+SPEC = KindSpec("bench", BenchRecipe, plan, outputs={"output": "report.md", "csv": "results.csv"}, report="benchmark")

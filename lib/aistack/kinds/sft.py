@@ -12,8 +12,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from aistack.recipe.kinds.pretrain import CheckpointConfig, ModelConfig, ParallelConfig, TrainConfig
-from aistack.recipe.schema import Recipe, StrictModel, register_kind
+from aistack.kinds.pretrain import CHECKPOINTS, CheckpointConfig, ModelConfig, ParallelConfig, TrainConfig, check_layout
+from aistack.kinds.spec import JobSpec, KindSpec
+from aistack.recipe.load import LoadedRecipe
+from aistack.recipe.schema import Recipe, StrictModel
 
 
 class ChatDataConfig(StrictModel):
@@ -44,7 +46,6 @@ class FinetuneCheckpointConfig(CheckpointConfig):
     load_optimizer: bool = Field(default=False, description="finetunes start a fresh optimizer at step 0")
 
 
-@register_kind("sft")
 class SFTRecipe(Recipe):
     kind: Literal["sft"] = "sft"
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -57,3 +58,12 @@ class SFTRecipe(Recipe):
         "parallel.tensor", "parallel.pipeline", "parallel.virtual_pipeline", "parallel.sequence_parallel",
         "parallel.distributed_optimizer", "parallel.recompute", "checkpoint.every", "checkpoint.keep", "train.log_every",
     )
+
+
+def plan(loaded: LoadedRecipe) -> list[JobSpec]:
+    """One training job (TP x PP x DP over its ranks), as pretraining."""
+    check_layout(loaded)
+    return [JobSpec("train", "sft", 1, loaded.recipe.resources)]
+
+
+SPEC = KindSpec("sft", SFTRecipe, plan, outputs={"output": CHECKPOINTS}, report="training")

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aistack.kinds import spec_for
 from aistack.launch.rundir import RunDir, atomic_write_text, read_json
 from aistack.track.metrics import read_metrics
-
-DATA_KINDS = ("filter", "dedup", "tokenize")
-TRAIN_KINDS = ("pretrain", "sft", "distill")
 
 
 @dataclass
@@ -32,13 +30,15 @@ class Section:
 
 def build(title: str, stages: list[dict[str, str]], out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Each kind names the section it feeds (KindSpec.report).
+    feeds = {section: [s for s in stages if spec_for(s["kind"]).report == section]
+             for section in ("data", "training", "evaluation", "benchmark")}
     sections = [_overview(stages)]
-    sections += [_data_section(s) for s in stages if s["kind"] in DATA_KINDS]
-    trained = [s for s in stages if s["kind"] in TRAIN_KINDS]
-    if trained:
-        sections.append(_training_section(trained, out_dir))
-    sections += [_eval_section(s) for s in stages if s["kind"] == "evaluate"]
-    sections += [_bench_section(s) for s in stages if s["kind"] == "bench"]
+    sections += [_data_section(s) for s in feeds["data"]]
+    if feeds["training"]:
+        sections.append(_training_section(feeds["training"], out_dir))
+    sections += [_eval_section(s) for s in feeds["evaluation"]]
+    sections += [_bench_section(s) for s in feeds["benchmark"]]
     images = _copy_images(sections, out_dir)
     md = out_dir / "report.md"
     page = out_dir / "report.html"
@@ -74,7 +74,7 @@ def elapsed(run: RunDir, jobs: list[dict]) -> float | None:
 
 
 def _data_section(stage: dict[str, str]) -> Section:
-    from aistack.data.report import load_report
+    from aistack.data.stats_report import load_report
 
     section = Section(f"Data: {stage['name']} ({stage['kind']})")
     try:

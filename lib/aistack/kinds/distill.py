@@ -18,9 +18,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from aistack.recipe.kinds.pretrain import DataConfig, ModelConfig, ParallelConfig, TrainConfig
-from aistack.recipe.kinds.sft import FinetuneCheckpointConfig
-from aistack.recipe.schema import Recipe, StrictModel, register_kind
+from aistack.kinds.pretrain import CHECKPOINTS, DataConfig, ModelConfig, ParallelConfig, TrainConfig, check_layout
+from aistack.kinds.sft import FinetuneCheckpointConfig
+from aistack.kinds.spec import JobSpec, KindSpec, single_node
+from aistack.recipe.errors import RecipeError
+from aistack.recipe.load import LoadedRecipe
+from aistack.recipe.schema import Recipe, StrictModel
 
 
 class TeacherConfig(StrictModel):
@@ -66,7 +69,6 @@ class SequenceConfig(StrictModel):
         return []
 
 
-@register_kind("distill")
 class DistillRecipe(Recipe):
     kind: Literal["distill"] = "distill"
     method: Literal["logit", "sequence"] = "logit"
@@ -98,3 +100,34 @@ class DistillRecipe(Recipe):
         elif self.sequence is None or not self.sequence.prompts:
             raise ValueError("method sequence needs sequence.prompts (and sequence.tokenizer)")
         return self
+
+
+def plan(loaded: LoadedRecipe) -> list[JobSpec]:
+    """The teacher's work as an array over shards, then the student's training job.
+
+    logit, online    train
+    logit, offline   teacher_logits[logit.shards] -> train       (top-k logits in a zarr store)
+    sequence         generate[sequence.shards] -> train          (answers as chat records, then SFT)
+    """
+    recipe = loaded.recipe
+    check_layout(loaded)
+    teacher = single_node(recipe.resources, gpus=True)  # the teacher alone (TP=PP=1) per shard
+    if recipe.method == "sequence":
+        return [
+            JobSpec("generate", "distill_generate", recipe.sequence.shards, teacher),
+            JobSpec("train", "distill_sft", 1, recipe.resources, depends_on=("generate",)),
+        ]
+    teacher_vocab, student_vocab = recipe.teacher.model.vocab_size, recipe.model.vocab_size
+    if teacher_vocab and student_vocab and teacher_vocab != student_vocab:
+        raise RecipeError.single(str(loaded.path), "teacher.model.vocab_size", teacher_vocab,
+                                 f"the student's vocabulary size {student_vocab} (model.vocab_size): logit distillation "
+                                 "needs teacher and student to share one vocabulary")
+    if recipe.logit.source == "online":
+        return [JobSpec("train", "distill_train", 1, recipe.resources)]
+    return [
+        JobSpec("teacher_logits", "distill_logits", recipe.logit.shards, teacher),
+        JobSpec("train", "distill_train", 1, recipe.resources, depends_on=("teacher_logits",)),
+    ]
+
+
+SPEC = KindSpec("distill", DistillRecipe, plan, outputs={"output": CHECKPOINTS}, report="training")

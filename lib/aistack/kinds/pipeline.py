@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from aistack.recipe.schema import Name, Recipe, StrictModel, register_kind
+from aistack.kinds.spec import KindSpec
+from aistack.recipe.schema import Name, Recipe, StrictModel
 
 
 class StageSpec(StrictModel):
@@ -50,8 +51,11 @@ class StageSpec(StrictModel):
         return value
 
 
-@register_kind("pipeline")
 class PipelineRecipe(Recipe):
     kind: Literal["pipeline"] = "pipeline"
     stages: dict[Name, StageSpec] = Field(min_length=1, description="in order; each runs after the stages it reads")
     report: bool = Field(default=True, description="a last stage writing report.md/html from every stage's outputs")
+
+
+# No planner: a pipeline expands into its stages (aistack.pipeline.stages).
+SPEC = KindSpec("pipeline", PipelineRecipe, None, stage=False)

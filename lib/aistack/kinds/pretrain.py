@@ -10,7 +10,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from aistack.recipe.schema import Recipe, StrictModel, register_kind
+from aistack.kinds.spec import Estimates, JobSpec, KindSpec
+from aistack.recipe.errors import RecipeError
+from aistack.recipe.load import LoadedRecipe
+from aistack.recipe.schema import Recipe, StrictModel
 
 
 class ModelConfig(StrictModel):
@@ -101,7 +104,6 @@ class CheckpointConfig(StrictModel):
     load_optimizer: bool = True
 
 
-@register_kind("pretrain")
 class PretrainRecipe(Recipe):
     kind: Literal["pretrain"] = "pretrain"
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -117,3 +119,32 @@ class PretrainRecipe(Recipe):
         "parallel.distributed_optimizer", "parallel.recompute", "checkpoint.every", "checkpoint.keep",
         "train.log_every", "data.num_workers",
     )
+
+
+CHECKPOINTS = "jobs/train/tasks/00000/checkpoints"  # the training job's checkpoints root
+
+
+def check_layout(loaded: LoadedRecipe) -> None:
+    """TP x PP x DP must divide the job's ranks, the heads, the layers and the batch."""
+    from aistack.model.layout import layout_problems
+
+    problems = layout_problems(loaded.recipe, loaded.recipe.resources.world_size)
+    if problems:
+        raise RecipeError(str(loaded.path), problems)
+
+
+def plan(loaded: LoadedRecipe) -> list[JobSpec]:
+    """One job of nodes x tasks_per_node ranks (TP x PP x DP), checked before submitting."""
+    check_layout(loaded)
+    return [JobSpec("train", "pretrain", 1, loaded.recipe.resources)]
+
+
+def estimate(recipe: PretrainRecipe, file: str, profile_constraint: str) -> Estimates:
+    """Parameters, memory per device, FLOPs and time per step on the profile's GPU."""
+    from aistack.model.estimate import device_for, estimate as estimate_model, rows
+
+    est = estimate_model(recipe, device=device_for(recipe.resources.constraint, profile_constraint), file=file)
+    return Estimates(rows(est), list(est.warnings), est.step_seconds)
+
+
+SPEC = KindSpec("pretrain", PretrainRecipe, plan, outputs={"output": CHECKPOINTS}, report="training", estimate=estimate)

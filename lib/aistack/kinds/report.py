@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from aistack.recipe.schema import Name, Recipe, StrictModel, register_kind
+from aistack.kinds.spec import JobSpec, KindSpec, single_node
+from aistack.recipe.load import LoadedRecipe
+from aistack.recipe.schema import Name, Recipe, StrictModel
 
 
 class ReportStage(StrictModel):
@@ -25,9 +27,17 @@ class ReportConfig(StrictModel):
     copy_to: str | None = Field(default=None, description="also copy report.md/html (and figures) into this directory")
 
 
-@register_kind("report")
 class ReportRecipe(Recipe):
     kind: Literal["report"] = "report"
     report: ReportConfig
 
     NON_IDENTITY_KEYS = ("report.copy_to",)
+
+
+def plan(loaded: LoadedRecipe) -> list[JobSpec]:
+    """One small job that reads every stage's run directory and writes the pipeline's report."""
+    return [JobSpec("report", "pipeline_report", 1, single_node(loaded.recipe.resources))]
+
+
+# A pipeline adds it by itself as its last stage.
+SPEC = KindSpec("report", ReportRecipe, plan, outputs={"output": "report.md"}, stage=False)

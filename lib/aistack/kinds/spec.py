@@ -1,0 +1,68 @@
+"""What a recipe kind is, declared in one place (as torchtitan's ModelSpec bundles a model
+with its hooks): its schema, its planner, its outputs, its report section.
+
+A kind module in this package defines `SPEC = KindSpec(...)` (or `SPECS = (...)` for
+several kinds sharing a schema module); the registry finds it by itself. Its jobs are
+modules of aistack.jobs named by JobSpec.entry; lib never imports them, so the planner
+checks they exist when it plans (before anything is submitted), not on the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from aistack.recipe.schema import Recipe, Resources
+
+if TYPE_CHECKING:
+    from aistack.recipe.load import LoadedRecipe
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str  # unique within the run, e.g. "map", "reduce", "train"
+    entry: str  # module in aistack.jobs whose `run(ctx)` does one task
+    num_tasks: int  # array size; 1 = a single (possibly multi-node) job
+    resources: Resources
+    depends_on: tuple[str, ...] = ()  # names of jobs in the same plan (afterok)
+
+    @property
+    def is_array(self) -> bool:
+        return self.num_tasks > 1
+
+
+Planner = Callable[["LoadedRecipe"], list[JobSpec]]
+# Sections of a pipeline's report a stage can feed (aistack.pipeline.report_page).
+ReportSection = Literal["data", "training", "evaluation", "benchmark"]
+
+
+@dataclass
+class Estimates:
+    rows: list[tuple[str, str]]  # (figure, value) as printed
+    warnings: list[str]
+    step_seconds: float | None  # at the assumed MFU on the profile's GPU, when known
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    name: str  # the recipe's `kind:`
+    recipe: type[Recipe]  # its pydantic schema
+    plan: Planner | None  # recipe -> jobs; None for a pipeline, which expands into stages
+    # What `${stages.NAME.output}` (key "output") and `${stages.NAME.output.KEY}` name,
+    # relative to the stage's run directory.
+    outputs: dict[str, str] = field(default_factory=dict)
+    # The job whose array tasks each write one file of the main output: a later data
+    # stage reading it gets that many shards by default.
+    sharded_by: str | None = None
+    report: ReportSection | None = None
+    # Plan-time figures for `aistack plan` and GPU-hours: (recipe, file, the profile's
+    # device constraint) -> Estimates.
+    estimate: Callable[[Any, str, str], Estimates] | None = None
+    stage: bool = True  # may be a stage of a pipeline
+
+
+def single_node(resources: Resources, gpus: bool = False) -> Resources:
+    """One process on one node: gathers, stats, reports (and teacher shards with `gpus`)."""
+    update: dict[str, Any] = {"nodes": 1, "tasks_per_node": 1}
+    update["gpus_per_node"] = min(resources.gpus_per_node, 1) if gpus else 0
+    return resources.model_copy(update=update)

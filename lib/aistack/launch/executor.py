@@ -1,0 +1,92 @@
+"""One interface for running a plan, as submitit's Executor and datatrove's PipelineExecutor
+have: `submit(plan, run, after=..., dry_run=..., progress=...)`.
+
+The base class owns the loop every executor shares: jobs in dependency order, only the
+tasks without a DONE marker, each job after the jobs it needs (or after `after`, the
+jobs of earlier pipeline stages), and a failed job stopping its dependents. The local
+and Slurm executors implement one hook, `_submit_job`. `executor_for` picks one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from aistack.launch.plan import JobSpec, Plan
+    from aistack.launch.profile import ClusterProfile
+    from aistack.launch.rundir import RunDir
+
+# Slurm's job states, grouped by what they mean for a run.
+FINISHED_OK = frozenset({"COMPLETED"})
+FINISHED_BAD = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
+FINISHED = FINISHED_OK | FINISHED_BAD
+
+Progress = Callable[[str, int, int], None]  # (job, finished tasks, total)
+
+
+@dataclass
+class Submitted:
+    job: str
+    job_id: str  # Slurm job id (of the array, for arrays); "local" on this machine
+    task_ids: list[int]
+    is_array: bool
+    sbatch: str | None = None  # rendered script, for --dry-run
+
+
+class JobFailed(RuntimeError):
+    """A job of a plan run on this machine failed (Slurm reports failures through status)."""
+
+
+class Executor(ABC):
+    def __init__(self, profile: ClusterProfile):
+        self.profile = profile
+
+    def submit(self, plan: Plan, run: RunDir, after: Sequence[str] = (), dry_run: bool = False,
+               progress: Progress | None = None) -> list[Submitted]:
+        """Run or submit every job of `plan` with pending tasks; `after`: job ids (of earlier
+        pipeline stages) that jobs with nothing of this plan to wait for wait on."""
+        submitted: list[Submitted] = []
+        ids_by_job: dict[str, list[str]] = {}
+        failed: dict[str, str] = {}
+        for job in plan.ordered():
+            blocked = [d for d in job.depends_on if d in failed]
+            if blocked:
+                failed[job.name] = f"not run: depends on failed job(s) {blocked}"
+                continue
+            pending = run.pending_tasks(job.name, job.num_tasks)
+            if not pending:
+                continue
+            needs = [jid for dep in job.depends_on for jid in ids_by_job.get(dep, [])] or list(after)
+            try:
+                items = self._submit_job(run, job, pending, needs, dry_run, progress)
+            except JobFailed as err:
+                failed[job.name] = str(err)
+                continue
+            submitted += items
+            ids_by_job[job.name] = [item.job_id for item in items]
+        if failed:
+            raise JobFailed("; ".join(f"job {name}: {why}" for name, why in failed.items()))
+        return submitted
+
+    @abstractmethod
+    def _submit_job(self, run: RunDir, job: JobSpec, pending: list[int], needs: list[str], dry_run: bool,
+                    progress: Progress | None) -> list[Submitted]:
+        """Run or submit the `pending` tasks of one job after the jobs `needs`."""
+
+    def in_flight(self, plan: Plan, run: RunDir) -> list[str]:
+        """Ids of this run's jobs still queued or running from an earlier submission."""
+        return []
+
+
+def executor_for(profile: ClusterProfile, dry_run: bool = False) -> Executor:
+    """The one place an executor is chosen. A dry run shows the sbatch scripts a Slurm
+    profile would submit; on the local profile it shows them for the default partition."""
+    if profile.executor == "local" and not dry_run:
+        from aistack.launch.local import LocalExecutor
+
+        return LocalExecutor(profile)
+    from aistack.launch.slurm import SlurmExecutor
+
+    return SlurmExecutor(profile)

@@ -1,0 +1,78 @@
+"""Running the stages of a pipeline (a plain recipe is a pipeline of one) on one executor.
+
+Each stage is an ordinary run (its own run directory, plan.json, submissions, DONE
+markers), so a stage whose tasks are all done submits nothing, and a rerun of the
+pipeline resumes exactly what is missing. On Slurm every stage is submitted at once,
+its first jobs waiting (afterok) on the jobs of the stages it needs, and a stage still
+queued or running from an earlier submission is not submitted again: later stages wait
+on its live job ids. Here, stages run in order and a failed stage skips its dependents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aistack.launch.executor import Executor, JobFailed, Progress, Submitted
+from aistack.launch.plan import plan_summary
+from aistack.launch.rundir import RunDir, atomic_write_json
+from aistack.pipeline.stages import Pipeline, Stage, read_stage_records, write_pipeline_files
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    submitted: list[Submitted] = field(default_factory=list)
+    waits_on: list[str] = field(default_factory=list)  # Slurm ids of earlier stages it depends on
+    in_flight: list[str] = field(default_factory=list)  # live ids of an earlier submission, reused
+    error: str | None = None  # why it failed or did not run (known at once only on this machine)
+
+
+def submit_stages(pipeline: Pipeline, executor: Executor, dry_run: bool = False,
+                  progress: Progress | None = None) -> list[StageOutcome]:
+    if not dry_run and not pipeline.is_single:
+        write_pipeline_files(pipeline)
+    ids: dict[str, list[str]] = {}
+    failed: set[str] = set()
+    outcomes: list[StageOutcome] = []
+    for stage in pipeline.stages:
+        outcome = StageOutcome(stage.name, waits_on=[i for n in stage.needs for i in ids.get(n, [])])
+        outcomes.append(outcome)
+        blocked = [n for n in stage.needs if n in failed]
+        if blocked:
+            outcome.error = f"not run: needs failed stage(s) {', '.join(blocked)}"
+            failed.add(stage.name)
+            continue
+        live = [] if dry_run else executor.in_flight(stage.plan, stage.run)
+        if live:
+            outcome.in_flight = ids[stage.name] = live
+            continue
+        if not dry_run:
+            prepare_stage(stage, executor.profile.name)
+        try:
+            outcome.submitted = executor.submit(stage.plan, stage.run, after=outcome.waits_on, dry_run=dry_run,
+                                                progress=_labelled(progress, stage, pipeline.is_single))
+        except JobFailed as err:
+            outcome.error = str(err)
+            failed.add(stage.name)
+        ids[stage.name] = [s.job_id for s in outcome.submitted]
+    return outcomes
+
+
+def prepare_stage(stage: Stage, profile_name: str) -> None:
+    stage.run.path.mkdir(parents=True, exist_ok=True)
+    stage.run.write_recipe(stage.loaded)
+    atomic_write_json(stage.run.path / "plan.json", plan_summary(stage.plan, profile_name))
+
+
+def _labelled(progress: Progress | None, stage: Stage, single: bool) -> Progress | None:
+    """Progress bars named `stage/job` in a pipeline, `job` for a plain recipe."""
+    if progress is None or single:
+        return progress
+    return lambda job, done, total: progress(f"{stage.name}/{job}", done, total)
+
+
+def stage_runs(pipeline_dir: RunDir) -> list[tuple[str, str, RunDir, list[tuple[str, int]], list[str]]]:
+    """(name, kind, run dir, [(job, tasks)], needs) of each stage of the pipeline's latest run."""
+    return [(r["name"], r["kind"], RunDir(Path(r["run"])), [(j["name"], j["tasks"]) for j in r["jobs"]], r["needs"])
+            for r in read_stage_records(pipeline_dir)]
