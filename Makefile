@@ -33,8 +33,10 @@ demo-data: venv
 slurm-install:
 	@bash slurm/install.sh
 
+# The fast unit layer first (seconds), then everything else against the local Slurm cluster.
 test: venv slurm-install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS) || [ $$? = 5 ]  # 5: PYTEST_ARGS selected none here
+	$(BIN)/python -m pytest tests --ignore=tests/unit $(PYTEST_ARGS)
 
 slurm-up: slurm-install
 	bash slurm/up.sh

@@ -18,7 +18,12 @@ err_console = Console(stderr=True, highlight=False)
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may also follow options (`aistack run r.yaml --on local train.lr=1e-3`).
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from aistack.recipe.errors import RecipeError
 
     try:

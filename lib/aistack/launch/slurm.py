@@ -120,11 +120,10 @@ _ARRAY_RANGE_RE = re.compile(r"^(?P<id>\d+)_\[(?P<ranges>[^\]%]+)(%\d+)?\]$")
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """{'123_4': 'COMPLETED', '124': 'RUNNING', ...} from sacct (accounting has every
-    finished task), with squeue filling in pending array ranges sacct folds together."""
+    """{'123_4': 'COMPLETED', '124': 'RUNNING', ...} from sacct: accounting has every task,
+    pending array tasks folded into ranges (expanded by parse_sacct)."""
     if not job_ids:
         return {}
-    states: dict[str, str] = {}
     cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)]
     for attempt in range(5):  # slurmdbd can be briefly busy under a burst of job records
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -133,11 +132,18 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
         time.sleep(0.5 * (attempt + 1))
     else:
         raise RuntimeError(f"sacct failed (exit {out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
-    for line in out.stdout.splitlines():
+    return parse_sacct(out.stdout)
+
+
+def parse_sacct(text: str) -> dict[str, str]:
+    """`sacct -X -n -P -o JobID,State` output -> {job or array task id: state}. Pending
+    array ranges ("123_[4-6,9%2]") are expanded to one entry per task."""
+    states: dict[str, str] = {}
+    for line in text.splitlines():
         if "|" not in line:
             continue
         jid, state = line.split("|", 1)
-        state = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+        state = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         match = _ARRAY_RANGE_RE.match(jid)
         if match:
             for index in _expand(match["ranges"]):

@@ -1,0 +1,92 @@
+"""Planners and executors without running anything: recipe -> jobs -> what Slurm would get."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aistack.launch.executor import executor_for
+from aistack.launch.plan import JobSpec, Plan, make_plan
+from aistack.launch.profile import ClusterProfile
+from aistack.launch.rundir import RunDir
+from aistack.recipe import RecipeError, Resources, load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_smoke_plan_is_a_map_array_then_a_cpu_reduce(tmp_path):
+    loaded = load_recipe(RECIPES / "examples" / "smoke.yaml", [f"output.root={tmp_path}", "smoke.tasks=7",
+                                                               "resources.gpus_per_node=8", "resources.nodes=2"])
+    plan = make_plan(loaded)
+    assert [(j.name, j.num_tasks, j.depends_on) for j in plan.jobs] == [("map", 7, ()), ("reduce", 1, ("map",))]
+    map_job, reduce_job = plan.jobs
+    assert (map_job.resources.nodes, map_job.resources.gpus_per_node) == (2, 8)
+    assert (reduce_job.resources.nodes, reduce_job.resources.gpus_per_node, reduce_job.resources.ntasks_per_node) == (1, 0, 1)
+
+
+def test_filter_plan_has_one_shard_per_input_file_and_no_gpus(tmp_path):
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    for i in range(3):
+        (crawl / f"part-{i}.warc.gz").write_bytes(b"")
+    loaded = load_recipe(RECIPES / "data" / "fineweb.yaml", [f"output.root={tmp_path}", f"filter.input.paths=[{crawl}]",
+                                                             "resources.gpus_per_node=8"])
+    plan = make_plan(loaded)
+    assert [(j.name, j.num_tasks) for j in plan.jobs] == [("filter", 3), ("stats", 1)]
+    assert all(j.resources.gpus_per_node == 0 for j in plan.jobs)
+
+
+def test_pretrain_layout_that_does_not_divide_names_the_key(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        make_plan(load_recipe(RECIPES / "pretrain" / "llama3-8b-1024gpu.yaml", [f"output.root={tmp_path}", "parallel.tensor=3"]))
+    assert "parallel.tensor" in str(err.value)
+    plan = make_plan(load_recipe(RECIPES / "pretrain" / "llama3-8b-1024gpu.yaml", [f"output.root={tmp_path}"]))
+    (train,) = plan.jobs
+    assert (train.name, train.entry, train.num_tasks, train.resources.nodes, train.resources.gpus_per_node) == ("train", "pretrain", 1, 128, 8)
+
+
+def test_jobs_must_come_after_what_they_depend_on(tmp_path):
+    loaded = load_recipe(RECIPES / "examples" / "smoke.yaml", [f"output.root={tmp_path}"])
+    res = Resources()
+    with pytest.raises(ValueError, match="depends on"):
+        Plan(loaded, [JobSpec("reduce", "smoke_reduce", 1, res, ("map",)), JobSpec("map", "smoke", 2, res)]).ordered()
+
+
+def _dry_run(tmp_path, overrides, profile: ClusterProfile):
+    loaded = load_recipe(RECIPES / "examples" / "smoke.yaml", [f"output.root={tmp_path}", *overrides])
+    plan, run = make_plan(loaded), RunDir.for_recipe(loaded)
+    return plan, run, executor_for(profile, dry_run=True)
+
+
+def test_dry_run_splits_arrays_and_chains_afterok_only_on_pending_tasks(tmp_path):
+    profile = ClusterProfile(name="t", max_array_size=4)
+    plan, run, executor = _dry_run(tmp_path, ["smoke.tasks=10"], profile)
+    items = executor.submit(plan, run, dry_run=True)
+    assert [(i.job, i.task_ids) for i in items] == [
+        ("map", [0, 1, 2, 3]), ("map", [4, 5, 6, 7]), ("map", [8, 9]), ("reduce", [0])]
+    assert "--dependency=afterok:<map-0>:<map-1>:<map-2>" in items[-1].sbatch.replace("'", "")
+    assert "--array=0-3%" in items[0].sbatch
+    assert not run.path.exists()  # a dry run writes nothing
+
+    for task in range(9):  # all but one map task done: only it, and the reduce after it, remain
+        run.mark_done("map", task, {"task": task})
+    items = executor.submit(plan, run, dry_run=True, after=["77"])
+    assert [(i.job, i.task_ids) for i in items] == [("map", [9]), ("reduce", [0])]
+    assert "--dependency=afterok:77" in items[0].sbatch.replace("'", "")  # waits on the earlier stage
+
+
+def test_the_local_profile_runs_here_and_dry_runs_render_sbatch():
+    from aistack.launch.local import LocalExecutor
+    from aistack.launch.profile import LOCAL
+    from aistack.launch.slurm import SlurmExecutor
+
+    assert isinstance(executor_for(LOCAL), LocalExecutor)
+    assert isinstance(executor_for(LOCAL, dry_run=True), SlurmExecutor)
+    assert isinstance(executor_for(ClusterProfile(name="x")), SlurmExecutor)

@@ -1,0 +1,29 @@
+"""Slurm's accounting output, as sacct prints it, parsed into one state per task."""
+
+from __future__ import annotations
+
+from aistack.launch.slurm import parse_sacct
+
+# Captured from `sacct -X -n -P -o JobID,State -j 41,42,43,44` on the local cluster.
+CAPTURED = """\
+41_0|COMPLETED
+41_1|FAILED
+41_[2-4,7%2]|PENDING
+42|CANCELLED by 0
+43|RUNNING
+44_5|OUT_OF_MEMORY
+not a row
+45|
+"""
+
+
+def test_array_ranges_expand_and_reasons_are_dropped():
+    states = parse_sacct(CAPTURED)
+    assert states == {
+        "41_0": "COMPLETED", "41_1": "FAILED", "41_2": "PENDING", "41_3": "PENDING", "41_4": "PENDING",
+        "41_7": "PENDING", "42": "CANCELLED", "43": "RUNNING", "44_5": "OUT_OF_MEMORY", "45": "UNKNOWN",
+    }
+
+
+def test_empty_output_is_no_state():
+    assert parse_sacct("") == {}

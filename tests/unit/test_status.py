@@ -1,0 +1,39 @@
+"""Where a run stands, read from its run directory (no scheduler needed for local runs)."""
+
+from __future__ import annotations
+
+from aistack.launch.rundir import RunDir
+from aistack.launch.status import run_status
+from aistack.pipeline.status import finished, stage_states
+
+
+def _local_run(path) -> RunDir:
+    run = RunDir(path)
+    run.record_submission({"job": "map", "executor": "local", "job_id": "101", "task_ids": [0], "array": False, "time": 0})
+    run.record_submission({"job": "map", "executor": "local", "job_id": "102", "task_ids": [1], "array": False, "time": 0})
+    run.mark_done("map", 0, {"ok": True})
+    run.set_task_state("map", 1, "FAILED", error="boom")
+    return run
+
+
+def test_task_states_come_from_markers_and_submissions(tmp_path):
+    rows = run_status(_local_run(tmp_path / "r"), [("map", 3), ("reduce", 1)])
+    assert [(r.job, r.task_id, r.executor, r.job_id, r.state) for r in rows] == [
+        ("map", 0, "local", "101", "COMPLETED"),
+        ("map", 1, "local", "102", "FAILED"),
+        ("map", 2, "-", "", "NOT_SUBMITTED"),
+        ("reduce", 0, "-", "", "NOT_SUBMITTED"),
+    ]
+
+
+def test_a_stage_shows_its_failure_and_a_done_stage_completes(tmp_path):
+    failing = _local_run(tmp_path / "a")
+    done = RunDir(tmp_path / "b")
+    done.mark_done("train", 0, {})
+    records = [("a", "smoke", failing, [("map", 2)], []), ("b", "pretrain", done, [("train", 1)], ["a"]),
+               ("c", "sft", RunDir(tmp_path / "never"), [("train", 1)], ["b"])]
+    states = {s.name: s for s in stage_states(records)}
+    assert (states["a"].state, states["a"].done, states["a"].total) == ("FAILED", 1, 2)
+    assert (states["b"].state, states["b"].done) == ("COMPLETED", 1)
+    assert states["c"].state == "NOT_SUBMITTED"
+    assert finished(list(states.values()))
