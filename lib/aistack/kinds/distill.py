@@ -18,9 +18,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from aistack.kinds.pretrain import CHECKPOINTS, DataConfig, ModelConfig, ParallelConfig, TrainConfig, check_layout
+from aistack.kinds.pretrain import CHECKPOINTS, DataConfig, ModelConfig, ParallelConfig, TrainConfig
 from aistack.kinds.sft import FinetuneCheckpointConfig
 from aistack.kinds.spec import JobSpec, KindSpec, single_node
+from aistack.model.layout import check_layout
 from aistack.recipe.errors import RecipeError
 from aistack.recipe.load import LoadedRecipe
 from aistack.recipe.schema import Recipe, StrictModel
@@ -110,7 +111,7 @@ def plan(loaded: LoadedRecipe) -> list[JobSpec]:
     sequence         generate[sequence.shards] -> train          (answers as chat records, then SFT)
     """
     recipe = loaded.recipe
-    check_layout(loaded)
+    check_layout(loaded.recipe, loaded.path)  # TP x PP x DP must divide ranks, heads, layers, batch
     teacher = single_node(recipe.resources, gpus=True)  # the teacher alone (TP=PP=1) per shard
     if recipe.method == "sequence":
         return [

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from aistack.kinds.spec import Estimates, JobSpec, KindSpec
-from aistack.recipe.errors import RecipeError
+from aistack.model.layout import check_layout
 from aistack.recipe.load import LoadedRecipe
 from aistack.recipe.schema import Recipe, StrictModel
 
@@ -124,18 +124,9 @@ class PretrainRecipe(Recipe):
 CHECKPOINTS = "jobs/train/tasks/00000/checkpoints"  # the training job's checkpoints root
 
 
-def check_layout(loaded: LoadedRecipe) -> None:
-    """TP x PP x DP must divide the job's ranks, the heads, the layers and the batch."""
-    from aistack.model.layout import layout_problems
-
-    problems = layout_problems(loaded.recipe, loaded.recipe.resources.world_size)
-    if problems:
-        raise RecipeError(str(loaded.path), problems)
-
-
 def plan(loaded: LoadedRecipe) -> list[JobSpec]:
     """One job of nodes x tasks_per_node ranks (TP x PP x DP), checked before submitting."""
-    check_layout(loaded)
+    check_layout(loaded.recipe, loaded.path)  # TP x PP x DP must divide ranks, heads, layers, batch
     return [JobSpec("train", "pretrain", 1, loaded.recipe.resources)]
 
 

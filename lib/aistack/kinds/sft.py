@@ -12,8 +12,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from aistack.kinds.pretrain import CHECKPOINTS, CheckpointConfig, ModelConfig, ParallelConfig, TrainConfig, check_layout
+from aistack.kinds.pretrain import CHECKPOINTS, CheckpointConfig, ModelConfig, ParallelConfig, TrainConfig
 from aistack.kinds.spec import JobSpec, KindSpec
+from aistack.model.layout import check_layout
 from aistack.recipe.load import LoadedRecipe
 from aistack.recipe.schema import Recipe, StrictModel
 
@@ -62,7 +63,7 @@ class SFTRecipe(Recipe):
 
 def plan(loaded: LoadedRecipe) -> list[JobSpec]:
     """One training job (TP x PP x DP over its ranks), as pretraining."""
-    check_layout(loaded)
+    check_layout(loaded.recipe, loaded.path)  # TP x PP x DP must divide ranks, heads, layers, batch
     return [JobSpec("train", "sft", 1, loaded.recipe.resources)]
 
 
