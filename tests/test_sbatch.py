@@ -40,8 +40,9 @@ def test_big_array_is_split_at_max_array_size():
     maps = [s for s in result.submitted if s.job == "map"]
     assert [len(s.task_ids) for s in maps] == [1001, 1001, 998]
     assert sorted(t for s in maps for t in s.task_ids) == list(range(3000))
-    assert "#SBATCH --array=0-1000%64" in maps[0].sbatch
-    assert "#SBATCH --array=0-997%64" in maps[2].sbatch
+    # array_parallelism (64) holds for the whole job: the three arrays share it
+    assert "#SBATCH --array=0-1000%22" in maps[0].sbatch
+    assert "#SBATCH --array=0-997%21" in maps[2].sbatch
     reduce_script = next(s.sbatch for s in result.submitted if s.job == "reduce")
     # the reduce job waits for all three arrays
     assert all(f"{s.job_id}" in reduce_script for s in maps)

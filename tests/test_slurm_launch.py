@@ -156,3 +156,13 @@ def test_sigusr1_before_time_limit_saves_and_requeues(runs_root):
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
     _assert_resumed_exactly(result, job_id, wandb_complete=True)
     assert "resuming from step" in _log(result, job_id) and "resuming from step 0" not in _log(result, job_id)
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_refused_submission_is_a_message_not_a_traceback(runs_root, capsys):
+    code = main(["run", str(SMOKE), f"output.root={runs_root}", "resources.partition=nosuch", "--on", "slurm"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Slurm refused" in err and "invalid partition" in err and "check `partition`" in err
+    assert "Traceback" not in err

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from aistack.launch.executor import SubmitRefused
     from aistack.recipe.errors import RecipeError
 
     try:
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
         return 2
+    except SubmitRefused as err:
+        err_console.print(f"[bold red]refused:[/] {err}", soft_wrap=True)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -259,6 +263,8 @@ def _print_plan(result, scripts: bool) -> None:
             str(r.cpus_per_task), str(r.time), ",".join(job.depends_on) or "-",
         )
     console.print(table)
+    gpu_h, core_h = sum(j.gpu_hours for j in result.plan.jobs), sum(j.cpu_core_hours for j in result.plan.jobs)
+    console.print(f"at the time limits: at most {gpu_h:,.1f} GPU-hours, {core_h:,.1f} CPU core-hours (CPU-only jobs)")
     _print_estimates(result)
     if scripts:
         shown: set[str] = set()

@@ -90,3 +90,42 @@ def test_the_local_profile_runs_here_and_dry_runs_render_sbatch():
     assert isinstance(executor_for(LOCAL), LocalExecutor)
     assert isinstance(executor_for(LOCAL, dry_run=True), SlurmExecutor)
     assert isinstance(executor_for(ClusterProfile(name="x")), SlurmExecutor)
+
+
+def test_array_parallelism_holds_for_the_whole_job_when_split():
+    from aistack.launch.slurm import array_lanes
+
+    assert array_lanes(3, 64) == [(0, 22), (1, 21), (2, 21)]
+    many = array_lanes(100, 4)  # 100 arrays, 4 at a time: 4 lanes of 25 chained arrays, %1 each
+    assert {lane for lane, _ in many} == {0, 1, 2, 3} and all(p == 1 for _, p in many)
+    for arrays, parallelism in ((1, 256), (7, 3), (10, 10), (2, 5)):
+        lanes = dict(array_lanes(arrays, parallelism))
+        assert sum(lanes.values()) == parallelism if arrays >= parallelism else sum(lanes.values()) <= parallelism
+
+
+def test_arrays_of_one_lane_are_chained_afterany(tmp_path):
+    plan, run, executor = _dry_run(tmp_path, ["smoke.tasks=10", "resources.array_parallelism=2"],
+                                   ClusterProfile(name="t", max_array_size=3))
+    maps = [i for i in executor.submit(plan, run, dry_run=True) if i.job == "map"]
+    deps = [next((line for line in i.sbatch.splitlines() if "--dependency" in line), "").replace("'", "") for i in maps]
+    assert [i.task_ids for i in maps] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert deps == ["", "", "#SBATCH --dependency=afterany:<map-0>", "#SBATCH --dependency=afterany:<map-1>"]
+    assert all("%1" in i.sbatch for i in maps)
+
+
+def test_cpu_jobs_go_to_the_cpu_partition_without_gpu_options(tmp_path):
+    from aistack.launch.profile import JobClass
+
+    site = ClusterProfile(name="site", partition="batch", qos="normal", account="team",
+                          sbatch_defaults={"exclusive": True, "constraint": "h100", "wckey": "x"})
+    plan, run, executor = _dry_run(tmp_path, ["resources.gpus_per_node=8"], site)
+    scripts = {i.job: i.sbatch for i in executor.submit(plan, run, dry_run=True)}
+    assert "--partition=batch" in scripts["map"] and "--exclusive" in scripts["map"] and "--constraint=h100" in scripts["map"]
+    # no `cpu` class: the same partition, but no GPU-only options
+    assert "--partition=batch" in scripts["reduce"] and "--exclusive" not in scripts["reduce"]
+    assert "--constraint" not in scripts["reduce"] and "--wckey=x" in scripts["reduce"]
+    site.cpu = JobClass(partition="cpu", sbatch_defaults={"mem-per-cpu": "2G"})
+    scripts = {i.job: i.sbatch for i in executor_for(site, dry_run=True).submit(plan, run, dry_run=True)}
+    assert "--partition=cpu" in scripts["reduce"] and "--mem-per-cpu=2G" in scripts["reduce"]
+    assert "--qos=normal" in scripts["reduce"] and "--account=team" in scripts["reduce"]  # inherited
+    assert "--partition=batch" in scripts["map"]

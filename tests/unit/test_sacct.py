@@ -27,3 +27,16 @@ def test_array_ranges_expand_and_reasons_are_dropped():
 
 def test_empty_output_is_no_state():
     assert parse_sacct("") == {}
+
+
+def test_a_refused_submission_names_the_limit_and_what_to_change():
+    from aistack.launch.slurm import refusal_message
+
+    # What sbatch prints when a QOS's MaxSubmitJobsPerUser is reached (Slurm 22.05).
+    said = ("sbatch: error: QOSMaxSubmitJobPerUserLimit\n"
+            "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy "
+            "(job submit limit, user's size and/or time limits)\n")
+    message = refusal_message("run-abc/filter", 500, said)
+    assert message.startswith("Slurm refused run-abc/filter (500 tasks): sbatch: error: QOSMaxSubmitJobPerUserLimit")
+    assert "every array task counts" in message and "rerun" in message
+    assert "check `partition`" in refusal_message("r/j", 1, "sbatch: error: invalid partition specified: x")

@@ -30,6 +30,18 @@ class JobSpec:
     def is_array(self) -> bool:
         return self.num_tasks > 1
 
+    @property
+    def gpu_hours(self) -> float:
+        """At most: every task at its time limit."""
+        r = self.resources
+        return self.num_tasks * r.nodes * r.gpus_per_node * r.time / 60
+
+    @property
+    def cpu_core_hours(self) -> float:
+        """At most, for a CPU-only job (GPU jobs count in GPU-hours): every task at its time limit."""
+        r = self.resources
+        return 0.0 if r.gpus_per_node else self.num_tasks * r.nodes * r.ntasks_per_node * r.cpus_per_task * r.time / 60
+
 
 Planner = Callable[["LoadedRecipe"], list[JobSpec]]
 # Sections of a pipeline's report a stage can feed (aistack.pipeline.report_page).

@@ -39,6 +39,12 @@ class JobFailed(RuntimeError):
     """A job of a plan run on this machine failed (Slurm reports failures through status)."""
 
 
+class SubmitRefused(RuntimeError):
+    """The scheduler refused a submission (a QOS limit, an unknown partition, ...): the
+    message names the job, what Slurm said and what to change. Jobs submitted before it
+    stay queued; rerunning the recipe submits only what is missing."""
+
+
 class Executor(ABC):
     def __init__(self, profile: ClusterProfile):
         self.profile = profile

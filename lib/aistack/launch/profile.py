@@ -16,9 +16,25 @@ from aistack.recipe.schema import Mount, Name, SlurmWord, StrictModel
 REPO_CLUSTERS = Path(__file__).resolve().parents[3] / "slurm" / "clusters"
 
 
+# sbatch options that only make sense for GPU jobs: a CPU job never gets them from the
+# profile (a recipe may still ask, e.g. resources.constraint).
+GPU_ONLY_OPTIONS = frozenset({"exclusive", "constraint", "gres", "gpus", "gpus_per_node", "gpus_per_task",
+                              "gpu_bind", "gpu_freq", "cpus_per_gpu", "mem_per_gpu"})
+
+
+class JobClass(StrictModel):
+    """Where one class of jobs goes: its partition, account, QOS and sbatch defaults."""
+
+    partition: SlurmWord | None = None
+    account: SlurmWord | None = None
+    qos: SlurmWord | None = None
+    sbatch_defaults: dict[str, str | int | bool] = Field(default_factory=dict)
+
+
 class ClusterProfile(StrictModel):
     name: Name = "local"
     executor: Literal["slurm", "local"] = "slurm"
+    # partition, account, qos and sbatch_defaults: GPU jobs (and every job without `cpu`)
     partition: SlurmWord | None = None
     account: SlurmWord | None = None
     qos: SlurmWord | None = None
@@ -31,6 +47,19 @@ class ClusterProfile(StrictModel):
     sbatch_defaults: dict[str, str | int | bool] = Field(default_factory=dict)
     signal_delay_s: int = Field(default=90, ge=0)
     env: dict[str, str] = Field(default_factory=dict)
+    # CPU-only jobs (data stages, gathers, stats, reports); unset fields come from above.
+    cpu: JobClass | None = None
+
+    def job_class(self, uses_gpus: bool) -> JobClass:
+        """Partition, account, QOS and sbatch defaults of a GPU job or of a CPU-only job."""
+        gpu = JobClass(partition=self.partition, account=self.account, qos=self.qos, sbatch_defaults=self.sbatch_defaults)
+        if uses_gpus:
+            return gpu
+        if self.cpu is not None:
+            return JobClass(partition=self.cpu.partition or self.partition, account=self.cpu.account or self.account,
+                            qos=self.cpu.qos or self.qos, sbatch_defaults=self.cpu.sbatch_defaults)
+        defaults = {k: v for k, v in self.sbatch_defaults.items() if k.replace("-", "_") not in GPU_ONLY_OPTIONS}
+        return gpu.model_copy(update={"sbatch_defaults": defaults})
 
 
 LOCAL = ClusterProfile(name="local", executor="local")

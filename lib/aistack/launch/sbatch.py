@@ -67,6 +67,7 @@ def slurm_launch(
     dependency: str | None = None,
 ) -> SlurmLaunch:
     res = job.resources
+    placement = profile.job_class(uses_gpus=res.gpus_per_node > 0)
     params: dict[str, Any] = {
         "job_name": job_name,
         "nodes": res.nodes,
@@ -80,14 +81,14 @@ def slurm_launch(
     optional = {
         "gpus_per_node": res.gpus_per_node or None,
         "mem": res.mem,
-        "partition": res.partition or profile.partition,
-        "account": res.account or profile.account,
-        "qos": res.qos or profile.qos,
+        "partition": res.partition or placement.partition,
+        "account": res.account or placement.account,
+        "qos": res.qos or placement.qos,
         "constraint": res.constraint,
         "dependency": dependency,
     }
     params.update({k: v for k, v in optional.items() if v is not None})
-    extra: dict[str, Any] = {k.replace("_", "-"): v for k, v in profile.sbatch_defaults.items()}
+    extra: dict[str, Any] = {k.replace("_", "-"): v for k, v in placement.sbatch_defaults.items()}
     # A job whose afterok dependency failed is cancelled, not left pending forever.
     extra["kill-on-invalid-dep"] = "yes"
     extra["requeue"] = True

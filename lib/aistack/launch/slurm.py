@@ -16,7 +16,7 @@ from pathlib import Path
 
 import submitit
 
-from aistack.launch.executor import FINISHED, Executor, Progress, Submitted
+from aistack.launch.executor import FINISHED, Executor, Progress, Submitted, SubmitRefused
 from aistack.launch.plan import JobSpec, Plan
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.rundir import RunDir
@@ -44,6 +44,37 @@ def chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def array_lanes(num_arrays: int, parallelism: int) -> list[tuple[int, int]]:
+    """(lane, %N) for each array of a job split at MaxArraySize, so that the whole job runs
+    at most `parallelism` tasks at once, as the recipe says: up to `parallelism` lanes run
+    side by side, sharing it; the arrays of one lane run one after the other."""
+    num_lanes = max(1, min(num_arrays, parallelism))
+    share = [parallelism // num_lanes + (1 if lane < parallelism % num_lanes else 0) for lane in range(num_lanes)]
+    return [(i % num_lanes, share[i % num_lanes]) for i in range(num_arrays)]
+
+
+# What sbatch says when it refuses a job -> what the user can change.
+_REFUSAL_HINTS = (
+    ("QOSMaxSubmitJob", "the QOS caps how many jobs a user may have queued, and every array task counts: wait for "
+                        "queued jobs to finish and rerun (finished tasks are kept), or ask for fewer tasks"),
+    ("AssocMaxSubmitJob", "your association caps how many jobs you may have queued, and every array task counts: "
+                          "wait for queued jobs to finish and rerun (finished tasks are kept), or ask for fewer tasks"),
+    ("MaxArraySize", "the cluster's MaxArraySize is smaller than this array: set max_array_size in the cluster profile"),
+    ("Invalid job array specification", "set max_array_size in the cluster profile to the cluster's MaxArraySize"),
+    ("invalid partition", "check `partition` in the cluster profile (or resources.partition in the recipe)"),
+    ("Invalid account", "check `account` in the cluster profile (or resources.account), and that it may use this partition"),
+    ("Invalid qos", "check `qos` in the cluster profile (or resources.qos)"),
+    ("Requested node configuration is not available", "no node of this partition has what the job asks for "
+                                                     "(GPUs, CPUs, memory, constraint): lower resources or change partition"),
+)
+
+
+def refusal_message(what: str, tasks: int, slurm_says: str) -> str:
+    said = " ".join(line.strip() for line in slurm_says.splitlines() if line.strip()) or "no reason given"
+    hint = next((h for key, h in _REFUSAL_HINTS if key.lower() in said.lower()), "see the message above")
+    return f"Slurm refused {what} ({tasks} task{'s' if tasks != 1 else ''}): {said}. What to change: {hint}."
+
+
 def wandb_per_task(job: JobSpec) -> bool:
     # Big shard arrays log to metrics.jsonl only; their gather step reports to W&B.
     return job.num_tasks <= 16
@@ -62,19 +93,26 @@ class SlurmExecutor(Executor):
 
     def _submit_job(self, run: RunDir, job: JobSpec, pending: list[int], needs: list[str], dry_run: bool,
                     progress: Progress | None) -> list[Submitted]:
-        """One array (split at the cluster's MaxArraySize) or one job, afterok on `needs`."""
+        """One job, or its arrays (split at the cluster's MaxArraySize), afterok on `needs`."""
         if self._max_array_size is None:
             self._max_array_size = max_array_size(self.profile)
-        dependency = "afterok:" + ":".join(needs) if needs else None
-        launch = self.launch_for(run, job, dependency)
         groups = chunks(pending, self._max_array_size) if job.is_array else [pending]
+        lanes = array_lanes(len(groups), job.resources.array_parallelism) if job.is_array else [(0, None)]
+        last_in_lane: dict[int, str] = {}
         items: list[Submitted] = []
-        for group in groups:
+        for group, (lane, parallelism) in zip(groups, lanes):
+            after = ["afterok:" + ":".join(needs)] if needs else []
+            if lane in last_in_lane:  # the lane's previous array, finished whatever its outcome
+                after.append(f"afterany:{last_in_lane[lane]}")
+            launch = self.launch_for(run, job, ",".join(after) or None)
+            if parallelism is not None:
+                launch.params["array_parallelism"] = parallelism
             if dry_run:
                 script = render_sbatch(launch, run.log_dir(job.name), len(group) if job.is_array else None)
                 items.append(Submitted(job.name, f"<{job.name}-{len(items)}>", group, job.is_array, script))
             else:
                 items.append(self._submit_group(run, job, launch, group, job.is_array))
+            last_in_lane[lane] = items[-1].job_id
         return items
 
     def _submit_group(self, run: RunDir, job: JobSpec, launch: SlurmLaunch, group: list[int], as_array: bool) -> Submitted:
@@ -84,15 +122,18 @@ class SlurmExecutor(Executor):
         executor.update_parameters(**launch.params)
         track = wandb_per_task(job)
         runners = [TaskRunner(str(run.path), job.name, job.entry, t, job.num_tasks, track) for t in group]
-        if as_array:
-            with executor.batch():
-                jobs = [executor.submit(r) for r in runners]
-            job_id = jobs[0].job_id.split("_")[0]
-            # submitit submits a batch of one as a plain job (id "123", not "123_0"): a rerun
-            # of a single failed array task is then read back from Slurm as a job, not an array
-            as_array = "_" in jobs[0].job_id
-        else:
-            job_id = executor.submit(runners[0]).job_id
+        try:
+            if as_array:
+                with executor.batch():
+                    jobs = [executor.submit(r) for r in runners]
+                job_id = jobs[0].job_id.split("_")[0]
+                # submitit submits a batch of one as a plain job (id "123", not "123_0"): a rerun
+                # of a single failed array task is then read back from Slurm as a job, not an array
+                as_array = "_" in jobs[0].job_id
+            else:
+                job_id = executor.submit(runners[0]).job_id
+        except submitit.core.utils.FailedJobError as err:
+            raise SubmitRefused(refusal_message(f"{run.name}/{job.name}", len(group) if as_array else 1, str(err))) from None
         run.record_submission(
             {"job": job.name, "executor": "slurm", "job_id": job_id, "task_ids": group, "array": as_array, "time": time.time()}
         )

@@ -14,7 +14,7 @@ from aistack.pipeline.status import StageState
 
 def gpu_hours(stage: Stage, device_profile_constraint: str = "") -> tuple[float, float | None]:
     """(at most: every job at its time limit, estimated: pretraining at the assumed MFU)."""
-    limit = sum(j.num_tasks * j.resources.nodes * j.resources.gpus_per_node * j.resources.time / 60 for j in stage.plan.jobs)
+    limit = sum(j.gpu_hours for j in stage.plan.jobs)
     estimated = None
     recipe = stage.loaded.recipe
     estimate = spec_for(stage.kind).estimate
@@ -27,14 +27,16 @@ def gpu_hours(stage: Stage, device_profile_constraint: str = "") -> tuple[float,
 
 def print_plan(console: Console, pipeline: Pipeline, outcomes, profile, scripts: bool) -> None:
     table = Table(title=f"pipeline {pipeline.loaded.recipe.name} on profile {profile.name}")
-    for col in ("stage/job", "tasks", "nodes x gpus", "min", "after", "GPU-h limit", "GPU-h est."):
+    for col in ("stage/job", "tasks", "nodes x gpus", "min", "after", "GPU-h limit", "GPU-h est.", "CPU core-h"):
         table.add_column(col)
-    total_limit = total_est = 0.0
+    total_limit = total_est = total_cores = 0.0
     constraint = str(profile.sbatch_defaults.get("constraint", ""))
     for stage, outcome in zip(pipeline.stages, outcomes):
         limit, est = gpu_hours(stage, constraint)
+        cores = sum(j.cpu_core_hours for j in stage.plan.jobs)
         total_limit += limit
         total_est += est if est is not None else limit
+        total_cores += cores
         for i, job in enumerate(stage.plan.jobs):
             parts = [s for s in outcome.submitted if s.job == job.name]
             tasks = str(job.num_tasks)
@@ -47,10 +49,12 @@ def print_plan(console: Console, pipeline: Pipeline, outcomes, profile, scripts:
             table.add_row(
                 f"{stage.name}/{job.name}", tasks, f"{r.nodes} x {r.gpus_per_node}", str(r.time), ",".join(after) or "-",
                 f"{limit:,.0f}" if i == 0 else "", (f"{est:,.0f}" if est is not None else "") if i == 0 else "",
+                f"{cores:,.0f}" if i == 0 else "",
             )
     console.print(table)
     console.print(f"GPU-hours: at most {total_limit:,.0f} (every job at its time limit); "
-                  f"estimated {total_est:,.0f} (pretraining at the assumed MFU, other stages at their limits)")
+                  f"estimated {total_est:,.0f} (pretraining at the assumed MFU, other stages at their limits); "
+                  f"CPU core-hours: at most {total_cores:,.0f} (CPU-only jobs at their time limits)")
     for stage in pipeline.stages:
         console.print(f"  {stage.name:<10} {stage.kind:<9} {stage.run.path}", soft_wrap=True)
     for path in pipeline.missing_inputs:
