@@ -23,7 +23,7 @@ from aistack.kinds.spec import JobSpec, KindSpec, single_node
 from aistack.recipe.deferred import defer_missing, expected_shards, is_deferred
 from aistack.recipe.errors import RecipeError
 from aistack.recipe.load import LoadedRecipe
-from aistack.recipe.schema import Recipe, StrictModel
+from aistack.recipe.schema import Recipe, StrictModel, TaskCount
 
 INPUT_SUFFIXES = {
     "warc": (".warc", ".warc.gz", ".arc", ".arc.gz"),
@@ -96,7 +96,7 @@ class InputBlock(StrictModel):
 
 
 class ShardedStage(StrictModel):
-    tasks: int | None = Field(default=None, ge=1, description="array tasks; default: one per input file")
+    tasks: TaskCount | None = Field(default=None, description="array tasks; default: one per input file")
 
     def num_tasks(self, files: list[str], deferred_shards: int = 0) -> int:
         return self.tasks or max(len(files) + deferred_shards, 1)

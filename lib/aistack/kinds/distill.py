@@ -24,7 +24,7 @@ from aistack.kinds.spec import JobSpec, KindSpec, single_node
 from aistack.model.layout import check_layout
 from aistack.recipe.errors import RecipeError
 from aistack.recipe.load import LoadedRecipe
-from aistack.recipe.schema import Recipe, StrictModel
+from aistack.recipe.schema import Recipe, StrictModel, TaskCount
 
 
 class TeacherConfig(StrictModel):
@@ -39,7 +39,7 @@ class LogitConfig(StrictModel):
     temperature: float = Field(default=2.0, gt=0)
     top_k: int = Field(default=32, ge=1, description="offline: logits kept per token")
     online_top_k: bool = Field(default=False, description="online: truncate the teacher to top_k too (the offline loss, exactly)")
-    shards: int = Field(default=1, ge=1, description="offline: array tasks writing the store")
+    shards: TaskCount = Field(default=1, description="offline: array tasks writing the store")
     block: int = Field(default=64, ge=1, description="offline: sequences per zarr chunk (the unit of commit)")
     store: str | None = Field(default=None, description="offline: the zarr store; null = teacher_logits.zarr in the run directory")
 
@@ -54,7 +54,7 @@ class SamplingConfig(StrictModel):
 class SequenceConfig(StrictModel):
     prompts: list[str] = Field(default_factory=list,
                                description="jsonl/parquet: {messages: [...]} (a trailing assistant turn is dropped) or {prompt: str}")
-    shards: int = Field(default=1, ge=1, description="array tasks generating answers")
+    shards: TaskCount = Field(default=1, description="array tasks generating answers")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     tokenizer: str = Field(description="tokenizer (with chat template) shared by teacher and student")
     chat_template: Literal["auto", "tokenizer", "default"] = "auto"

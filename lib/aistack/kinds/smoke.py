@@ -14,11 +14,11 @@ from pydantic import Field
 
 from aistack.kinds.spec import JobSpec, KindSpec, single_node
 from aistack.recipe.load import LoadedRecipe
-from aistack.recipe.schema import Recipe, StrictModel
+from aistack.recipe.schema import Recipe, StrictModel, TaskCount
 
 
 class SmokeConfig(StrictModel):
-    tasks: int = Field(default=4, ge=1, description="array tasks (independent shards)")
+    tasks: TaskCount = Field(default=4, description="array tasks (independent shards)")
     steps: int = Field(default=20, ge=1)
     step_seconds: float = Field(default=0.05, ge=0, description="sleep per step, to make preemption testable")
     checkpoint_every: int = Field(default=5, ge=1)

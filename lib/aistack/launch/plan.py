@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from aistack.kinds import JobSpec, spec_for
-from aistack.recipe import LoadedRecipe
+from aistack.recipe import LoadedRecipe, RecipeError
+from aistack.recipe.schema import MAX_ARRAY_TASKS
 
 __all__ = ["JobSpec", "Plan", "make_plan", "plan_summary"]
 
@@ -43,6 +44,9 @@ def make_plan(loaded: LoadedRecipe) -> Plan:
     plan.ordered()
     for job in plan.jobs:
         _check_entry(job.entry)
+        if job.num_tasks > MAX_ARRAY_TASKS:  # counts a planner derives (input files, buckets x workers, ...)
+            raise RecipeError.single(str(loaded.path), f"(job {job.name})", job.num_tasks,
+                                     f"at most {MAX_ARRAY_TASKS:,} array tasks per job: give each task more work")
     return plan
 
 

@@ -3,18 +3,51 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
 from aistack.recipe.errors import RecipeError
+from aistack.recipe.load import SECRET_VAR_RE, safe_load_unique
 from aistack.recipe.schema import Mount, Name, SlurmWord, StrictModel
 
 REPO_CLUSTERS = Path(__file__).resolve().parents[3] / "slurm" / "clusters"
 
+
+def _sbatch_option(key: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,39}", key):
+        raise ValueError(f"sbatch option names are lowercase words such as 'exclusive' or 'mem-per-cpu' (got {key!r})")
+    return key
+
+
+def _sbatch_value(value: str | int | bool) -> str | int | bool:
+    # Values reach `#SBATCH --key=value` lines: Slurm words only (submitit quotes them too).
+    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._,:=+@%/-]{0,127}", value):
+        raise ValueError(f"an sbatch value of letters, digits and ._,:=+@%/- (got {value!r})")
+    return value
+
+
+def _env_name(key: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
+        raise ValueError(f"environment variable names are shell identifiers (got {key!r})")
+    if SECRET_VAR_RE.search(key):
+        raise ValueError(f"{key} looks like a secret: jobs read secrets from their environment, "
+                         "never from a profile (it would be written into every sbatch script)")
+    return key
+
+
+def _env_text(value: str) -> str:
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError(f"a value without control characters (got {value!r})")
+    return value
+
+
+SbatchDefaults = dict[Annotated[str, AfterValidator(_sbatch_option)], Annotated[str | int | bool, AfterValidator(_sbatch_value)]]
+EnvVars = dict[Annotated[str, AfterValidator(_env_name)], Annotated[str, AfterValidator(_env_text)]]
 
 # sbatch options that only make sense for GPU jobs: a CPU job never gets them from the
 # profile (a recipe may still ask, e.g. resources.constraint).
@@ -28,7 +61,7 @@ class JobClass(StrictModel):
     partition: SlurmWord | None = None
     account: SlurmWord | None = None
     qos: SlurmWord | None = None
-    sbatch_defaults: dict[str, str | int | bool] = Field(default_factory=dict)
+    sbatch_defaults: SbatchDefaults = Field(default_factory=dict)
 
 
 class ClusterProfile(StrictModel):
@@ -44,9 +77,9 @@ class ClusterProfile(StrictModel):
     container_runtime: Literal["none", "pyxis", "apptainer"] = "none"
     container_mounts: list[Mount] = Field(default_factory=list)
     container_python: str = Field(default="python", pattern=r"^[A-Za-z0-9._/+-]+$")
-    sbatch_defaults: dict[str, str | int | bool] = Field(default_factory=dict)
+    sbatch_defaults: SbatchDefaults = Field(default_factory=dict)
     signal_delay_s: int = Field(default=90, ge=0)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
     # CPU-only jobs (data stages, gathers, stats, reports); unset fields come from above.
     cpu: JobClass | None = None
 
@@ -90,10 +123,18 @@ def load_profile(ref: str) -> ClusterProfile:
         path = found[0]
     if not path.is_file():
         raise RecipeError.single("--on", "on", ref, "a cluster profile file that exists")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = safe_load_unique(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError.single(str(path), "", path.name, f"a valid YAML cluster profile{where}: "
+                                 f"{getattr(err, 'problem', None) or err}") from None
+    if not isinstance(data, dict):
+        raise RecipeError.single(str(path), "", data, "a mapping of profile keys")
     try:
         profile = ClusterProfile.model_validate(data)
     except ValidationError as err:
-        problems = [(".".join(map(str, e["loc"])), e.get("input"), e["msg"]) for e in err.errors()]
+        problems = [(".".join(map(str, e["loc"])), e.get("input"), e["msg"].removeprefix("Value error, ")) for e in err.errors()]
         raise RecipeError(str(path), problems) from None
     return profile

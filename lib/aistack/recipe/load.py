@@ -29,7 +29,7 @@ _ENV_RE = re.compile(r"\$\{env:(?P<var>[A-Za-z_][A-Za-z0-9_]*)(,(?P<default>[^}]
 # Env vars whose values must never be copied into a recipe (and from there into the run
 # directory, W&B config or an sbatch script). Jobs read them from their environment.
 _STAGE_REF_RE = re.compile(r"\$\{(?P<ref>stages\.[^}]*)\}")
-_SECRET_VAR_RE = re.compile(r"(KEY|TOKEN(?!IZER)|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+SECRET_VAR_RE = re.compile(r"(KEY|TOKEN(?!IZER)|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 
 
 @dataclass
@@ -103,8 +103,32 @@ def _resolve(path: Path, layers: list[tuple[str, dict]], refs: dict[str, str] | 
         merged = deep_merge(merged, layer)
     sources = _provenance(layers)
     merged = _interpolate(merged, sources, default_file=str(path), keypath="", refs=refs)
+    _refuse_control_characters(merged, sources, str(path))
     recipe = validate(merged, sources, str(path))
     return LoadedRecipe(recipe=recipe, path=path, data=recipe.model_dump(mode="json"), sources=sources)
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_FREE_TEXT_KEYS = ("description",)  # prose: may hold newlines and tabs, never reaches a script
+
+
+def _refuse_control_characters(node: Any, sources: dict[str, str], file: str, keypath: str = "") -> None:
+    """A newline in a path or a name would end an #SBATCH line and run the rest as shell:
+    no string from a file, an override or ${env:...} may hold a control character."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{keypath}.{key}" if keypath else str(key)
+            if isinstance(key, str) and _CONTROL_RE.search(key):
+                raise RecipeError.single(_owner(path, sources, file), path, key, "a key without control characters")
+            _refuse_control_characters(value, sources, file, path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_control_characters(value, sources, file, f"{keypath}.{i}")
+    elif isinstance(node, str) and _CONTROL_RE.search(node):
+        allowed = keypath.split(".")[-1] in _FREE_TEXT_KEYS and not _CONTROL_RE.search(node.replace("\n", "").replace("\t", ""))
+        if not allowed:
+            raise RecipeError.single(_owner(keypath, sources, file), keypath, node,
+                                     "a value without control characters (newline, tab, escape, ...)")
 
 
 def validate(data: dict[str, Any], sources: dict[str, str], file: str) -> Recipe:
@@ -154,6 +178,25 @@ def _owner(key: str, sources: dict[str, str], default: str) -> str:
 # --- YAML and extends ---------------------------------------------------------------
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: YAML would
+    keep the last silently (`smoke: {tasks: 3}` then `smoke: {steps: 5}` loses tasks)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (YAML would keep only the last)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no object construction
+
+
 def _read_yaml(path: Path, referenced_from: tuple[str, str] | None) -> dict[str, Any]:
     if not path.is_file():
         if referenced_from:
@@ -161,7 +204,7 @@ def _read_yaml(path: Path, referenced_from: tuple[str, str] | None) -> dict[str,
             raise RecipeError.single(file, key, str(path), "file not found")
         raise RecipeError.single(str(path), "", str(path), "recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load_unique(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -231,6 +274,9 @@ def parse_overrides(overrides, file: str) -> dict[str, Any]:
             raise RecipeError.single(
                 file, text.split("=", 1)[0], text, "a command-line override of the form key.path=value (e.g. train.lr=3e-4)"
             )
+        if _CONTROL_RE.search(match["value"]) and match["key"].split(".")[-1] not in _FREE_TEXT_KEYS:
+            # before YAML, which would fold a newline into a space
+            raise RecipeError.single(file, match["key"], match["value"], "a value without control characters (newline, tab, escape, ...)")
         try:
             value = yaml.safe_load(match["value"]) if match["value"] != "" else ""
         except yaml.YAMLError:
@@ -250,7 +296,7 @@ def parse_overrides(overrides, file: str) -> dict[str, Any]:
 
 def _env_value(match: re.Match[str], node: str, key: str, file: str) -> str:
     var = match["var"]
-    if _SECRET_VAR_RE.search(var):
+    if SECRET_VAR_RE.search(var):
         raise RecipeError.single(
             file, key, node,
             f"${{env:{var}}} looks like a secret; secrets are read by the job from its environment and never copied into a recipe",
@@ -258,6 +304,8 @@ def _env_value(match: re.Match[str], node: str, key: str, file: str) -> str:
     value = os.environ.get(var, match["default"])
     if value is None:
         raise RecipeError.single(file, key, node, f"environment variable {var} is not set (or give a default: ${{env:{var},DEFAULT}})")
+    if _CONTROL_RE.search(value) and key.split(".")[-1] not in _FREE_TEXT_KEYS:
+        raise RecipeError.single(file, key, value, f"${{env:{var}}} without control characters (newline, tab, escape, ...)")
     return value
 
 

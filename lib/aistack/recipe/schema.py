@@ -64,7 +64,20 @@ def _time_to_minutes(value: Any) -> Any:
     raise ValueError("a time limit in minutes or '[D-]HH:MM:SS'")
 
 
-Minutes = Annotated[int, BeforeValidator(_time_to_minutes), Field(gt=0)]
+Minutes = Annotated[int, BeforeValidator(_time_to_minutes), Field(gt=0, le=366 * 24 * 60)]
+
+# Upper bounds on counts: a typo with three zeros too many fails here with what to do,
+# instead of planning (and stat-ing) a hundred million tasks.
+MAX_ARRAY_TASKS = 1_000_000
+
+
+def _task_count(value: int) -> int:
+    if value > MAX_ARRAY_TASKS:
+        raise ValueError(f"at most {MAX_ARRAY_TASKS:,} array tasks per job: give each task more work (fewer, larger shards)")
+    return value
+
+
+TaskCount = Annotated[int, Field(ge=1), AfterValidator(_task_count)]
 
 
 class StrictModel(BaseModel):
@@ -83,18 +96,18 @@ class Container(StrictModel):
 
 
 class Resources(StrictModel):
-    nodes: int = Field(default=1, ge=1)
-    tasks_per_node: int | None = Field(default=None, ge=1, description="default: gpus_per_node, or 1")
-    gpus_per_node: int = Field(default=0, ge=0)
-    cpus_per_task: int = Field(default=1, ge=1)
+    nodes: int = Field(default=1, ge=1, le=100_000)
+    tasks_per_node: int | None = Field(default=None, ge=1, le=1024, description="default: gpus_per_node, or 1")
+    gpus_per_node: int = Field(default=0, ge=0, le=64)
+    cpus_per_task: int = Field(default=1, ge=1, le=4096)
     mem: Mem | None = None
     time: Minutes = 60
     partition: SlurmWord | None = None
     account: SlurmWord | None = None
     qos: SlurmWord | None = None
     constraint: SlurmWord | None = None
-    array_parallelism: int = Field(default=256, ge=1)
-    max_requeues: int = Field(default=3, ge=0, description="timeouts/preemptions survived by requeueing")
+    array_parallelism: int = Field(default=256, ge=1, le=MAX_ARRAY_TASKS)
+    max_requeues: int = Field(default=3, ge=0, le=1000, description="timeouts/preemptions survived by requeueing")
     container: Container | None = None
 
     @property
