@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # Reinstall only when the dependency list or the pins change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: demo demo-data test venv slurm-install slurm-up slurm-down clean
+.PHONY: demo demo-data test venv slurm-install slurm-up slurm-down clean gpu-wheels gpu-check
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
@@ -43,6 +43,27 @@ slurm-up: slurm-install
 
 slurm-down:
 	bash slurm/down.sh
+
+# The GPU check (README "GPU check"). Here, with the index: `make gpu-wheels` downloads, for
+# Python 3.12, what the GPU image lacks at the versions .venv runs. On the machine with one
+# NVIDIA GPU (Python 3.12, PyTorch with CUDA, no index): `make gpu-check` stops at once without
+# a GPU, installs gpu-wheels/ into .gpu-site/ (once per wheel set), then runs the check.
+GPU_WHEELS ?= gpu-wheels
+GPU_SITE   ?= .gpu-site
+
+gpu-wheels: venv
+	@rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(BIN)/pip download -q --disable-pip-version-check -c constraints.txt --no-deps --only-binary=:all: \
+	  --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform any -d $(GPU_WHEELS) $$($(BIN)/python benchmarks/gpu_check.py --wheel-specs)
+	@du -sh $(GPU_WHEELS) && ls $(GPU_WHEELS)
+
+gpu-check:
+	@$(PYTHON) benchmarks/gpu_check.py --preflight
+	@if [ -d $(GPU_WHEELS) ] && [ "$$(ls $(GPU_WHEELS))" != "$$(cat $(GPU_SITE)/.wheels 2>/dev/null)" ]; then \
+	  $(PYTHON) -m pip install -q --disable-pip-version-check --no-index --no-deps --upgrade --target $(GPU_SITE) $(GPU_WHEELS)/*.whl \
+	  && ls $(GPU_WHEELS) > $(GPU_SITE)/.wheels; fi
+	PYTHONPATH=$(CURDIR)/$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache data/sample-crawl data/reverse-task

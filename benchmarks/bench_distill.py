@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from aistack.launch import launcher
-    from aistack.model.data import make_tiny_dataset
+    from aistack.model.dataset import make_tiny_dataset
 
     out = args.out / time.strftime("%Y%m%d-%H%M%S")
     data = make_tiny_dataset(out / "data" / "tiny", vocab_size=512, num_docs=400)

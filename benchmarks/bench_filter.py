@@ -30,7 +30,7 @@ def main() -> None:
 
     from datatrove.executor import LocalPipelineExecutor
 
-    from aistack.data.execute import run_staged
+    from aistack.data.staged_run import run_staged
     from aistack.data.filters import build_filter_pipeline
     from aistack.data.inputs import write_paths_file
     from aistack.data.stats import step_rows

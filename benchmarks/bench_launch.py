@@ -1,12 +1,14 @@
 """Launch overhead on a Slurm cluster: aistack vs a plain `sbatch` script doing the same work.
 
-    python benchmarks/bench_launch.py [--repeats 5] [--array 1000] [--on slurm]
+    python benchmarks/bench_launch.py [--repeats 5] [--array 1000] [--array-repeats 1] [--on slurm]
 
 1. Latency: from the call (aistack's launch() / a plain `sbatch --wrap`) to the first
    task running, median over repeats.
 2. Throughput: a 1000-task array from submission to every task done: the smoke recipe
    (hash chain per task, DONE markers, metrics) vs `sbatch --array` running the same hash
-   chain in a python one-liner that writes one result file per task.
+   chain in a python one-liner that writes one result file per task. With
+   --array-repeats N the two alternate N times (so a busy machine slows both alike) and
+   the medians are compared.
 Prints one line per figure and the ratio aistack / plain.
 """
 
@@ -65,23 +67,25 @@ def plain_first_task_latency(root: Path, i: int) -> float:
     return float(stamp.read_text()) - start
 
 
-def aistack_array(root: Path, on: str, n: int) -> float:
+def aistack_array(root: Path, on: str, n: int, i: int) -> tuple[float, float]:
+    """(submission to all done, of which submitting) in seconds."""
     from aistack.launch import launcher
 
     start = time.time()
     result = launcher.launch(
         SMOKE,
-        [f"output.root={root}", "name=arr", f"smoke.tasks={n}", "smoke.steps=1", "smoke.step_seconds=0",
+        [f"output.root={root}", f"name=arr{i}", f"smoke.tasks={n}", "smoke.steps=1", "smoke.step_seconds=0",
          f"resources.array_parallelism={n}", "tracking.mode=disabled"],
         on=on,
     )
+    submitted = time.time()
     tasks = result.run.job_dir("map") / "tasks"
     wait_for(lambda: sum(1 for _ in tasks.glob("*/DONE")) == n, interval=0.5)
-    return time.time() - start
+    return time.time() - start, submitted - start
 
 
-def plain_array(root: Path, n: int) -> float:
-    out = root / "plain-array"
+def plain_array(root: Path, n: int, i: int) -> float:
+    out = root / f"plain-array-{i}"
     out.mkdir()
     start = time.time()
     subprocess.run(
@@ -96,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--array", type=int, default=1000)
+    parser.add_argument("--array-repeats", type=int, default=1)
     parser.add_argument("--on", default="slurm")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=REPO / "runs" if (REPO / "runs").exists() else None) as tmp:
@@ -105,10 +110,17 @@ def main() -> None:
         print(f"first task running: aistack median {statistics.median(ours):.2f} s (min {min(ours):.2f}, max {max(ours):.2f}); "
               f"plain sbatch median {statistics.median(plain):.2f} s (min {min(plain):.2f}, max {max(plain):.2f}); "
               f"ratio {statistics.median(ours) / statistics.median(plain):.2f}")
-        ours_arr = aistack_array(root, args.on, args.array)
-        plain_arr = plain_array(root, args.array)
-        print(f"{args.array}-task array, submission to all done: aistack {ours_arr:.1f} s ({args.array / ours_arr:.1f} tasks/s); "
-              f"plain sbatch --array {plain_arr:.1f} s ({args.array / plain_arr:.1f} tasks/s); ratio {ours_arr / plain_arr:.2f}")
+        ours_arr, submits, plain_arr = [], [], []
+        for i in range(args.array_repeats):
+            total, submit = aistack_array(root, args.on, args.array, i)
+            ours_arr.append(total)
+            submits.append(submit)
+            plain_arr.append(plain_array(root, args.array, i))
+        ours, plain = statistics.median(ours_arr), statistics.median(plain_arr)
+        runs = f" (median of {args.array_repeats} alternating runs each)" if args.array_repeats > 1 else ""
+        print(f"{args.array}-task array, submission to all done{runs}: "
+              f"aistack {ours:.1f} s ({args.array / ours:.1f} tasks/s; submitting {statistics.median(submits):.1f} s); "
+              f"plain sbatch --array {plain:.1f} s ({args.array / plain:.1f} tasks/s); ratio {ours / plain:.2f}")
 
 
 if __name__ == "__main__":

@@ -72,8 +72,8 @@ class PlainGPT(nn.Module):
 
 
 def bench_plain(recipe, data_prefix: Path, steps: int) -> list[float]:
-    from aistack.model.data import BatchReader, build_datasets, tokenizer_for
-    from aistack.model.gpt import padded_vocab_size
+    from aistack.model.dataset import BatchReader, build_datasets, tokenizer_for
+    from aistack.model.layout import padded_vocab_size
 
     m, t = recipe.model, recipe.train
     torch.manual_seed(t.seed)
@@ -103,12 +103,17 @@ def bench_plain(recipe, data_prefix: Path, steps: int) -> list[float]:
 
 
 def bench_aistack(recipe, steps: int) -> list[float]:
-    from aistack.model.train import Standalone, train
+    from aistack.launch.rundir import RunDir
+    from aistack.launch.task import TaskContext
+    from aistack.model.train import train
+    from aistack.track.metrics import MetricsFile
 
     with tempfile.TemporaryDirectory() as out:
-        ctx = Standalone(Path(out))
-        train(recipe, ctx)
-    return [r["step_time"] for r in ctx.records if "step_time" in r][:steps]
+        run = RunDir(Path(out))
+        metrics = MetricsFile(run.task_dir("train", 0) / "metrics.jsonl")
+        train(recipe, TaskContext(run, recipe, "pretrain", "train", 0, 1, metrics=metrics))
+        records = metrics.read()
+    return [r["step_time"] for r in records if "step_time" in r][:steps]
 
 
 def main() -> None:
@@ -123,8 +128,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
 
-    from aistack.model.data import make_tiny_dataset
-    from aistack.recipe.kinds.pretrain import PretrainRecipe
+    from aistack.model.dataset import make_tiny_dataset
+    from aistack.kinds.pretrain import PretrainRecipe
 
     with tempfile.TemporaryDirectory() as tmp:
         prefix = make_tiny_dataset(Path(tmp) / "tiny", vocab_size=512, num_docs=2000)

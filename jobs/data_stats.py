@@ -1,8 +1,8 @@
-"""The gather job of the data stage: one stats table, W&B, and the funnel plot."""
+"""The gather job of a data run: one stats table, W&B, and the funnel plot."""
 
 from __future__ import annotations
 
-from aistack.data.report import build_report
+from aistack.data.stats_report import build_report
 from aistack.launch.task import TaskContext
 
 

@@ -1,10 +1,10 @@
-"""MinHash stage 4 of `kind: dedup`: this shard minus its near-duplicates."""
+"""MinHash step 4 of `kind: dedup`: this shard minus its near-duplicates."""
 
 from __future__ import annotations
 
-from aistack.data.layout import output_dir, work_dir
 from aistack.data.minhash import filter_pipeline
-from aistack.data.stage_task import paths_file_for, run_data_task
+from aistack.data.run_paths import output_dir, work_dir
+from aistack.data.shard_task import paths_file_for, run_shard_task
 from aistack.launch.task import TaskContext
 
 
@@ -13,5 +13,5 @@ def run(ctx: TaskContext) -> dict:
     files = cfg.input.files()
     data_folder, paths_file = paths_file_for(ctx, files)
     clusters = work_dir(ctx.run.path, "dedup/clusters")
-    return run_data_task(ctx, lambda staging: filter_pipeline(cfg, data_folder, paths_file, clusters, staging),
+    return run_shard_task(ctx, lambda staging: filter_pipeline(cfg, data_folder, paths_file, clusters, staging),
                          output_dir(ctx.run.path, "dedup"), files, outputs_under="/documents/")

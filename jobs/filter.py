@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from aistack.data.filters import build_filter_pipeline
-from aistack.data.layout import output_dir
-from aistack.data.stage_task import paths_file_for, run_data_task
+from aistack.data.run_paths import output_dir
+from aistack.data.shard_task import paths_file_for, run_shard_task
 from aistack.launch.task import TaskContext
 
 
@@ -18,4 +18,4 @@ def run(ctx: TaskContext) -> dict:
         removed = staging / "removed" if cfg.output.keep_removed else None
         return build_filter_pipeline(cfg, data_folder, paths_file, staging / "documents", removed, kill=kill)
 
-    return run_data_task(ctx, build, output_dir(ctx.run.path, "filter"), files, outputs_under="/documents/")
+    return run_shard_task(ctx, build, output_dir(ctx.run.path, "filter"), files, outputs_under="/documents/")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import time
+from types import SimpleNamespace
 
 from aistack.launch.rundir import atomic_write_json, read_json
 from aistack.launch.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:
-    cfg = ctx.recipe.smoke
+    # Plain values, not ctx.recipe: a shard of a large array should not import the schema.
+    cfg = SimpleNamespace(**ctx.data["smoke"])
     ckpt_file = ctx.task_dir / "checkpoint.json"
     state = read_json(ckpt_file, default={"step": 0, "digest": f"task-{ctx.task_id}", "total": 0})
     if state["step"]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from aistack.data.layout import output_dir
 from aistack.data.readers import make_reader
-from aistack.data.stage_task import paths_file_for, run_data_task
+from aistack.data.run_paths import output_dir
+from aistack.data.shard_task import paths_file_for, run_shard_task
 from aistack.data.tokenize import MegatronTokenWriter
 from aistack.launch.task import TaskContext
 
@@ -20,4 +20,4 @@ def run(ctx: TaskContext) -> dict:
         return [make_reader(i.format, data_folder, paths_file, i.on_bad_file, i.text_key, i.id_key),
                 MegatronTokenWriter(str(tokenizer), cfg.tokenizer.eos_token, str(staging / "shards" / f"{ctx.task_id:05d}"), cfg.batch_size)]
 
-    return run_data_task(ctx, build, output_dir(ctx.run.path, "tokenize"), files, outputs_under="/shards/")
+    return run_shard_task(ctx, build, output_dir(ctx.run.path, "tokenize"), files, outputs_under="/shards/")

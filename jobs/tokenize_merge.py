@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aistack.data.layout import output_dir
 from aistack.data.megatron import merge, open_dataset
+from aistack.data.run_paths import output_dir
 from aistack.data.tokenize import load_tokenizer
 from aistack.launch.task import TaskContext
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from aistack.data.inputs import write_paths_file
-from aistack.data.layout import output_dir
+from aistack.data.run_paths import output_dir
 from aistack.data.readers import make_reader
 from aistack.data.tokenize import copy_tokenizer, load_tokenizer, train_bpe
 from aistack.launch.task import TaskContext

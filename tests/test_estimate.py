@@ -10,9 +10,10 @@ import sys
 import pytest
 
 from aistack.cli import main
-from aistack.model.estimate import bubble_fraction, count_params, estimate, flops_per_step, layer_activation_bytes, padded_vocab
+from aistack.model.estimate import bubble_fraction, count_params, estimate, flops_per_step, layer_activation_bytes
+from aistack.model.layout import padded_vocab_size
 from aistack.recipe import RecipeError, Resources, load_recipe
-from aistack.recipe.kinds.pretrain import ModelConfig, PretrainRecipe
+from aistack.kinds.pretrain import ModelConfig, PretrainRecipe
 from conftest import RECIPES
 
 LLAMA3_8B = dict(arch="llama", num_layers=32, hidden_size=4096, num_attention_heads=32, num_query_groups=8,
@@ -33,18 +34,18 @@ def recipe(model: dict, parallel: dict | None = None, train: dict | None = None,
 
 def test_llama3_8b_has_8_03b_parameters():
     m = ModelConfig(**LLAMA3_8B)
-    params = count_params(m, padded_vocab(128256, m, 1))
+    params = count_params(m, padded_vocab_size(128256, m, 1))
     assert params.total == pytest.approx(8.03e9, rel=0.005)
     assert params.total == 8_030_261_248, "exactly the Hugging Face checkpoint's count (128256 is a multiple of 128)"
     assert params.embedding == params.output == 128256 * 4096, "untied"
     # With TP 8 megatron pads the vocabulary to a multiple of 128 x 8: 129024 rows.
-    assert padded_vocab(128256, m, 8) == 129024
+    assert padded_vocab_size(128256, m, 8) == 129024
 
 
 def test_gpt2_small_has_124m_parameters():
     m = ModelConfig(**GPT2_SMALL)
-    padded = count_params(m, padded_vocab(50257, m, 1))
-    assert padded_vocab(50257, m, 1) == 50304
+    padded = count_params(m, padded_vocab_size(50257, m, 1))
+    assert padded_vocab_size(50257, m, 1) == 50304
     assert padded.total == pytest.approx(124.44e6, rel=0.005)
     assert padded.output == 0, "tied: the output layer is the embedding"
     unpadded = count_params(m, 50257)

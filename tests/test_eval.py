@@ -43,7 +43,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 def evaluate(tmp_path, run: Path, task: str, backend: str = "aistack", **extra) -> dict:
     from aistack.eval.evaluator import evaluate_pair
-    from aistack.recipe.kinds.evaluate import EvaluateConfig
+    from aistack.kinds.evaluate import EvaluateConfig
 
     cfg = EvaluateConfig(checkpoints=[str(run)], tasks=[task], backend=backend, batch_size=16, **extra)
     return evaluate_pair(cfg, cfg.checkpoints[0], task, tmp_path / f"{backend}-{task}")["metrics"][task]

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from aistack.recipe.kinds.pretrain import ModelConfig, ParallelConfig
+from aistack.kinds.pretrain import ModelConfig, ParallelConfig
 
 VOCAB = 200  # padded to 256 in megatron; the export keeps 200
 
@@ -32,10 +32,11 @@ def build_and_run(model_cfg: ModelConfig, tokens: torch.Tensor):
     """A TP=1 PP=1 GPTModel with every weight, norm and bias perturbed (so each mapping matters),
     its full state dict and its logits over the real vocabulary."""
     from aistack.model import cpu_compat, gpt
+    from aistack.model.layout import padded_vocab_size
 
     with cpu_compat.device_scope():
         model = gpt.build_gpt(model_cfg, ParallelConfig(), pre_process=True, post_process=True,
-                              vocab_size=gpt.padded_vocab_size(VOCAB, model_cfg, 1), precision="fp32", use_te=False)
+                              vocab_size=padded_vocab_size(VOCAB, model_cfg, 1), precision="fp32", use_te=False)
         model.eval()
         with torch.no_grad():
             gen = torch.Generator().manual_seed(0)
@@ -123,7 +124,7 @@ def test_cli_exports_a_trained_run(tmp_path, capsys):
 
     from aistack.cli import main
     from aistack.launch import launcher
-    from aistack.model.data import make_tiny_dataset
+    from aistack.model.dataset import make_tiny_dataset
     from conftest import RECIPES
     from safetensors.torch import load_file
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from aistack.recipe.kinds.pretrain import ModelConfig, ParallelConfig
+from aistack.kinds.pretrain import ModelConfig, ParallelConfig
 from test_export_hf import VOCAB, build_and_run, hf_logits, megatron_state  # noqa: F401  (a fixture)
 
 LLAMA = ModelConfig(arch="llama", num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
@@ -22,11 +22,12 @@ def imported_logits(cfg: ModelConfig, folder, tokens: torch.Tensor) -> torch.Ten
     from aistack.dist.megatron import set_seeds
     from aistack.model import cpu_compat, gpt
     from aistack.model.import_hf import load_hf
+    from aistack.model.layout import padded_vocab_size
 
     set_seeds(99)
     with cpu_compat.device_scope():
         model = gpt.build_gpt(cfg, ParallelConfig(), pre_process=True, post_process=True,
-                              vocab_size=gpt.padded_vocab_size(VOCAB, cfg, 1), precision="fp32", use_te=False)
+                              vocab_size=padded_vocab_size(VOCAB, cfg, 1), precision="fp32", use_te=False)
         load_hf(folder, [model], cfg, VOCAB)
         model.eval()
         with torch.no_grad():

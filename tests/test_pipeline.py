@@ -144,10 +144,8 @@ stages:
 
 def task_times(run) -> tuple[float, float]:
     """(first start, last end) over every task of a stage's run."""
-    states = [p for p in run.path.glob("jobs/*/tasks/*/state.json")]
-    import json
-
-    records = [json.loads(p.read_text()) for p in states]
+    # jobs/<job>/tasks/<id>/state.json; the end of a finished task is read from its DONE marker
+    records = [run.task_state(p.parts[-4], int(p.parts[-2])) for p in run.path.glob("jobs/*/tasks/*/state.json")]
     return min(r["started_at"] for r in records), max(r["ended_at"] for r in records)
 
 

@@ -18,7 +18,7 @@ TINY = RECIPES / "pretrain" / "gpt-tiny.yaml"
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from aistack.model.data import make_tiny_dataset
+    from aistack.model.dataset import make_tiny_dataset
 
     return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", vocab_size=512, num_docs=400)
 
@@ -28,7 +28,12 @@ def overrides(root: Path, data: Path, *extra: str) -> list[str]:
 
 
 def trace(run, key: str = "loss") -> dict[int, float]:
-    return {r["step"]: r[key] for r in read_metrics(run.task_dir("train", 0) / "metrics.jsonl") if key in r}
+    return dict(trace_rows(run, key))
+
+
+def trace_rows(run, key: str = "loss") -> list[tuple[int, float]]:
+    """(step, value) in the order metrics.jsonl holds them: a step logged twice shows."""
+    return [(r["step"], r[key]) for r in read_metrics(run.task_dir("train", 0) / "metrics.jsonl") if key in r]
 
 
 def test_tiny_trains_and_validation_loss_falls(tmp_path, tiny_data):
@@ -53,8 +58,8 @@ def test_tiny_trains_and_validation_loss_falls(tmp_path, tiny_data):
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_trace(tmp_path, tiny_data):
     args = overrides(tmp_path, tiny_data, "train.steps=20", "checkpoint.every=5", "checkpoint.keep=5", "model.hidden_dropout=0.1")
     first = launcher.launch(TINY, args, on="local")
-    full = trace(first.run)
-    assert sorted(full) == list(range(1, 21))
+    full = trace_rows(first.run)
+    assert [step for step, _ in full] == list(range(1, 21))
     # Interrupt "after step 12": drop what came after the step-10 checkpoint, run the recipe again.
     task = first.run.task_dir("train", 0)
     for late in ("step_000015", "step_000020"):
@@ -63,8 +68,8 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_trace(tmp_path, tin
     first.run.done_file("train", 0).unlink()
     again = launcher.launch(TINY, args, on="local")
     assert again.run.path == first.run.path
-    resumed = trace(again.run)
-    assert resumed == full, "same seed, same data order, same RNG streams (dropout): a bit-identical trace"
+    resumed = trace_rows(again.run)
+    assert resumed == full, "each step once; same seed, same data order, same RNG streams (dropout): a bit-identical trace"
     log = next(first.run.log_dir("train").glob("*_0_log.out"), None)
     assert log is not None and "resuming from step 10" in "".join(p.read_text() for p in first.run.log_dir("train").glob("*_log.out"))
 
@@ -143,10 +148,10 @@ def test_distributed_optimizer_over_2_data_parallel_ranks_resumes_exactly(tmp_pa
                      "parallel.distributed_optimizer=true", "resources.tasks_per_node=2")
     first = launcher.launch(TINY, args, on="local")
     assert first.run.task_result("train", 0)["result"]["layout"] == {"tp": 1, "pp": 1, "dp": 2}
-    full = trace(first.run)
+    full = trace_rows(first.run)
     task = first.run.task_dir("train", 0)
     shutil.rmtree(task / "checkpoints" / "step_000010")
     (task / "checkpoints" / "latest").write_text("step_000005\n")
     first.run.done_file("train", 0).unlink()
     launcher.launch(TINY, args, on="local")
-    assert trace(first.run) == full
+    assert trace_rows(first.run) == full  # steps 6-10 once each, with the same losses

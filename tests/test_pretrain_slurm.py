@@ -20,7 +20,7 @@ STEPS = 200
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from aistack.model.data import make_tiny_dataset
+    from aistack.model.dataset import make_tiny_dataset
 
     # The local cluster's nodes run on this host: they see pytest's tmp directories.
     return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", vocab_size=512, num_docs=400)
@@ -32,8 +32,9 @@ def args(root, data, *extra):
             "model.hidden_size=128", "model.seq_length=128", "train.eval_every=50", *extra]
 
 
-def losses(run) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run.task_dir("train", 0) / "metrics.jsonl") if "loss" in r}
+def losses(run) -> list[tuple[int, float]]:
+    """(step, loss) in file order: a step logged twice (a resume that did not truncate) shows."""
+    return [(r["step"], r["loss"]) for r in read_metrics(run.task_dir("train", 0) / "metrics.jsonl") if "loss" in r]
 
 
 def sacct_states(job_id: str) -> list[str]:
@@ -53,7 +54,7 @@ def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra):
     assert "REQUEUED" in sacct_states(job_id) or len(sacct_states(job_id)) > 1
     assert run.run.task_state("train", 0)["attempt"] >= 1
     got, want = losses(run.run), losses(reference.run)
-    assert sorted(got) == list(range(1, STEPS + 1)), "one clean trace across both attempts"
+    assert [step for step, _ in got] == list(range(1, STEPS + 1)), "one clean trace across both attempts"
     assert got == want, "bit-identical to the uninterrupted run"
     log = "".join(p.read_text() for p in run.run.log_dir("train").glob("*_log.out"))
     return log
@@ -72,3 +73,10 @@ def test_sigusr1_quick_save_resumes_exactly(tmp_path, tiny_data):
         tmp_path, tiny_data, lambda job: subprocess.run(["scancel", "--signal=USR1", job], check=True), ["checkpoint.every=1000"]
     )
     assert "preempted: saving step" in log and "resuming from step" in log
+
+
+def test_preemption_by_a_higher_priority_job_resumes_exactly(tmp_path, tiny_data):
+    from test_preemption import preempt
+
+    log = _interrupted_vs_reference(tmp_path, tiny_data, preempt, ["checkpoint.every=10"])
+    assert "resuming from step" in log

@@ -49,7 +49,7 @@ def megatron_one_rank():
 
 def tiny_model(arch: str = "llama"):
     from aistack.model.gpt import build_gpt
-    from aistack.recipe.kinds.pretrain import ModelConfig, ParallelConfig
+    from aistack.kinds.pretrain import ModelConfig, ParallelConfig
 
     cfg = ModelConfig(arch=arch, num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, vocab_size=384)
     return build_gpt(cfg, ParallelConfig(), pre_process=True, post_process=True, vocab_size=384)
@@ -192,7 +192,7 @@ def held_out_accuracy(checkpoint: Path, task: dict, n: int = 60) -> tuple[float,
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory) -> Path:
     """A briefly pretrained tiny GPT (vocab 512): the starting point of the finetune."""
-    from aistack.model.data import make_tiny_dataset
+    from aistack.model.dataset import make_tiny_dataset
 
     root = tmp_path_factory.mktemp("pretrained")
     data = make_tiny_dataset(root / "data" / "tiny", vocab_size=512, num_docs=200)
@@ -264,7 +264,7 @@ def test_sft_from_a_hugging_face_folder_starts_where_the_megatron_checkpoint_doe
 
 
 def test_sft_from_a_hugging_face_folder_refuses_a_different_model_block(tmp_path, task, pretrained_hf):
-    from aistack.launch.local import JobFailed
+    from aistack.launch.executor import JobFailed
 
     with pytest.raises(JobFailed) as err:
         launcher.launch(SFT, sft_args(tmp_path, task, pretrained_hf, *SHORT, "model.num_query_groups=4"), on="local")

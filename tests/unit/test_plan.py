@@ -129,3 +129,12 @@ def test_cpu_jobs_go_to_the_cpu_partition_without_gpu_options(tmp_path):
     assert "--partition=cpu" in scripts["reduce"] and "--mem-per-cpu=2G" in scripts["reduce"]
     assert "--qos=normal" in scripts["reduce"] and "--account=team" in scripts["reduce"]  # inherited
     assert "--partition=batch" in scripts["map"]
+
+
+def test_local_tasks_see_the_gpus_the_recipe_asks_for(monkeypatch):
+    from aistack.launch.local import local_gpu_count
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert local_gpu_count() == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert local_gpu_count() == 0

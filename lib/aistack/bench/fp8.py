@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
-MANTISSA_BITS = 3  # e4m3: relative rounding error <= 2^-4 for normal values
 Scaling = Literal["tensor", "row"]
 
 
@@ -128,6 +127,22 @@ class FP8Linear(nn.Module):
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
+def as_linear(module: nn.Module) -> nn.Linear | None:
+    """An nn.Linear as is; transformers' Conv1D (GPT-2 stores weights as (in, out)) as the
+    same Linear; None for anything else. The weight is made contiguous in (out, in) order:
+    _scaled_mm needs its transpose column-major."""
+    if isinstance(module, nn.Linear):
+        return module
+    if type(module).__name__ != "Conv1D":
+        return None
+    weight = module.weight.detach()
+    linear = nn.Linear(weight.shape[0], weight.shape[1], bias=module.bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight.t().contiguous(), requires_grad=False)
+    if module.bias is not None:
+        linear.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
+    return linear
+
+
 @dataclass
 class QuantReport:
     backend: str  # scaled_mm | emulate | mixed
@@ -151,13 +166,15 @@ class QuantReport:
 
 def quantize_model(model: nn.Module, scaling: Scaling = "row", activations: bool = True, backend: str = "auto",
                    skip: list[str] | tuple[str, ...] = ("lm_head",)) -> QuantReport:
-    """Every nn.Linear of `model` -> FP8Linear (real or emulated), in place, except names
-    ending in one of `skip` (the LM head by default: its error shows directly in the logits)."""
+    """Every nn.Linear (and GPT-2 Conv1D) of `model` -> FP8Linear (real or emulated), in place,
+    except names ending in one of `skip` (the LM head by default: its error shows directly in
+    the logits)."""
     device = next(model.parameters()).device
     mode = backend_for(backend, device)
     report = QuantReport(backend=mode, scaling=scaling, activations=activations)
     for name, module in list(model.named_modules()):
-        if not name or not isinstance(module, nn.Linear):
+        module = as_linear(module)
+        if not name or module is None:
             continue
         if any(name == s or name.endswith("." + s) for s in skip):
             report.skipped.append(name)

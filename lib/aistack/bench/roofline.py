@@ -3,8 +3,8 @@ cache are read once per generated token), prefill mostly by peak matmul FLOP/s.
 
     time >= max(bytes moved / bandwidth, FLOPs / peak FLOP/s)
 
-Dense (no sparsity) peaks of the SXM parts unless named otherwise. On a CPU, or an unknown
-GPU, there is no entry: the bound is reported as n/a.
+Peaks and bandwidths come from aistack.hardware (dense, SXM parts unless named otherwise).
+On a CPU, or an unknown GPU, there is no entry: the bound is reported as n/a.
 """
 
 from __future__ import annotations
@@ -12,30 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from aistack.hardware import GPU, GPUS, current
 
-@dataclass(frozen=True)
-class DeviceSpec:
-    name: str
-    hbm_bytes_per_s: float
-    bf16_flops: float
-    fp8_flops: float | None
+# The device table lives in aistack.hardware; these names stay for existing callers.
+DeviceSpec = GPU
+DEVICES = {gpu.key: gpu for gpu in GPUS}
 
 
-DEVICES = {  # matched against torch.cuda.get_device_name(), most specific first
-    "H100 PCIe": DeviceSpec("H100 PCIe", 2.0e12, 756e12, 1513e12),
-    "H100": DeviceSpec("H100 SXM", 3.35e12, 989e12, 1979e12),
-    "H200": DeviceSpec("H200 SXM", 4.8e12, 989e12, 1979e12),
-    "A100": DeviceSpec("A100 SXM 80GB", 2.039e12, 312e12, None),
-}
-
-
-def device_spec() -> DeviceSpec | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((spec for key, spec in DEVICES.items() if key in name), None)
+def device_spec() -> GPU | None:
+    return current()
 
 
 @dataclass(frozen=True)
@@ -53,9 +38,8 @@ class ModelShape:
 
         cfg = model.config
         params = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, (nn.Linear, FP8Linear)))
-        if not params:  # GPT-2's Conv1D layers: (in, out) weights
-            params = sum(m.weight.numel() for m in model.modules() if type(m).__name__ == "Conv1D")
-            params += cfg.vocab_size * cfg.hidden_size  # its tied LM head
+        # GPT-2's Conv1D layers ((in, out) weights) beside its nn.Linear LM head.
+        params += sum(m.weight.numel() for m in model.modules() if type(m).__name__ == "Conv1D")
         heads = cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads

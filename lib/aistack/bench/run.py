@@ -17,7 +17,7 @@ import torch
 from aistack.bench import fp8 as fp8_lib
 from aistack.bench.generate import time_point
 from aistack.bench.quality import quality_of
-from aistack.bench.report import plot_throughput, write_markdown, write_table
+from aistack.bench.results import plot_throughput, write_markdown, write_table
 from aistack.bench.roofline import ModelShape, bounds, device_spec
 
 

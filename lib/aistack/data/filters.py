@@ -18,8 +18,8 @@ from datatrove.pipeline.formatters import PIIFormatter
 
 from aistack.data.blocklist import OfflineURLFilter, read_blocklists
 from aistack.data.langid import OfflineLanguageFilter
-from aistack.data.outputs import make_writer, removed_writer
 from aistack.data.readers import make_reader
+from aistack.data.writers import make_writer, removed_writer
 
 
 class KillAfter(PipelineStep):

@@ -6,15 +6,12 @@ from pathlib import Path
 
 
 def plot_funnel(points: list[tuple[str, int]], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on compute nodes
-    import matplotlib.pyplot as plt
+    from aistack.track.figures import pyplot, save_png
 
     labels = [p[0] for p in points]
     values = [p[1] for p in points]
     first = values[0] if values and values[0] else 1
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(points) + 1.5))
+    fig, ax = pyplot().subplots(figsize=(8, 0.5 * len(points) + 1.5))
     bars = ax.barh(range(len(points)), values, color="#4C72B0")
     ax.set_yticks(range(len(points)), labels)
     ax.invert_yaxis()
@@ -25,8 +22,4 @@ def plot_funnel(points: list[tuple[str, int]], path: Path, title: str) -> Path:
     ax.set_xlim(0, max(values + [1]) * 1.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(fig, path)

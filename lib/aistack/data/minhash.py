@@ -1,11 +1,11 @@
-"""MinHash near-duplicate removal in datatrove's four stages, one pipeline per stage.
+"""MinHash near-duplicate removal in datatrove's four steps, one pipeline per step.
 
 signatures[N]   each input shard -> per-bucket signature files (rank = shard)
 buckets[B*W]    per bucket: sorted signatures -> pairs of duplicates (.dups)
 clusters[1]     union-find over every pair -> the documents to remove, per shard
 filter[N]       each input shard again, in the same order, minus the removed ones
 
-The reader of the filter stage must see each shard exactly as the signature stage
+The reader of the filter step must see each shard exactly as the signature step
 did (document index = position in the shard), so both use the same paths file.
 """
 
@@ -17,8 +17,8 @@ from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, M
 from datatrove.pipeline.dedup.minhash import MinhashConfig
 from datatrove.utils.hashing import HashConfig
 
-from aistack.data.outputs import make_writer, removed_writer
 from aistack.data.readers import make_reader
+from aistack.data.writers import make_writer, removed_writer
 
 
 def minhash_config(cfg) -> MinhashConfig:

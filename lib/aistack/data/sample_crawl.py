@@ -1,6 +1,6 @@
 """A small sample crawl: WARC shards of real HTML with injected pages of known kinds.
 
-The data-stage tests and the tiny end-to-end pipeline read it (`python -m
+The data tests and the tiny end-to-end pipeline read it (`python -m
 aistack.data.sample_crawl OUT_DIR`); nothing is downloaded.
 
 Real pages: Debian's Python documentation (python3-doc, /usr/share/doc/python3-doc/html),

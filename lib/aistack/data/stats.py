@@ -1,4 +1,4 @@
-"""Stats of the data stage: datatrove's per-step counters -> one table per run.
+"""Stats of a data run: datatrove's per-step counters -> one table per run.
 
 Each task returns (in its DONE result) compact rows, one per pipeline step:
 documents in and out, dropped (in - out) and why, seconds. The gather job sums them

@@ -35,11 +35,11 @@ def export_for_hf(source: Source, out_dir: Path) -> Path:
     from aistack.model.export_hf import export_hf
 
     from aistack.eval.source import load_gpt
-    from aistack.model.data import Tokenizer
+    from aistack.model.dataset import Tokenizer
 
     if (out_dir / "config.json").exists():
         return out_dir
-    model, _ = load_gpt(source)
+    model = load_gpt(source)
     vocab = source.model_cfg.vocab_size or Tokenizer.from_file(source.tokenizer).vocab_size
     export_hf(model.state_dict(), source.model_cfg, vocab, out_dir, tokenizer_json=str(source.tokenizer) if source.tokenizer else None)
     (out_dir / "aistack_export.json").write_text(json.dumps({"checkpoint": str(source.path), "step": source.step}))

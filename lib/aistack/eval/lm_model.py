@@ -47,7 +47,7 @@ class AistackLM(TemplateLM):
         self.tokenizer = Tokenizer.from_file(str(source.tokenizer))
         self._eot = eod_id(source.tokenizer)
         self._vocab = source.model_cfg.vocab_size or self.tokenizer.get_vocab_size(with_added_tokens=True)
-        self.model = model if model is not None else load_gpt(source, device, getattr(torch, dtype))[0]
+        self.model = model if model is not None else load_gpt(source, device, getattr(torch, dtype))
         self._device = next(self.model.parameters()).device
         self.batch_size = int(batch_size) if str(batch_size) != "auto" else 8
         self.max_length = int(max_length or source.model_cfg.seq_length)

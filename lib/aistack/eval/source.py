@@ -24,7 +24,7 @@ class Source:
     path: Path  # a step_* directory (aistack) or a model folder (hf)
     format: str  # "aistack" | "hf"
     step: int | None
-    model_cfg: Any  # aistack.recipe.kinds.pretrain.ModelConfig (None for hf)
+    model_cfg: Any  # aistack.kinds.pretrain.ModelConfig (None for hf)
     tokenizer: Path | None
     run: str = ""  # the run directory it came from (for tables and plots)
 
@@ -52,7 +52,7 @@ def checkpoint_dirs(spec: str | Path, all_steps: bool = False) -> list[Path]:
     root = roots[0]
     if not all_steps:
         return [checkpoint.latest(root)]
-    return sorted((p for p in root.iterdir() if _STEP_RE.match(p.name) and (p / "metadata.json").exists()), key=lambda p: p.name)
+    return [checkpoint.step_dir(root, step) for step in checkpoint.saved_steps(root)]
 
 
 def recipe_above(path: Path) -> tuple[Path, dict] | None:
@@ -66,7 +66,7 @@ def recipe_above(path: Path) -> tuple[Path, dict] | None:
 
 def describe(path: str | Path, model: dict | None = None, tokenizer: str | None = None) -> Source:
     """The Source of one checkpoint directory. `model` / `tokenizer` override the recipe's."""
-    from aistack.recipe.kinds.pretrain import ModelConfig
+    from aistack.kinds.pretrain import ModelConfig
 
     path = Path(path).absolute()
     if is_hf_folder(path):
@@ -99,22 +99,17 @@ def _hf_step(path: Path) -> int | None:
 
 
 def eod_id(tokenizer_json: Path) -> int:
-    from aistack.model.data import Tokenizer
+    from aistack.model.dataset import Tokenizer
 
     return Tokenizer.from_file(tokenizer_json).eod
 
 
 def load_gpt(source: Source, device: str | None = None, dtype: Any = None):
-    """A TP=1 PP=1 GPTModel with the checkpoint's weights, in eval mode; returns (model, padded vocab).
-
-    Megatron needs its parallel state even for one process: a gloo (or NCCL) group of one
-    is initialised if none exists (under submitit: the task's own rendezvous)."""
+    """A TP=1 PP=1 GPTModel with the checkpoint's weights, in eval mode, on `device`."""
     import torch
 
-    from aistack.dist.megatron import init_model_parallel, set_seeds
-    from aistack.model import checkpoint, cpu_compat, gpt
-    from aistack.model.data import Tokenizer
-    from aistack.recipe.kinds.pretrain import ParallelConfig
+    from aistack.model import checkpoint
+    from aistack.model.dataset import Tokenizer
 
     if source.format != "aistack":
         raise ValueError(f"{source.path} is a Hugging Face folder, not an aistack checkpoint")
@@ -122,16 +117,11 @@ def load_gpt(source: Source, device: str | None = None, dtype: Any = None):
         raise ValueError(f"{source.path}: no tokenizer and no model.vocab_size: the vocabulary size is unknown")
     _import_transformers_before_cpu_compat()
     vocab = source.model_cfg.vocab_size or Tokenizer.from_file(source.tokenizer).vocab_size
-    padded = gpt.padded_vocab_size(vocab, source.model_cfg, 1)
-    init_model_parallel(1, 1)
-    set_seeds(1234)
-    with cpu_compat.device_scope():
-        model = gpt.build_gpt(source.model_cfg, ParallelConfig(), True, True, padded, "fp32", use_te=False)
-        checkpoint.load(source.path, [model], restore_rng=False)
+    model = checkpoint.load_model_alone(source.path, source.model_cfg, vocab)
     model.eval()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device=device, dtype=dtype or torch.float32)
-    return model, padded
+    return model
 
 
 def _import_transformers_before_cpu_compat() -> None:

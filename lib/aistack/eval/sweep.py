@@ -51,11 +51,9 @@ def write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]
 
 def plot_metrics(out_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     """One PNG per (task, metric): value against training step, one line per source run."""
-    import matplotlib
+    from aistack.track.figures import pyplot, save_png
 
-    matplotlib.use("Agg")  # no display on compute nodes
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     plots_dir = out_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     series: dict[tuple[str, str], dict[str, list[tuple[int, float]]]] = {}
@@ -73,12 +71,7 @@ def plot_metrics(out_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = plots_dir / f"{_safe(task)}__{_safe(metric)}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        tmp.replace(path)
-        paths.append(path)
+        paths.append(save_png(fig, plots_dir / f"{_safe(task)}__{_safe(metric)}.png"))
     return paths
 
 

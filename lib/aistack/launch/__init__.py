@@ -1,12 +1,16 @@
 """Recipe -> submitit jobs: plans, local and Slurm executors, sbatch rendering, status."""
 
 import os
+import sys
 
 # Megatron-LM and most cluster tooling use SIGUSR1 for "save, the time limit is near";
 # submitit defaults to USR2. Set before submitit is imported so both the rendered
 # `#SBATCH --signal` and the handler on the node agree.
 os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")
 
-import submitit.core.job_environment as _job_environment  # noqa: E402
-
-_job_environment.JobEnvironment.USR_SIG = os.environ["SUBMITIT_PREEMPT_SIGNAL"]
+# submitit reads the variable once, when its job_environment module is imported: correct
+# it if that already happened. Not imported here otherwise: commands that never submit
+# (status, logs, plan) need not pay for it.
+_job_environment = sys.modules.get("submitit.core.job_environment")
+if _job_environment is not None:
+    _job_environment.JobEnvironment.USR_SIG = os.environ["SUBMITIT_PREEMPT_SIGNAL"]

@@ -7,6 +7,7 @@ Jobs run in dependency order; a failed job stops its dependents.
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 
@@ -18,6 +19,15 @@ from aistack.launch.profile import ClusterProfile
 from aistack.launch.rundir import RunDir
 from aistack.launch.slurm import wandb_per_task
 from aistack.launch.task import TaskRunner
+
+
+def local_gpu_count() -> int:
+    """GPUs this machine lets us use, without importing torch: CUDA_VISIBLE_DEVICES when
+    set, else the NVIDIA device files."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len(glob.glob("/dev/nvidia[0-9]*"))
 
 
 class LocalExecutor(Executor):
@@ -39,7 +49,8 @@ class LocalExecutor(Executor):
         res = job.resources
         executor = submitit.LocalExecutor(folder=run.log_dir(job.name), max_num_timeout=res.max_requeues)
         ranks = res.world_size
-        executor.update_parameters(timeout_min=res.time, tasks_per_node=ranks, nodes=1, gpus_per_node=0)
+        gpus = min(res.gpus_per_node, local_gpu_count())  # submitit sets CUDA_VISIBLE_DEVICES from it
+        executor.update_parameters(timeout_min=res.time, tasks_per_node=ranks, nodes=1, gpus_per_node=gpus)
         slots = max(1, min(res.array_parallelism, self.parallelism) // ranks) if ranks > 1 else min(res.array_parallelism, self.parallelism)
         track = wandb_per_task(job)
         queue = list(pending)
@@ -52,7 +63,7 @@ class LocalExecutor(Executor):
         while queue or running:
             while queue and len(running) < slots:
                 task_id = queue.pop(0)
-                runner = TaskRunner(str(run.path), job.name, job.entry, task_id, job.num_tasks, track)
+                runner = TaskRunner(str(run.path), job.name, job.entry, task_id, job.num_tasks, track, recipe=run.recipe)
                 submitted = executor.submit(runner)
                 run.record_submission(
                     {"job": job.name, "executor": "local", "job_id": submitted.job_id, "task_ids": [task_id], "array": False, "time": time.time()}

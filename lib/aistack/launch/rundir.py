@@ -5,7 +5,8 @@
       plan.json                   jobs, arrays, dependencies
       submissions.jsonl           every submission: job, Slurm/local job id, task ids
       jobs/<job>/logs/            submitit's pickles and stdout/stderr
-      jobs/<job>/tasks/<id>/      state.json, DONE (result), metrics.jsonl, checkpoints
+      jobs/<job>/tasks/<id>/      state.json (the latest attempt), DONE (result, end time),
+                                  metrics.jsonl, checkpoints
       wandb/                      W&B run files (offline mode until synced)
 """
 
@@ -17,30 +18,47 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+# Array tasks import this module: nothing heavy (pydantic, yaml) at import time.
+if TYPE_CHECKING:
+    from aistack.recipe import LoadedRecipe, Recipe
 
-from aistack.recipe import LoadedRecipe
 
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see half a file.
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see half a file."""
+    durable: fsync the file before the rename and the directory after it, so that once this
+    returns the new content survives a crash of the node, not only of the process. Records
+    that a rerun rebuilds anyway (a task's RUNNING state) skip it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable: the directory entry itself reaches the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, data: Any, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", durable)
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -53,6 +71,7 @@ def read_json(path: Path, default: Any = None) -> Any:
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.recipe: Recipe | None = None  # the validated recipe, once write_recipe wrote it
 
     @classmethod
     def for_recipe(cls, loaded: LoadedRecipe) -> "RunDir":
@@ -69,9 +88,16 @@ class RunDir:
         return self.path / "recipe.yaml"
 
     def write_recipe(self, loaded: LoadedRecipe) -> None:
+        import yaml
+
         atomic_write_text(self.recipe_file, yaml.safe_dump(loaded.data, sort_keys=False))
+        # Kept for the executors: each task's pickle carries it, so the nodes do not read
+        # and validate recipe.yaml again.
+        self.recipe = loaded.recipe
 
     def read_recipe_data(self) -> dict[str, Any]:
+        import yaml
+
         return yaml.safe_load(self.recipe_file.read_text())
 
     # --- jobs and tasks ---
@@ -105,15 +131,27 @@ class RunDir:
         return read_json(self.done_file(job, task_id))
 
     def task_state(self, job: str, task_id: int) -> dict[str, Any]:
+        """The task's latest attempt (state.json), COMPLETED with its end time once DONE
+        exists: a task that succeeds writes state.json once (RUNNING), then only DONE."""
+        record = self._state_record(job, task_id)
+        done = read_json(self.done_file(job, task_id))
+        if done is not None:
+            record.update(state="COMPLETED", ended_at=done.get("finished_at"))
+        return record
+
+    def _state_record(self, job: str, task_id: int) -> dict[str, Any]:
         return read_json(self.task_dir(job, task_id) / "state.json", default={})
 
     def set_task_state(self, job: str, task_id: int, state: str, **extra: Any) -> None:
-        record = self.task_state(job, task_id)
+        """Atomic but not fsync'd: state.json is what `aistack status` shows, not what decides
+        what runs (DONE does); after a crash of the node the task runs again anyway."""
+        record = self._state_record(job, task_id)
         record.update(extra)
         record.update(state=state, host=socket.gethostname(), pid=os.getpid(), updated_at=time.time())
-        atomic_write_json(self.task_dir(job, task_id) / "state.json", record)
+        atomic_write_json(self.task_dir(job, task_id) / "state.json", record, durable=False)
 
     def mark_done(self, job: str, task_id: int, result: Any) -> None:
+        """The commit point of a task: atomic and durable (file and directory fsync'd)."""
         atomic_write_json(self.done_file(job, task_id), {"result": result, "finished_at": time.time()})
 
     # --- submissions ---

@@ -121,7 +121,7 @@ class SlurmExecutor(Executor):
         )
         executor.update_parameters(**launch.params)
         track = wandb_per_task(job)
-        runners = [TaskRunner(str(run.path), job.name, job.entry, t, job.num_tasks, track) for t in group]
+        runners = [TaskRunner(str(run.path), job.name, job.entry, t, job.num_tasks, track, recipe=run.recipe) for t in group]
         try:
             if as_array:
                 with executor.batch():

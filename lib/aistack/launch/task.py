@@ -5,6 +5,11 @@ signal before the time limit, `scontrol requeue`, preemption, a crash followed b
 rerun of the recipe) it starts again with the same arguments; the job module resumes
 from the last complete checkpoint in its task directory. A task whose DONE marker
 exists is never run again.
+
+An array task's own bookkeeping is kept small, since a 1000-task array pays it 1000
+times: the validated recipe comes in the pickle (recipe.yaml is neither read nor
+validated again, and pydantic is imported only if the job reads `ctx.recipe`), state.json
+is written once (RUNNING, not fsync'd) and DONE, atomic and durable, records the end.
 """
 
 from __future__ import annotations
@@ -12,39 +17,62 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import pickle
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import submitit
 
 from aistack.launch.rundir import RunDir
-from aistack.recipe.load import validate
-from aistack.track.metrics import MetricsFile
 from aistack.track import wandb_run
+from aistack.track.metrics import MetricsFile
 
 log = logging.getLogger("aistack")
 
 
-@dataclass
 class TaskContext:
-    """Everything a job module needs: where to write, who it is, how to log."""
+    """Everything a job module needs: where to write, who it is, how to log.
 
-    run: RunDir
-    recipe: Any  # the validated Recipe of this run's kind
-    kind: str
-    job: str
-    task_id: int
-    num_tasks: int
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    attempt: int = 0
-    metrics: MetricsFile | None = None
-    wandb: wandb_run.WandbRun = field(default_factory=wandb_run.WandbRun)
-    _on_preempt: list[Callable[[], None]] = field(default_factory=list)
+    `recipe` is the validated Recipe of this run's kind; `load_recipe` instead defers it to
+    the first use of `ctx.recipe`. `data` is the same recipe as plain values (what
+    recipe.yaml holds): a job that reads only `ctx.data` never imports the schema.
+    """
+
+    def __init__(
+        self, run: RunDir, recipe: Any, kind: str, job: str, task_id: int, num_tasks: int,
+        rank: int = 0, world_size: int = 1, local_rank: int = 0, attempt: int = 0,
+        metrics: MetricsFile | None = None, wandb: wandb_run.WandbRun | None = None,
+        data: dict[str, Any] | None = None, load_recipe: Callable[[], Any] | None = None,
+    ):
+        self.run = run
+        self._recipe = recipe
+        self._load_recipe = load_recipe
+        self._data = data
+        self.kind = kind
+        self.job = job
+        self.task_id = task_id
+        self.num_tasks = num_tasks
+        self.rank = rank
+        self.world_size = world_size
+        self.local_rank = local_rank
+        self.attempt = attempt
+        self.metrics = metrics
+        self.wandb = wandb if wandb is not None else wandb_run.WandbRun()
+        self._on_preempt: list[Callable[[], None]] = []
+
+    @property
+    def recipe(self) -> Any:
+        if self._recipe is None and self._load_recipe is not None:
+            self._recipe = self._load_recipe()
+        return self._recipe
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = self.recipe.model_dump(mode="json")
+        return self._data
 
     @property
     def task_dir(self) -> Path:
@@ -73,14 +101,27 @@ class TaskContext:
 
 
 class TaskRunner(submitit.helpers.Checkpointable):
-    def __init__(self, run_path: str, job: str, entry: str, task_id: int, num_tasks: int, wandb_per_task: bool):
+    _ctx: TaskContext | None = None  # the live context, never pickled
+
+    def __init__(self, run_path: str, job: str, entry: str, task_id: int, num_tasks: int, wandb_per_task: bool,
+                 recipe: Any = None):
+        """`recipe`: the run's validated Recipe (RunDir.recipe), carried in the pickle; None:
+        the task reads and validates the run's recipe.yaml itself."""
         self.run_path = run_path
         self.job = job
         self.entry = entry
         self.task_id = task_id
         self.num_tasks = num_tasks
         self.wandb_per_task = wandb_per_task
-        self._ctx: TaskContext | None = None
+        # Plain values for ctx.data, and the Recipe pickled apart: unpickling the runner on
+        # the node then imports neither pydantic nor the kind's schema.
+        self.recipe_data = recipe.model_dump(mode="json") if recipe is not None else None
+        self.recipe_pickle = pickle.dumps(recipe) if recipe is not None else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A requeued task (checkpoint below) builds its own context: open files and the
+        # W&B run stay behind.
+        return {k: v for k, v in self.__dict__.items() if k != "_ctx"}
 
     def __call__(self) -> Any:
         run = RunDir(Path(self.run_path))
@@ -88,22 +129,19 @@ class TaskRunner(submitit.helpers.Checkpointable):
             return run.task_result(self.job, self.task_id)["result"]
         ctx = self._make_context(run)
         self._ctx = ctx
-        module = importlib.import_module(f"aistack.jobs.{self.entry}")
-        if ctx.is_main:
-            run.set_task_state(self.job, self.task_id, "RUNNING", attempt=ctx.attempt, started_at=time.time(), job_id=_job_id())
-
         try:
-            result = module.run(ctx)
+            result = importlib.import_module(f"aistack.jobs.{self.entry}").run(ctx)
         except BaseException as err:
             if ctx.is_main:
-                run.set_task_state(self.job, self.task_id, "FAILED", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-4000:])
+                run.set_task_state(self.job, self.task_id, "FAILED", error=f"{type(err).__name__}: {err}",
+                                   traceback=traceback.format_exc()[-4000:], ended_at=time.time())
                 ctx.wandb.finish(exit_code=1)
             raise
         if ctx.is_main:
             ctx.wandb.summary({"finished": True})
             ctx.wandb.finish()
+            # No COMPLETED write to state.json: DONE is the record (RunDir.task_state reads it).
             run.mark_done(self.job, self.task_id, result)
-            run.set_task_state(self.job, self.task_id, "COMPLETED", ended_at=time.time())
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -118,38 +156,43 @@ class TaskRunner(submitit.helpers.Checkpointable):
             if ctx.is_main:
                 ctx.run.set_task_state(self.job, self.task_id, "REQUEUED")
                 ctx.wandb.suspend()  # W&B buffers: flush before submitit exits for the requeue
-        fresh = TaskRunner(self.run_path, self.job, self.entry, self.task_id, self.num_tasks, self.wandb_per_task)
-        return submitit.helpers.DelayedSubmission(fresh, *args, **kwargs)
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
     def _make_context(self, run: RunDir) -> TaskContext:
-        data = run.read_recipe_data()
-        recipe = validate(data, {}, str(run.recipe_file))
-        rank, world, local = _rank_info()
+        if self.recipe_pickle is not None:
+            data = self.recipe_data
+            blob = self.recipe_pickle
+
+            def load() -> Any:
+                return pickle.loads(blob)
+        else:  # built without the recipe: read what planning wrote
+            data = run.read_recipe_data()
+
+            def load() -> Any:
+                from aistack.recipe.load import validate
+
+                return validate(data, {}, str(run.recipe_file))
+
+        rank, world, local, job_id = _task_env()
         state = run.task_state(self.job, self.task_id)
         attempt = int(state.get("attempt", -1)) + 1 if state else 0
         ctx = TaskContext(
-            run=run, recipe=recipe, kind=recipe.kind, job=self.job, task_id=self.task_id,
-            num_tasks=self.num_tasks, rank=rank, world_size=world, local_rank=local, attempt=attempt,
+            run=run, recipe=None, kind=data["kind"], job=self.job, task_id=self.task_id, num_tasks=self.num_tasks,
+            rank=rank, world_size=world, local_rank=local, attempt=attempt, data=data, load_recipe=load,
         )
         if ctx.is_main:
+            # The one state.json write of a task that succeeds.
+            run.set_task_state(self.job, self.task_id, "RUNNING", attempt=attempt, started_at=time.time(), job_id=job_id)
             ctx.metrics = MetricsFile(ctx.task_dir / "metrics.jsonl")
             if self.wandb_per_task:
-                ctx.wandb = wandb_run.start(
-                    recipe.tracking, run.path, run.name, recipe.kind, self.job, self.task_id, data
-                )
+                ctx.wandb = wandb_run.start(ctx.recipe.tracking, run.path, run.name, ctx.kind, self.job, self.task_id, data)
         return ctx
 
 
-def _rank_info() -> tuple[int, int, int]:
+def _task_env() -> tuple[int, int, int, str]:
+    """(global rank, world size, local rank, job id) of this process."""
     try:
         env = submitit.JobEnvironment()
-        return env.global_rank, env.num_tasks, env.local_rank
+        return env.global_rank, env.num_tasks, env.local_rank, env.job_id
     except RuntimeError:  # called outside submitit (tests, debugging)
-        return 0, 1, 0
-
-
-def _job_id() -> str:
-    try:
-        return submitit.JobEnvironment().job_id
-    except RuntimeError:
-        return str(os.getpid())
+        return 0, 1, 0, str(os.getpid())

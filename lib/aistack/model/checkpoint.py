@@ -93,7 +93,7 @@ def save(root: str | Path, step: int, model_chunks: list, optimizer, scheduler, 
         tmp.rename(final)
         atomic_write_text(root / LATEST, final.name + "\n")
         if keep:
-            for old in sorted(_checkpoints(root))[:-keep]:
+            for old in saved_steps(root)[:-keep]:
                 shutil.rmtree(step_dir(root, old), ignore_errors=True)
     dist.barrier()
     return final
@@ -144,8 +144,9 @@ def unwrap(model_chunks: list) -> list:
     return out
 
 
-def _checkpoints(root: Path) -> list[int]:
-    return [int(m.group(1)) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and (p / "metadata.json").exists()]
+def saved_steps(root: Path) -> list[int]:
+    """The steps of the complete checkpoints under root, oldest first."""
+    return sorted(int(m.group(1)) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and (p / "metadata.json").exists())
 
 
 def _init_optimizer_state(optimizer) -> None:
@@ -175,16 +176,41 @@ def _set_tracker_states(states: dict) -> None:
     get_cuda_rng_tracker().set_states({k: v.clone() for k, v in states.items()})
 
 
+def load_model(path: str | Path, model_cfg: Any, vocab_size: int, tensor: int = 1, precision: str = "fp32",
+               use_te: bool | None = None):
+    """One GPTModel stage (TP=`tensor`, PP=1) with the weights of the checkpoint at `path`,
+    whatever layout saved it. `vocab_size` is the unpadded one. Megatron's parallel state
+    must be initialised with this TP size and PP=1."""
+    from aistack.kinds.pretrain import ParallelConfig
+    from aistack.model import gpt
+    from aistack.model.layout import padded_vocab_size
+
+    model = gpt.build_gpt(model_cfg, ParallelConfig(tensor=tensor), True, True,
+                          padded_vocab_size(vocab_size, model_cfg, tensor), precision, use_te=use_te)
+    load(path, [model], restore_rng=False)
+    return model
+
+
+def load_model_alone(path: str | Path, model_cfg: Any, vocab_size: int):
+    """load_model in a process of its own: TP=1, PP=1, fp32, megatron's local layers. Megatron
+    needs its parallel state even for one process: a gloo (or NCCL) group of one is
+    initialised if none exists (under submitit: the task's own rendezvous)."""
+    from aistack.dist.megatron import init_model_parallel, set_seeds
+
+    init_model_parallel(1, 1)
+    set_seeds(1234)
+    with cpu_compat.device_scope():
+        return load_model(path, model_cfg, vocab_size, use_te=False)
+
+
 def load_full_state_dict(run_dir: str | Path, job: str = "train", task: int = 0) -> dict[str, Any]:
     """The latest checkpoint of a run's training task as one full state dict (TP=1/PP=1 names),
     whatever layout saved it: megatron's dist_checkpointing reshards on load."""
     import yaml
 
-    from aistack.dist.megatron import init_model_parallel, set_seeds
-    from aistack.model import cpu_compat, gpt
-    from aistack.model.data import Tokenizer
+    from aistack.kinds.pretrain import ModelConfig
+    from aistack.model.dataset import Tokenizer
     from aistack.model.estimate import recipe_tokenizer
-    from aistack.recipe.kinds.pretrain import ModelConfig, ParallelConfig
 
     run_dir = Path(run_dir)
     data = yaml.safe_load((run_dir / "recipe.yaml").read_text())
@@ -192,11 +218,6 @@ def load_full_state_dict(run_dir: str | Path, job: str = "train", task: int = 0)
     source = latest(run_dir / "jobs" / job / "tasks" / f"{task:05d}" / "checkpoints")
     if source is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint of job {job} task {task} to export")
-    tokenizer = recipe_tokenizer(data)
-    vocab = model_cfg.vocab_size or Tokenizer.from_file(tokenizer).vocab_size
-    init_model_parallel(1, 1)
-    set_seeds(1234)
-    with cpu_compat.device_scope():
-        model = gpt.build_gpt(model_cfg, ParallelConfig(), True, True, gpt.padded_vocab_size(vocab, model_cfg, 1), "fp32", use_te=False)
-        load(source, [model], restore_rng=False)
+    vocab = model_cfg.vocab_size or Tokenizer.from_file(recipe_tokenizer(data)).vocab_size
+    model = load_model_alone(source, model_cfg, vocab)
     return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}

@@ -24,24 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aistack.model.layout import layout_problems
-from aistack.recipe.errors import RecipeError
+from aistack.hardware import GPU, GPUS
+from aistack.model.layout import check_layout, padded_vocab_size
 
 GiB = 2**30
 
 
-@dataclass(frozen=True)
-class Device:
-    name: str
-    tflops: dict[str, float]  # dense peak per matmul precision (fp32 runs as TF32)
-    memory_gib: float  # memory.total as nvidia-smi reports it
-
-
-DEVICES = {
-    "H100": Device("H100 SXM 80GB", {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0}, 81559 / 1024),
-    "H200": Device("H200 SXM 141GB", {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0}, 143771 / 1024),
-    "A100": Device("A100 SXM 80GB", {"bf16": 312.0, "fp32": 156.0}, 81920 / 1024),
-}
+# One device table for MFU, these estimates and the roofline: aistack.hardware.
+Device = GPU
+DEVICES = {gpu.key: gpu for gpu in GPUS}  # most specific first (device_for matches in order)
 DEFAULT_DEVICE = "H100"
 RECOMPUTE_MODES = ("none", "selective", "full")
 
@@ -106,11 +97,6 @@ class Estimate:
 
 
 # --- parameters ---------------------------------------------------------------------------
-
-
-def padded_vocab(vocab_size: int, model: Any, tensor: int) -> int:
-    multiple = model.make_vocab_size_divisible_by * tensor
-    return -(-vocab_size // multiple) * multiple
 
 
 def _kv_size(model: Any) -> int:
@@ -204,15 +190,7 @@ def _stage_activation_bytes(model: Any, parallel: Any, micro_batch: int, microba
     return total, one
 
 
-# --- layout, FLOPs, bubble ----------------------------------------------------------------
-
-
-def check_layout(recipe: Any, file: str | Path, resources: Any = None) -> None:
-    """Raise RecipeError naming every layout rule the recipe breaks at its world size."""
-    world = (resources or recipe.resources).world_size
-    problems = layout_problems(recipe, world)
-    if problems:
-        raise RecipeError(str(file), problems)
+# --- FLOPs, bubble ------------------------------------------------------------------------
 
 
 def flops_per_step(model: Any, padded_vocab_size: int, tokens: int) -> float:
@@ -282,7 +260,7 @@ def estimate(recipe: Any, resources: Any = None, device: str | None = None, mfu:
     """Figures for a pretrain recipe on `resources` (default: its own) and `device`
     (a DEVICES key; default: H100 when the recipe asks for GPUs, none on CPU)."""
     resources = resources or recipe.resources
-    check_layout(recipe, file, resources)
+    check_layout(recipe, file, resources.world_size)
     m, p, t = recipe.model, recipe.parallel, recipe.train
     tp, pp, vpp = p.tensor, p.pipeline, p.virtual_pipeline or 1
     world = resources.world_size
@@ -296,7 +274,7 @@ def estimate(recipe: Any, resources: Any = None, device: str | None = None, mfu:
     vocab = vocab_size_of(recipe)
     if vocab is None:
         warnings.append("vocabulary size unknown (no model.vocab_size, tokenizer file not found): embedding not counted")
-    padded = padded_vocab(vocab, m, tp) if vocab else 0
+    padded = padded_vocab_size(vocab, m, tp) if vocab else 0
 
     # Bytes per parameter: weights, main grads (fp32 either way), Adam (master copy + 2 moments).
     w_bytes, opt_bytes = (4, 8) if precision == "fp32" else (2, 12)

@@ -163,7 +163,7 @@ def _save_tokenizer(tokenizer_json: str | Path, out_dir: Path, chat_template: st
     if chat_template:  # a chat model is prompted in the format it was finetuned on: apply_chat_template
         tok.chat_template = chat_template
     vocab = tok.get_vocab()
-    # The same end-of-document tokens aistack.model.data looks for.
+    # The same end-of-document tokens aistack.model.dataset looks for.
     eos = next((t for t in ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>") if t in vocab), None)
     if eos:
         tok.eos_token = eos

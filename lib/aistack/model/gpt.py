@@ -13,8 +13,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-PRECISIONS = ("fp32", "bf16", "fp8")
-
 
 def resolve_precision(precision: str) -> str:
     """`auto` -> bf16 on GPU, fp32 on CPU. FP8 needs Transformer Engine and an FP8 GPU."""
@@ -45,12 +43,6 @@ def fp8_unavailable() -> str | None:
     if not te_available():
         return "transformer_engine is not installed (pip install transformer-engine[pytorch])"
     return None
-
-
-def padded_vocab_size(vocab_size: int, model_cfg: Any, tensor: int) -> int:
-    """Megatron pads the embedding so each TP shard is a multiple of make_vocab_size_divisible_by."""
-    multiple = model_cfg.make_vocab_size_divisible_by * tensor
-    return (vocab_size + multiple - 1) // multiple * multiple
 
 
 def transformer_config(model_cfg: Any, parallel_cfg: Any, precision: str = "fp32", use_te: bool = False):
@@ -155,6 +147,8 @@ def build_model_chunks(model_cfg: Any, parallel_cfg: Any, vocab_size: int, preci
             post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
             vocab_size=vocab_size, precision=precision, vp_stage=vp_stage,
         ))
+    if torch.cuda.is_available():  # built on the host (use_cpu_initialization): train on this rank's GPU
+        chunks = [chunk.cuda(torch.cuda.current_device()) for chunk in chunks]
     return chunks
 
 

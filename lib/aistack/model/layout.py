@@ -3,7 +3,20 @@ planner rejects a recipe before submitting, the job checks again against its rea
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from aistack.recipe.errors import RecipeError
+
+
+def check_layout(recipe: Any, file: str | Path, world_size: int | None = None) -> None:
+    """Raise RecipeError naming `file` and every layout rule the recipe breaks at
+    `world_size` (default: its resources' nodes x tasks_per_node)."""
+    if world_size is None:
+        world_size = recipe.resources.world_size
+    problems = layout_problems(recipe, world_size)
+    if problems:
+        raise RecipeError(str(file), problems)
 
 
 def layout_problems(recipe: Any, world_size: int) -> list[tuple[str, object, str]]:
@@ -38,5 +51,8 @@ def layout_problems(recipe: Any, world_size: int) -> list[tuple[str, object, str
     return out
 
 
-def data_parallel_size(recipe: Any, world_size: int) -> int:
-    return world_size // (recipe.parallel.tensor * recipe.parallel.pipeline)
+def padded_vocab_size(vocab_size: int, model_cfg: Any, tensor: int) -> int:
+    """Megatron pads the embedding so each TP shard is a multiple of make_vocab_size_divisible_by."""
+    multiple = model_cfg.make_vocab_size_divisible_by * tensor
+    return (vocab_size + multiple - 1) // multiple * multiple
+

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,57 +27,16 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as dist
 
+from aistack import hardware
 from aistack.dist.megatron import Layout, destroy_model_parallel, init_model_parallel, set_seeds
-from aistack.model import checkpoint, cpu_compat, data, gpt, import_hf, optim
-from aistack.model.layout import layout_problems
-
-# Dense peak TFLOP/s per GPU (SXM parts), by matmul precision: MFU's denominator.
-PEAK_TFLOPS = {
-    "H100": {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0},  # fp32 runs as TF32
-    "H200": {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0},
-    "A100": {"bf16": 312.0, "fp8": None, "fp32": 156.0},
-}
-
+from aistack.model import checkpoint, cpu_compat, dataset, gpt, import_hf, optim
+from aistack.model.layout import check_layout, padded_vocab_size
 
 def peak_tflops(precision: str) -> float | None:
-    """The device's peak for this precision, or None (CPU, unknown GPU): MFU is then omitted."""
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    for key, peaks in PEAK_TFLOPS.items():
-        if key in name:
-            return peaks.get(precision)
-    return None
-
-
-@dataclass
-class Standalone:
-    """A TaskContext stand-in for running the loop outside the launcher (tests, benchmarks)."""
-
-    task_dir: Path
-    rank: int = 0
-    records: list[dict] = field(default_factory=list)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def log(self, step: int, values: dict[str, Any]) -> None:
-        if self.is_main:
-            self.records.append({"step": step, **values})
-
-    def resumed_at(self, step: int) -> None:
-        self.records = [r for r in self.records if r["step"] <= step]
-
-    def on_preempt(self, save: Callable[[], None]) -> None:
-        pass
-
-
-def check_layout(recipe: Any, world_size: int) -> None:
-    """The planner checked the layout against resources; check it against the real world size."""
-    problems = layout_problems(recipe, world_size)
-    if problems:
-        raise ValueError("parallel layout does not divide: " + "; ".join(f"{k} = {v}: {e}" for k, v, e in problems))
+    """The device's dense peak for this precision (aistack.hardware), or None (CPU, unknown
+    GPU): MFU is then omitted."""
+    gpu = hardware.current()
+    return gpu.tflops.get(precision) if gpu else None
 
 
 # --- the loop ---------------------------------------------------------------------------
@@ -92,7 +50,7 @@ class Objective:
 
     def vocab_size(self, recipe: Any) -> int:
         """The unpadded vocabulary the model is built for."""
-        self.tokenizer = data.tokenizer_for(recipe.data, recipe.model)
+        self.tokenizer = dataset.tokenizer_for(recipe.data, recipe.model)
         return recipe.model.vocab_size or self.tokenizer.vocab_size
 
     def setup(self, recipe: Any, layout: Layout, padded_vocab: int) -> None:
@@ -101,12 +59,12 @@ class Objective:
     def readers(self, recipe: Any, layout: Layout, ctx: Any) -> tuple[Any, Any]:
         """(train, valid) readers: `.num_microbatches` and `.microbatches(step)` -> batches."""
         m, t = recipe.model, recipe.train
-        train_ds, valid_ds = data.build_datasets(
+        train_ds, valid_ds = dataset.build_datasets(
             recipe.data, m.seq_length, t.seed, num_train=t.steps * t.global_batch_size,
             num_valid=t.eval_steps * t.global_batch_size, tokenizer=self.tokenizer, cache_dir=Path(ctx.task_dir) / "data_cache",
         )
-        return (data.BatchReader(train_ds, t.global_batch_size, t.micro_batch_size, layout.dp, layout.dp_rank),
-                data.BatchReader(valid_ds, t.global_batch_size, t.micro_batch_size, layout.dp, layout.dp_rank))
+        return (dataset.BatchReader(train_ds, t.global_batch_size, t.micro_batch_size, layout.dp, layout.dp_rank),
+                dataset.BatchReader(valid_ds, t.global_batch_size, t.micro_batch_size, layout.dp, layout.dp_rank))
 
     def forward_step(self, data_iterator: Iterator, model):
         """megatron's forward_step_func: (output, loss_func) for the next micro-batch."""
@@ -126,7 +84,7 @@ def train(recipe: Any, ctx: Any, objective: Objective | None = None) -> dict[str
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # before any thread exists: they inherit it
     try:
         layout = init_model_parallel(recipe.parallel.tensor, recipe.parallel.pipeline, recipe.parallel.virtual_pipeline)
-        check_layout(recipe, layout.world_size)
+        check_layout(recipe, ctx.run.recipe_file, layout.world_size)  # the planner checked resources' world size
         with cpu_compat.device_scope():
             return _train(recipe, ctx, layout, objective or Objective())
     finally:
@@ -148,7 +106,7 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
             raise ValueError(f"checkpoint.load {ck.load} is a Hugging Face folder: it has no optimizer state "
                              "to continue from (set checkpoint.load_optimizer=false)")
         import_hf.check_model(ck.load, m, unpadded_vocab)  # the model block must be config.json's network
-    vocab = gpt.padded_vocab_size(unpadded_vocab, m, layout.tp)
+    vocab = padded_vocab_size(unpadded_vocab, m, layout.tp)
     model = wrap_ddp(gpt.build_model_chunks(m, recipe.parallel, vocab, precision), recipe.parallel, precision)
     optimizer = optim.build_optimizer(t, recipe.parallel, model, precision)
     scheduler = optim.build_scheduler(t, optimizer)

@@ -141,14 +141,10 @@ def load_frozen(model_cfg: Any, path: str | Path, vocab_size: int, tensor: int =
                 key: str = "checkpoint"):
     """A GPT (one stage, TP=`tensor`) with a checkpoint's weights, in eval mode, without gradients.
     Megatron's parallel state must be initialised with this TP size and PP=1."""
-    from aistack.recipe.kinds.pretrain import ParallelConfig
-
-    model = gpt.build_gpt(model_cfg, ParallelConfig(tensor=tensor), pre_process=True, post_process=True,
-                          vocab_size=gpt.padded_vocab_size(vocab_size, model_cfg, tensor), precision=precision)
     source = checkpoint.latest(path)
     if source is None:
         raise FileNotFoundError(f"{key}: no checkpoint at {path}")
-    checkpoint.load(source, [model], restore_rng=False)
+    model = checkpoint.load_model(source, model_cfg, vocab_size, tensor, precision)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -160,7 +156,7 @@ def teacher_vocab_size(recipe: Any) -> int:
     if tcfg.model.vocab_size:
         return tcfg.model.vocab_size
     if tcfg.tokenizer:
-        from aistack.model.data import Tokenizer
+        from aistack.model.dataset import Tokenizer
 
         return Tokenizer.from_file(tcfg.tokenizer).vocab_size
     return recipe.model.vocab_size or 0

@@ -165,10 +165,6 @@ class SFTRows:
     def num_microbatches(self) -> int:
         return self.per_rank // self.micro_batch
 
-    @property
-    def num_tokens(self) -> int:
-        return int((self.rows["segment_ids"] >= 0).sum())
-
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = torch.tensor([i % self.num_rows for i in indices])
         batch = {k: v[idx] for k, v in self.rows.items() if k != "segment_ids"}

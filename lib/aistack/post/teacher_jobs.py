@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from aistack.model import cpu_compat, data
+from aistack.model import cpu_compat, dataset
 from aistack.post.distill_loss import topk
 
 
@@ -28,8 +28,8 @@ def store_path(recipe: Any, run_path: Path) -> Path | None:
 def student_sequences(recipe: Any, cache_dir: Path):
     """The student's training dataset (same order as its BatchReader reads it)."""
     t = recipe.train
-    tokenizer = data.tokenizer_for(recipe.data, recipe.model)
-    train_ds, _ = data.build_datasets(recipe.data, recipe.model.seq_length, t.seed, num_train=t.steps * t.global_batch_size,
+    tokenizer = dataset.tokenizer_for(recipe.data, recipe.model)
+    train_ds, _ = dataset.build_datasets(recipe.data, recipe.model.seq_length, t.seed, num_train=t.steps * t.global_batch_size,
                                       num_valid=t.eval_steps * t.global_batch_size, tokenizer=tokenizer, cache_dir=cache_dir)
     return train_ds, tokenizer
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from aistack.launch.rundir import fsync_dir
+
 COMMITTED = "committed"
 
 
@@ -127,7 +129,7 @@ class TopKStore:
         tmp = marker.with_name(f".{marker.name}.tmp")
         tmp.write_text(json.dumps({"sequences": [lo, hi]}))
         os.replace(tmp, marker)  # the commit point
-        _fsync_dir(marker.parent)
+        fsync_dir(marker.parent)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -165,10 +167,3 @@ def _fsync_tree(root: Path) -> None:
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

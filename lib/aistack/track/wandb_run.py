@@ -14,9 +14,10 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from aistack.recipe.schema import Tracking
+if TYPE_CHECKING:  # every task imports this module: no pydantic schema at import time
+    from aistack.recipe.schema import Tracking
 
 
 def resolve_mode(tracking: Tracking) -> str:

@@ -1,6 +1,6 @@
-"""Where the data stage keeps things inside a run directory.
+"""Where a data run keeps things inside its run directory.
 
-    <run>/output/<stage>/          what the next stage reads (published files only)
+    <run>/output/<kind>/           what the next pipeline stage reads (published files only)
     <run>/work/<name>/             intermediate files (MinHash signatures, buckets, ...)
     <run>/work/staging/<job>/<id>/ what a running task writes before it is published
     <run>/jobs/<job>/tasks/<id>/datatrove/  datatrove's logs, stats and completion marker
@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def output_dir(run_path: Path, stage: str) -> Path:
-    return Path(run_path) / "output" / stage
+def output_dir(run_path: Path, kind: str) -> Path:
+    return Path(run_path) / "output" / kind
 
 
 def work_dir(run_path: Path, name: str) -> Path:

@@ -1,4 +1,4 @@
-"""Writers and the columns of the documents the data stage writes."""
+"""Writers and the columns of the documents a data job writes."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ one rank (local_rank_offset=task_id, local_tasks=1, tasks=num_tasks, workers=1),
 each step shards with its own rank/world_size = our task_id/num_tasks.
 
 datatrove writes its outputs at their final paths as it goes, so a killed task would
-leave half a shard for the next stage to read. The writers here write under a
+leave half a shard for the next job to read. The writers here write under a
 per-task staging folder instead; when datatrove has marked the rank complete, the
 files are moved (os.replace, same filesystem) into the final folder. A rerun of a
 task whose rank is not complete wipes its staging folder and starts the shard again;

@@ -152,7 +152,7 @@ def make_tiny_dataset(prefix: str | Path, vocab_size: int = 512, num_docs: int =
     return prefix
 
 
-if __name__ == "__main__":  # python -m aistack.model.data PREFIX [VOCAB]: write a tiny dataset
+if __name__ == "__main__":  # python -m aistack.model.dataset PREFIX [VOCAB]: write a tiny dataset
     import sys
 
     print(make_tiny_dataset(sys.argv[1], vocab_size=int(sys.argv[2]) if len(sys.argv) > 2 else 512))

@@ -1,17 +1,17 @@
-"""The common shape of a data-stage task: paths file, staged datatrove run, result."""
+"""One array task of a data job over its shard: paths file, staged datatrove run, result."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from aistack.data.execute import run_staged
 from aistack.data.inputs import shard_of, write_paths_file
-from aistack.data.layout import datatrove_dir, staging_dir
+from aistack.data.run_paths import datatrove_dir, staging_dir
+from aistack.data.staged_run import run_staged
 from aistack.data.stats import step_rows, task_result
 
 
-def run_data_task(ctx, build: Callable[[Path], list], final: Path, files: list[str] | None = None, outputs_under: str = "") -> dict:
+def run_shard_task(ctx, build: Callable[[Path], list], final: Path, files: list[str] | None = None, outputs_under: str = "") -> dict:
     """Run `build(staging)` for this task; publish into `final`; return the task's stats.
 
     `files`: the input files when the pipeline reads them (their bytes are counted);

@@ -36,12 +36,9 @@ def write_table(out_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
 
 def plot_throughput(out_dir: Path, rows: list[dict[str, Any]], title: str) -> Path:
     """Decode tokens/s against batch size: one line per precision and (prompt, output) length."""
-    import matplotlib
+    from aistack.track.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.2))
     lines: dict[tuple, list[tuple[int, float]]] = {}
     for r in rows:
         value = r["decode_tok_s"] if r["decode_tok_s"] is not None else r["throughput_tok_s"]
@@ -57,12 +54,7 @@ def plot_throughput(out_dir: Path, rows: list[dict[str, Any]], title: str) -> Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out_dir / "throughput.png"
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(fig, out_dir / "throughput.png")
 
 
 def write_markdown(out_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> Path:

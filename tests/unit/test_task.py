@@ -1,0 +1,132 @@
+"""One task on the node (TaskRunner, outside Slurm): what it reads, what it writes, how often."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aistack.launch import rundir as rundir_module
+from aistack.launch.rundir import RunDir
+from aistack.launch.task import TaskRunner
+from aistack.recipe import load_recipe
+
+SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "examples" / "smoke.yaml"
+TASKS = 20  # more than 16: no W&B run per task, as in the large arrays this is about
+
+
+def _planned(tmp_path, *overrides) -> RunDir:
+    """A smoke run as planning leaves it: recipe.yaml written, the recipe kept on the RunDir."""
+    loaded = load_recipe(SMOKE, [f"output.root={tmp_path}", f"smoke.tasks={TASKS}", "smoke.steps=3",
+                                 "smoke.step_seconds=0", "tracking.mode=disabled", *overrides])
+    run = RunDir.for_recipe(loaded)
+    run.write_recipe(loaded)
+    return run
+
+
+def _runner(run: RunDir, task_id: int = 0) -> TaskRunner:
+    # Through a pickle, as submitit hands it to the node.
+    made = TaskRunner(str(run.path), "map", "smoke", task_id, TASKS, False, recipe=run.recipe)
+    return pickle.loads(pickle.dumps(made))
+
+
+def test_the_recipe_comes_in_the_pickle_not_from_recipe_yaml(tmp_path):
+    run = _planned(tmp_path)
+    runner = _runner(run)
+    run.recipe_file.unlink()
+    assert runner()["steps"] == 3
+    assert run.is_done("map", 0)
+
+
+def test_unpickling_and_running_a_task_imports_no_schema(tmp_path):
+    run = _planned(tmp_path)
+    blob = tmp_path / "runner.pkl"
+    blob.write_bytes(pickle.dumps(TaskRunner(str(run.path), "map", "smoke", 1, TASKS, False, recipe=run.recipe)))
+    code = ("import pickle, sys; r = pickle.load(open(sys.argv[1], 'rb')); r(); "
+            "heavy = sorted(m for m in ('pydantic', 'yaml', 'wandb', 'aistack.recipe') if m in sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code, str(blob)], check=True, capture_output=True, timeout=60)
+    assert run.is_done("map", 1)
+
+
+def test_a_task_writes_state_once_and_done_durably(tmp_path, monkeypatch):
+    run = _planned(tmp_path)
+    writes: list[tuple[str, bool]] = []
+    real = rundir_module.atomic_write_text
+    monkeypatch.setattr(rundir_module, "atomic_write_text",
+                        lambda path, text, durable=True: (writes.append((path.name, durable)), real(path, text, durable))[1])
+    _runner(run)()
+    assert writes == [("state.json", False), ("DONE", True)]
+    state = run.task_state("map", 0)
+    assert state["state"] == "COMPLETED" and state["attempt"] == 0
+    assert state["ended_at"] == run.task_result("map", 0)["finished_at"] >= state["started_at"]
+
+
+def test_done_is_fsynced_renamed_then_its_directory_fsynced(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(("replace", str(dst))), real_replace(src, dst))[1])
+    run.mark_done("map", 0, {"total": 1})
+    done = run.done_file("map", 0)
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync", "replace", "fsync"], events
+    assert Path(events[0][1]).parent == done.parent and events[0][1] != str(done)  # the temp file
+    assert events[1][1] == str(done) and events[2][1] == str(done.parent)
+
+
+def test_a_done_marker_that_fails_to_write_leaves_nothing(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        run.mark_done("map", 0, {"total": 1})
+    assert not run.is_done("map", 0)
+    assert list(run.task_dir("map", 0).iterdir()) == []  # no temp file left behind
+
+
+def test_a_failure_records_its_error_and_traceback(tmp_path):
+    run = _planned(tmp_path, "smoke.fail_tasks=[0]", "smoke.fail_at_step=2")
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _runner(run)()
+    state = run.task_state("map", 0)
+    assert state["state"] == "FAILED"
+    assert state["error"] == "RuntimeError: injected failure in task 0 at step 2 (smoke.fail_tasks)"
+    assert "jobs/smoke.py" in state["traceback"] and state["ended_at"] >= state["started_at"]
+    assert not run.is_done("map", 0)
+
+
+def test_a_rerun_resumes_from_the_checkpoint_as_the_next_attempt(tmp_path):
+    failing = _planned(tmp_path, "smoke.fail_tasks=[0]", "smoke.fail_at_step=3", "smoke.checkpoint_every=1")
+    with pytest.raises(RuntimeError):
+        _runner(failing)()
+    run = _planned(tmp_path)  # failure injection is not identity: the same run directory
+    assert run.path == failing.path
+    result = _runner(run)()
+    clean = _planned(tmp_path / "clean")
+    assert result == _runner(clean)()  # the hash chain: each step ran exactly once
+    assert run.task_state("map", 0)["attempt"] == 1
+
+
+def test_the_requeued_runner_carries_the_recipe_not_the_live_context(tmp_path):
+    run = _planned(tmp_path)
+    runner = _runner(run)
+    runner._ctx = runner._make_context(run)  # as during a run, when the checkpoint signal comes
+    again = pickle.loads(pickle.dumps(runner.checkpoint().function))
+    assert again._ctx is None and again.recipe_data == runner.recipe_data
+    run.recipe_file.unlink()
+    assert again()["steps"] == 3
+
+
+def test_a_runner_built_without_the_recipe_reads_recipe_yaml(tmp_path):
+    run = _planned(tmp_path)
+    runner = pickle.loads(pickle.dumps(TaskRunner(str(run.path), "map", "smoke", 0, TASKS, False)))
+    assert runner()["steps"] == 3
