@@ -13,6 +13,9 @@ SLURMD_PORT=${AISTACK_SLURM_SLURMD_PORT:-6818}   # node i listens on SLURMD_PORT
 DBD_PORT=${AISTACK_SLURM_DBD_PORT:-6819}
 MAX_ARRAY_SIZE=1001
 MAX_JOB_COUNT=20000
+GRACE_TIME=${AISTACK_SLURM_GRACE_TIME:-10}     # seconds between SIGTERM and SIGKILL of a preempted job
+LIMITED_QOS=limited                              # a QOS with a low submit limit, for tests
+LIMITED_QOS_MAX_SUBMIT=${AISTACK_SLURM_LIMITED_MAX_SUBMIT:-60}
 
 # Debian's client commands read this path; up.sh links it to the generated config.
 SYSTEM_SLURM_CONF=/etc/slurm/slurm.conf

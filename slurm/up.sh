@@ -54,6 +54,7 @@ render() {
   text=${text//@DBD_PORT@/$DBD_PORT}
   text=${text//@MAX_ARRAY_SIZE@/$MAX_ARRAY_SIZE}
   text=${text//@MAX_JOB_COUNT@/$MAX_JOB_COUNT}
+  text=${text//@GRACE_TIME@/$GRACE_TIME}
   text=${text//@NODE_LINES@/$NODE_LINES}
   text=${text//@NODE_LIST@/$NODE_LIST}
   text=${text//@GPU_MAX_INDEX@/$((NODE_GPUS - 1))}
@@ -197,6 +198,17 @@ fi
 if [[ -z $(sl sacctmgr -n -P list account aistack format=Account) ]]; then
   sl sacctmgr -i add account aistack Cluster="$CLUSTER_NAME" Description=aistack Organization=aistack >/dev/null
   sl sacctmgr -i add user root Account=aistack Cluster="$CLUSTER_NAME" >/dev/null
+fi
+# A QOS with a site-like submit limit (every array task counts as a job), for the tests
+# that submit under it; `normal` stays the default and unlimited.
+if [[ -z $(sl sacctmgr -n -P list qos "$LIMITED_QOS" format=Name) ]]; then
+  sl sacctmgr -i add qos "$LIMITED_QOS" MaxSubmitJobsPerUser="$LIMITED_QOS_MAX_SUBMIT" >/dev/null
+fi
+if [[ $(sl sacctmgr -n -P list qos "$LIMITED_QOS" format=MaxSubmitPU) != "$LIMITED_QOS_MAX_SUBMIT" ]]; then
+  sl sacctmgr -i modify qos "$LIMITED_QOS" set MaxSubmitJobsPerUser="$LIMITED_QOS_MAX_SUBMIT" >/dev/null
+fi
+if ! sl sacctmgr -n -P list assoc user=root format=QOS | tr ',' '\n' | grep -qx "$LIMITED_QOS"; then
+  sl sacctmgr -i modify user root set QOS+="$LIMITED_QOS" >/dev/null
 fi
 
 # ---------------------------------------------------------------- slurmctld

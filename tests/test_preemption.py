@@ -38,7 +38,8 @@ def sacct_states(job_id: str) -> list[str]:
 
 
 def test_preempted_array_task_resumes_from_its_checkpoint(runs_root):
-    overrides = [f"output.root={runs_root}", "smoke.tasks=1", "smoke.steps=40", "smoke.step_seconds=0.25",
+    # 40 s of work: Slurm takes a few scheduling cycles (~10 s here) to decide a preemption
+    overrides = [f"output.root={runs_root}", "smoke.tasks=1", "smoke.steps=40", "smoke.step_seconds=1",
                  "smoke.checkpoint_every=2", "tracking.mode=disabled"]
     result = launcher.launch(SMOKE, overrides, on="slurm")
     job_id = next(s.job_id for s in result.submitted if s.job == "map")

@@ -42,8 +42,10 @@ def sacct_states(job_id: str) -> list[str]:
     return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
-def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra):
+def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra, reference_first=False):
     reference = launcher.launch(TINY, args(tmp_path / "ref", tiny_data, *extra), on="slurm")
+    if reference_first:  # an interruption that takes a whole node would hit the reference too
+        assert {r.state for r in launcher.wait(reference, timeout_s=600)} == {"COMPLETED"}
     run = launcher.launch(TINY, args(tmp_path / "run", tiny_data, *extra), on="slurm")
     job_id = run.submitted[0].job_id
     metrics = run.run.task_dir("train", 0) / "metrics.jsonl"
@@ -78,5 +80,5 @@ def test_sigusr1_quick_save_resumes_exactly(tmp_path, tiny_data):
 def test_preemption_by_a_higher_priority_job_resumes_exactly(tmp_path, tiny_data):
     from test_preemption import preempt
 
-    log = _interrupted_vs_reference(tmp_path, tiny_data, preempt, ["checkpoint.every=10"])
+    log = _interrupted_vs_reference(tmp_path, tiny_data, preempt, ["checkpoint.every=10"], reference_first=True)
     assert "resuming from step" in log

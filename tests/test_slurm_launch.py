@@ -166,3 +166,13 @@ def test_a_refused_submission_is_a_message_not_a_traceback(runs_root, capsys):
     assert code == 1
     assert "Slurm refused" in err and "invalid partition" in err and "check `partition`" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_an_array_over_the_qos_submit_limit_is_refused_with_what_to_change(runs_root, capsys):
+    # slurm/up.sh makes QOS `limited` with MaxSubmitJobsPerUser=60: every array task counts.
+    code = main(["run", str(SMOKE), f"output.root={runs_root}", "smoke.tasks=100", "resources.qos=limited", "--on", "slurm"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "QOSMaxSubmitJobPerUserLimit" in err and "every array task counts" in err

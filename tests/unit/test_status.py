@@ -37,3 +37,9 @@ def test_a_stage_shows_its_failure_and_a_done_stage_completes(tmp_path):
     assert (states["b"].state, states["b"].done) == ("COMPLETED", 1)
     assert states["c"].state == "NOT_SUBMITTED"
     assert finished(list(states.values()))
+
+
+def test_a_preempted_task_is_on_its_way_back_not_failed():
+    from aistack.launch.executor import FINISHED, INTERRUPTED
+
+    assert "PREEMPTED" in INTERRUPTED and not INTERRUPTED & FINISHED  # `--wait` keeps following it

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 # Slurm's job states, grouped by what they mean for a run.
 FINISHED_OK = frozenset({"COMPLETED"})
-FINISHED_BAD = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
+FINISHED_BAD = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"})
 FINISHED = FINISHED_OK | FINISHED_BAD
+# Ended for now, back in the queue soon: Slurm requeues a preempted job (PreemptMode=REQUEUE).
+INTERRUPTED = frozenset({"PREEMPTED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"})
 
 Progress = Callable[[str, int, int], None]  # (job, finished tasks, total)
 

@@ -18,6 +18,8 @@ import importlib
 import logging
 import os
 import pickle
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -129,9 +131,12 @@ class TaskRunner(submitit.helpers.Checkpointable):
             return run.task_result(self.job, self.task_id)["result"]
         ctx = self._make_context(run)
         self._ctx = ctx
+        terminated = _watch_sigterm()
         try:
             result = importlib.import_module(f"aistack.jobs.{self.entry}").run(ctx)
         except BaseException as err:
+            if terminated:
+                _await_slurm(run, self, ctx, err)  # preempted or cancelled: not this task's failure
             if ctx.is_main:
                 run.set_task_state(self.job, self.task_id, "FAILED", error=f"{type(err).__name__}: {err}",
                                    traceback=traceback.format_exc()[-4000:], ended_at=time.time())
@@ -187,6 +192,35 @@ class TaskRunner(submitit.helpers.Checkpointable):
             if self.wandb_per_task:
                 ctx.wandb = wandb_run.start(ctx.recipe.tracking, run.path, run.name, ctx.kind, self.job, self.task_id, data)
         return ctx
+
+
+# How long a task that failed after SIGTERM waits for Slurm's SIGKILL (GraceTime of a
+# preemption, KillWait of a cancel) before it reports the failure as its own.
+SIGTERM_WAIT_S = 600
+
+
+def _watch_sigterm() -> list[float]:
+    """Under Slurm, SIGTERM means preemption (PreemptMode=REQUEUE) or a cancel: the task
+    goes on (submitit ignores it too) until Slurm's SIGKILL, and Slurm requeues a preempted
+    job. The signal also reaches the task's helper processes (W&B's service, checkpoint
+    writers), so a failure after it is a consequence: the list records when it came."""
+    received: list[float] = []
+    if "SLURM_JOB_ID" in os.environ and threading.current_thread() is threading.main_thread():
+        def note(signum: int, frame: Any) -> None:
+            received.append(time.time())
+            log.warning("SIGTERM: preempted or cancelled; going on until Slurm ends the job")
+
+        signal.signal(signal.SIGTERM, note)
+    return received
+
+
+def _await_slurm(run: RunDir, runner: "TaskRunner", ctx: TaskContext, err: BaseException) -> None:
+    """After SIGTERM, an error is not recorded as FAILED: wait for Slurm's verdict (a
+    preempted job is killed and requeued, a cancelled one killed)."""
+    if ctx.is_main:
+        run.set_task_state(runner.job, runner.task_id, "PREEMPTED", error=f"after SIGTERM: {type(err).__name__}: {err}")
+    log.warning("error after SIGTERM (%s: %s): waiting for Slurm to requeue or end the job", type(err).__name__, err)
+    time.sleep(SIGTERM_WAIT_S)
 
 
 def _task_env() -> tuple[int, int, int, str]:

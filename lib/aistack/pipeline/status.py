@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aistack.launch.executor import FINISHED, FINISHED_BAD
+from aistack.launch.executor import FINISHED, FINISHED_BAD, INTERRUPTED
 from aistack.launch.rundir import RunDir
 from aistack.launch.status import run_status
 
@@ -34,10 +34,10 @@ def stage_states(records) -> list[StageState]:
         states = {r.state for r in rows}
         if rows and done == total:
             state = "COMPLETED"
-        elif states & (FINISHED_BAD - {"PREEMPTED"}):
+        elif states & FINISHED_BAD:
             # the cause before its consequences: a failed task cancels the jobs after it
             state = min(states & FINISHED_BAD, key=lambda s: (s == "CANCELLED", s))
-        elif states & {"RUNNING", "COMPLETING", "REQUEUED", "CONFIGURING"}:
+        elif states & ({"RUNNING", "COMPLETING", "CONFIGURING"} | INTERRUPTED):  # preempted: requeued, going on
             state = "RUNNING"
         elif states & {"PENDING", "REQUEUE_HOLD", "SUSPENDED"}:
             state = "PENDING"

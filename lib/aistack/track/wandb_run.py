@@ -9,12 +9,15 @@ Only global rank 0 of a task opens a run.
 from __future__ import annotations
 
 import hashlib
+import logging
 import netrc
 import os
 import struct
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+log = logging.getLogger("aistack")
 
 if TYPE_CHECKING:  # every task imports this module: no pydantic schema at import time
     from aistack.recipe.schema import Tracking
@@ -54,9 +57,15 @@ class WandbRun:
 
     def __init__(self, opener: Callable[[], Any] | None = None):
         self._opener = opener
-        self._run = opener() if opener else None
+        self._run = None
         self._busy = False
         self._suspend_requested = False
+        self.error: str | None = None  # why W&B was given up, if it was
+        if opener:
+            try:
+                self._run = opener()
+            except Exception as err:  # noqa: BLE001
+                self._give_up(err)
 
     @property
     def run(self) -> Any:
@@ -81,10 +90,19 @@ class WandbRun:
         self._busy = True
         try:
             action(self.run)
+        except Exception as err:  # noqa: BLE001  (W&B is a mirror: metrics.jsonl has it all)
+            self._give_up(err)
         finally:
             self._busy = False
         if self._suspend_requested:
             self.suspend()
+
+    def _give_up(self, err: Exception) -> None:
+        """W&B broke (its service died with a preempted job's SIGTERM, the network went):
+        the work goes on without it, said once in the log; the run is not failed for it."""
+        self.error = f"{type(err).__name__}: {err}"
+        log.warning("W&B failed, logging to metrics.jsonl only from here: %s", self.error)
+        self._run, self._opener = None, None
 
     def suspend(self) -> None:
         if self._busy:
@@ -93,12 +111,18 @@ class WandbRun:
         self._suspend_requested = False
         if self._run is not None:
             run, self._run = self._run, None
-            run.finish()
+            try:
+                run.finish()
+            except Exception as err:  # noqa: BLE001
+                self._give_up(err)
 
     def finish(self, exit_code: int = 0) -> None:
         if self._run is not None:
             run, self._run = self._run, None
-            run.finish(exit_code=exit_code)
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as err:  # noqa: BLE001  (finished work stays finished)
+                self._give_up(err)
         self._opener = None
 
 
