@@ -28,3 +28,23 @@ def test_pending_tasks_are_those_without_done(tmp_path):
     run.mark_done("map", 2, {"total": 5})
     assert run.pending_tasks("map", 4) == [0, 1, 3]
     assert run.is_done("map", 2) and run.task_result("map", 2)["result"] == {"total": 5}
+
+
+def test_a_torn_jsonl_line_is_skipped_and_the_next_record_starts_its_own_line(tmp_path, caplog):
+    from aistack.track.metrics import MetricsFile, read_metrics
+
+    run = RunDir(tmp_path / "run")
+    run.record_submission({"job": "map", "job_id": "1", "task_ids": [0], "array": False, "executor": "slurm"})
+    with open(run.submissions_file, "a") as handle:
+        handle.write('{"job": "map", "job_id": "2", "task_')  # a node crashed mid-append
+    assert [r["job_id"] for r in run.submissions()] == ["1"]
+    assert "line 2 is not a whole JSON record" in caplog.text
+    run.record_submission({"job": "map", "job_id": "3", "task_ids": [1], "array": False, "executor": "slurm"})
+    assert [r["job_id"] for r in run.submissions()] == ["1", "3"]
+
+    metrics = MetricsFile(tmp_path / "metrics.jsonl")
+    metrics.log(1, {"loss": 2.0})
+    with open(metrics.path, "a") as handle:
+        handle.write('{"step": 2, "lo')
+    metrics.log(2, {"loss": 1.5})
+    assert [(r["step"], r["loss"]) for r in read_metrics(metrics.path)] == [(1, 2.0), (2, 1.5)]

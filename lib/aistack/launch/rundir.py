@@ -13,12 +13,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+log = logging.getLogger("aistack")
 
 # Array tasks import this module: nothing heavy (pydantic, yaml) at import time.
 if TYPE_CHECKING:
@@ -66,6 +69,41 @@ def read_json(path: Path, default: Any = None) -> Any:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return default
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line appended. A line torn by a crash mid-append (no newline at the end
+    of the file) is closed first, so the new record starts a line of its own."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as handle:
+        if handle.tell() and _last_byte(path) != b"\n":
+            handle.write(b"\n")
+        handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
+        handle.flush()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file; a line that is not JSON (torn by a crash mid-append)
+    is skipped with a warning naming the file and the line, never an exception."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s line %d is not a whole JSON record (torn by a crash?): skipped", path, number)
+    return records
 
 
 class RunDir:
@@ -160,15 +198,10 @@ class RunDir:
         return self.path / "submissions.jsonl"
 
     def record_submission(self, record: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.submissions_file, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        append_jsonl(self.submissions_file, record)
 
     def submissions(self) -> list[dict[str, Any]]:
-        if not self.submissions_file.exists():
-            return []
-        lines = self.submissions_file.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return read_jsonl(self.submissions_file)
 
 
 def find_run(ref: str, root: str | Path = "runs") -> RunDir:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aistack.launch.rundir import atomic_write_text
+from aistack.launch.rundir import append_jsonl, atomic_write_text, read_jsonl
 
 
 class MetricsFile:
@@ -25,19 +25,14 @@ class MetricsFile:
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, step: int, values: dict[str, Any]) -> None:
-        record = {"step": step, "time": time.time(), **{k: _plain(v) for k, v in values.items()}}
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        append_jsonl(self.path, {"step": step, "time": time.time(), **{k: _plain(v) for k, v in values.items()}})
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not Path(path).exists():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(path))
 
 
 def _step(line: str) -> int:
