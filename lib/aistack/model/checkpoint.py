@@ -12,6 +12,7 @@ tensor coordinates, so a TP=2 x PP=2 checkpoint loads at TP=1 x PP=1 and vice ve
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch.distributed as dist
 
 from aistack.launch.rundir import atomic_write_text
 from aistack.model import cpu_compat
+
+log = logging.getLogger("aistack")
 
 LATEST = "latest"
 _STEP_RE = re.compile(r"^step_(\d{6,})$")
@@ -39,12 +42,15 @@ def latest(root: str | Path) -> Path | None:
     if (root / "metadata.json").exists():  # a checkpoint directory given directly
         return root
     pointer = root / LATEST
-    if not pointer.exists():
-        return None
-    path = root / pointer.read_text().strip()
-    if not (path / "metadata.json").exists():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which is not a complete checkpoint")
-    return path
+    if pointer.exists():
+        path = root / pointer.read_text().strip()
+        if (path / "metadata.json").exists():
+            return path
+        log.warning("%s names %s, which is not a complete checkpoint: using the newest complete one", pointer, path.name)
+    steps = saved_steps(root) if root.is_dir() else []
+    if steps and not pointer.exists():
+        log.warning("%s is missing: using the newest complete checkpoint, step %d", pointer, steps[-1])
+    return step_dir(root, steps[-1]) if steps else None
 
 
 def _sharded_state_dict(model_chunks: list, optimizer, scheduler, step: int, is_loading: bool,
@@ -72,6 +78,13 @@ def save(root: str | Path, step: int, model_chunks: list, optimizer, scheduler, 
     final = step_dir(root, step)
     tmp = root / f".tmp-{final.name}"
     rank = dist.get_rank()
+    if (final / "metadata.json").exists():
+        # This step is saved already (a quick-save on the signal right after the periodic
+        # save): the state is the same. Never delete the only complete checkpoint to redo it.
+        if rank == 0:
+            atomic_write_text(root / LATEST, final.name + "\n")
+        dist.barrier()
+        return final
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
