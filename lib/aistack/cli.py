@@ -109,8 +109,8 @@ def cmd_run(args) -> int:
         return _local_outcome(result)
     result = start(loaded, profile, announce=_announce)
     _print_submissions(result)
-    if not result.submitted:
-        return 0
+    if not result.submitted and not any(o.in_flight for o in result.outcomes):
+        return 0  # every task done already
     if not args.wait:
         console.print(f"follow it with: aistack status {_top_dir(result)}")
         return 0
