@@ -69,6 +69,15 @@ def test_references_resolve_to_upstream_outputs(tiny_env):
     # dedup reads as many shards as the filter stage writes (its array size)
     assert pipeline.stage("dedup").plan.job("signatures").num_tasks == pipeline.stage("filter").plan.job("filter").num_tasks
     assert all(s.run.path.parent == pipeline.dir.path for s in pipeline.stages)
+    # a stage that reads upstream outputs is validated again on the node, from recipe.yaml
+    # (the checkpoints root becomes the latest step there); the first stage is not
+    assert not pipeline.stage("filter").loaded.deferred
+    assert pipeline.stage("evaluate").loaded.deferred and pipeline.stage("bench").loaded.deferred
+    from aistack.launch.rundir import RunDir
+
+    node_copy = RunDir(pipeline.dir.path / "x")
+    node_copy.write_recipe(pipeline.stage("evaluate").loaded)
+    assert node_copy.recipe is None  # so its tasks carry no planned recipe object
 
 
 def test_bad_references_are_errors_naming_the_key(tiny_env, tmp_path):

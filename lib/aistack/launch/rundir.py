@@ -130,8 +130,9 @@ class RunDir:
 
         atomic_write_text(self.recipe_file, yaml.safe_dump(loaded.data, sort_keys=False))
         # Kept for the executors: each task's pickle carries it, so the nodes do not read
-        # and validate recipe.yaml again.
-        self.recipe = loaded.recipe
+        # and validate recipe.yaml again; unless it names outputs of earlier pipeline
+        # stages, which only the node can check and expand (aistack.recipe.deferred).
+        self.recipe = None if loaded.deferred else loaded.recipe
 
     def read_recipe_data(self) -> dict[str, Any]:
         import yaml

@@ -102,6 +102,7 @@ def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
                 raise RecipeError.single(str(file), f"{key}.recipe", stage_loaded.kind, "a recipe of a stage kind (not pipeline or report)")
             stage_loaded.path_aliases = {str(pdir.path): PIPELINE_TOKEN}
             plan = make_plan(stage_loaded)
+        stage_loaded.deferred = bool(deferral.deferred)
         missing += deferral.missing
         run = RunDir.for_recipe(stage_loaded)
         stages.append(Stage(name, stage_loaded, plan, run, needs))

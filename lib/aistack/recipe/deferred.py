@@ -27,6 +27,7 @@ class Deferral:
     upstream: dict[str, int | None] = field(default_factory=dict)
     allow_missing: bool = False  # plan / dry-run: missing paths are noted, not errors
     missing: list[str] = field(default_factory=list)
+    deferred: set[str] = field(default_factory=set)  # paths left for the node to check
 
 
 _current: contextvars.ContextVar[Deferral | None] = contextvars.ContextVar("aistack_deferral", default=None)
@@ -55,7 +56,10 @@ def _upstream_of(path: str) -> str | None:
 
 def is_deferred(path: str) -> bool:
     """True for a path an upstream stage will produce (checked again when the job runs)."""
-    return _upstream_of(path) is not None
+    if _upstream_of(path) is None:
+        return False
+    _current.get().deferred.add(path)
+    return True
 
 
 def defer_missing(path: str) -> bool:

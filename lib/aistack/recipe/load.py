@@ -41,6 +41,9 @@ class LoadedRecipe:
     # Absolute path prefixes replaced by a stable token before hashing (a pipeline's own
     # directory), so the identity does not depend on where the runs live.
     path_aliases: dict[str, str] = field(default_factory=dict)
+    # Validated with paths an upstream stage will write left unchecked: the job validates
+    # it again on the node (from recipe.yaml) instead of trusting the planned object.
+    deferred: bool = False
 
     @property
     def kind(self) -> str:
