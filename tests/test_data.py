@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -133,6 +134,7 @@ def test_killed_task_reruns_alone_and_output_has_every_document_once(filtered, c
         launcher.launch(FINEWEB, [*base, "filter.kill_tasks=[1]", "filter.kill_after_documents=3"], on="local")
     run = launcher.prepare(FINEWEB, base, on="local")[2]
     assert [t for t in range(4) if run.is_done("filter", t)] == [0, 2, 3]
+    assert not _processes_of(run.log_dir("filter")), "the killed task left processes behind"
     published = sorted(p.name for p in (run.path / "output" / "filter" / "documents").glob("*"))
     assert len(published) == 3 and not [n for n in published if n.endswith("00001.parquet")], "a killed task publishes nothing"
     done_before = {t: run.done_file("filter", t).stat().st_mtime_ns for t in (0, 2, 3)}
@@ -142,6 +144,18 @@ def test_killed_task_reruns_alone_and_output_has_every_document_once(filtered, c
     assert {t: run.done_file("filter", t).stat().st_mtime_ns for t in (0, 2, 3)} == done_before
     got = sorted(r["id"] for r in rows(run.path / "output" / "filter" / "documents"))
     assert got == expected
+
+
+def _processes_of(log_dir) -> list[int]:
+    """Live (not zombie) processes whose command line names this job's log folder."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if str(log_dir).encode() in (proc / "cmdline").read_bytes() and " Z " not in (proc / "stat").read_text():
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def test_bad_input_files_fail_naming_the_file_or_are_counted_and_skipped(corpus, tmp_path):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import time
+from pathlib import Path
 
 import submitit
 
@@ -28,6 +30,27 @@ def local_gpu_count() -> int:
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
     return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def end_strays(log_dir: Path) -> list[int]:
+    """Kill what a job's tasks left behind once every task has ended: processes they forked
+    (datatrove's workers, a checkpoint writer) outlive a task that was killed, reparented to
+    init, still holding files and sockets. They carry the task's command line, which names
+    the job's own log folder, so nothing else matches."""
+    marker = f"submitit.core._submit\0{log_dir}\0".encode()  # the whole argument
+    killed = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                if marker not in handle.read():
+                    continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return killed
 
 
 class LocalExecutor(Executor):
@@ -82,4 +105,5 @@ class LocalExecutor(Executor):
                     errors[task_id] = recorded or f"{type(exc).__name__} (see {handle.paths.stderr})"
                 if progress:
                     progress(job.name, finished, total)
+        end_strays(run.log_dir(job.name))
         return errors
