@@ -52,3 +52,38 @@ def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "c
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def describe_unfinished(states) -> str:
+    """Why stages did not complete, for an assertion message: each one's task states, the
+    error each failed task recorded, and the end of its stderr (CI shows only this)."""
+    from aistack.launch.slurm import log_paths
+    from aistack.launch.status import latest_submissions, run_status
+
+    lines = []
+    for stage in states:
+        if stage.state == "COMPLETED":
+            continue
+        lines.append(f"stage {stage.name}: {stage.state} ({stage.done}/{stage.total} done)")
+        if not stage.run.path.exists():
+            continue
+        latest = latest_submissions(stage.run)
+        jobs = [(name, n) for name, n in _plan_jobs(stage.run)]
+        for row in run_status(stage.run, jobs):
+            if row.state == "COMPLETED":
+                continue
+            error = stage.run.task_state(row.job, row.task_id).get("error", "")
+            lines.append(f"  {row.job}[{row.task_id}] {row.executor} {row.job_id} {row.state} attempt={row.attempt} {error}")
+            if row.executor == "slurm" and (row.job, row.task_id) in latest:
+                record, index = latest[(row.job, row.task_id)]
+                stderr = log_paths(stage.run, row.job, record["job_id"], index)[1]
+                if stderr.exists():
+                    lines += ["    " + line for line in stderr.read_text(errors="replace").splitlines()[-15:]]
+    return "\n".join(lines)
+
+
+def _plan_jobs(run) -> list[tuple[str, int]]:
+    jobs: dict[str, int] = {}
+    for record in run.submissions():
+        jobs[record["job"]] = max(jobs.get(record["job"], 0), max(record["task_ids"]) + 1)
+    return list(jobs.items())

@@ -17,7 +17,7 @@ from aistack.pipeline.status import stage_states
 from aistack.pipeline.stages import resolve
 from aistack.post.reverse_task import write_task
 from aistack.recipe import RecipeError, load_recipe
-from conftest import REPO, RECIPES, write_recipe
+from conftest import REPO, RECIPES, describe_unfinished, write_recipe
 
 TINY = RECIPES / "pipelines" / "tiny-end-to-end.yaml"
 BIG = RECIPES / "pipelines" / "fineweb-llama-8b-1024gpu.yaml"
@@ -169,7 +169,7 @@ def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env):
     assert main(["run", str(TINY), "--on", "slurm", "--wait"]) == 0
     pipeline = resolve(load_recipe(TINY))
     states = stage_states(stage_runs(pipeline.dir))
-    assert {s.name: s.state for s in states} == {s.name: "COMPLETED" for s in pipeline.stages}
+    assert {s.name: s.state for s in states} == {s.name: "COMPLETED" for s in pipeline.stages}, describe_unfinished(states)
     # no stage started before every stage it reads had finished
     for stage in pipeline.stages:
         start, _ = task_times(stage.run)
@@ -193,7 +193,7 @@ def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env):
     from aistack.cli import _follow_pipeline
 
     final = _follow_pipeline(changed.dir, poll_s=3)
-    assert all(s.state == "COMPLETED" for s in final), [(s.name, s.state) for s in final]
+    assert all(s.state == "COMPLETED" for s in final), describe_unfinished(final)
     for stage in pipeline.stages:
         if stage.name not in DOWNSTREAM_OF_SFT:
             assert done_markers(stage.run) == before[stage.name], stage.name
