@@ -1,8 +1,9 @@
 """Build torch.distributed from submitit's JobEnvironment: gloo on CPU, NCCL on GPU.
 
 submitit's TorchDistributedEnvironment exports MASTER_ADDR (the job's first host),
-MASTER_PORT (derived from the job id, so concurrent jobs do not collide), RANK,
-WORLD_SIZE and LOCAL_RANK; torch then rendezvouses over env://.
+MASTER_PORT (ours, derived from the job id: see master_port), RANK, WORLD_SIZE and
+LOCAL_RANK; torch then rendezvouses over env://. A job of one process needs no agreed
+port at all.
 """
 
 from __future__ import annotations
@@ -25,22 +26,46 @@ def init_distributed(backend: str | None = None, timeout_s: int = 600) -> tuple[
         import submitit
 
         try:
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        except RuntimeError:  # not under submitit (a test, a benchmark): a group of one, env untouched
-            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1, timeout=timeout)
-            return 0, 1
+            job = submitit.JobEnvironment()
+            world = job.num_tasks
+        except RuntimeError:  # not under submitit (a test, a benchmark)
+            job, world = None, 1
+        if world == 1:
+            return _group_of_one(backend, timeout)
+        os.environ.setdefault("MASTER_PORT", str(master_port(job.job_id)))
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 
-def _free_port() -> int:
-    import socket
+def _group_of_one(backend: str, timeout: datetime.timedelta) -> tuple[int, int]:
+    """One process has no peer to meet: its store listens on whatever port is free (two
+    array tasks on one host must not race for a port derived from their ids)."""
+    store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, timeout=timeout)
+    if backend == "nccl":
+        torch.cuda.set_device(0)
+    dist.init_process_group(backend=backend, store=store, rank=0, world_size=1, timeout=timeout)
+    return 0, 1
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+def master_port(job_id: str) -> int:
+    """The rendezvous port of a multi-process job, the same on every rank: derived from the
+    job id (concurrent jobs get different ones) and below the kernel's ephemeral range, where
+    a client socket of any other process (sacct, a database, W&B) could already hold it."""
+    import random
+
+    low = _ephemeral_low()
+    return random.Random(job_id).randint(10_000, max(low, 20_000) - 1)
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def destroy() -> None:
