@@ -11,6 +11,8 @@ import pytest
 
 import aistack.launch  # noqa: F401  (sets the preemption signal before submitit is imported)
 
+pytest_plugins = ["leftovers"]  # no process a test starts may outlive it (tests/leftovers.py)
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 

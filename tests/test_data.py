@@ -180,6 +180,47 @@ def test_bad_input_files_fail_naming_the_file_or_are_counted_and_skipped(corpus,
     assert steps[0]["documents_out"] > len(shard1), "documents before the truncation are kept"
 
 
+def _image_crawl(path: Path) -> Path:
+    """A crawl of images only, without WARC-Identified-Payload-Type: no record is HTML."""
+    import io
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=True)
+        writer.write_record(writer.create_warcinfo_record(path.name, {"software": "another-crawler/2.1"}))
+        for name in ("a", "b"):
+            url = f"https://img.example.org/{name}.png"
+            request = StatusAndHeaders(f"GET /{name}.png HTTP/1.1", [("Host", "img.example.org")], is_http_request=True)
+            writer.write_record(writer.create_warc_record(url, "request", http_headers=request))
+            headers = StatusAndHeaders("200 OK", [("Content-Type", "image/png"), ("Content-Length", str(len(png)))], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(png), http_headers=headers))
+    return path
+
+
+def test_a_filter_run_that_keeps_no_record_says_so_in_the_log_the_table_and_at_the_end(tmp_path, capsys):
+    from aistack.cli import main
+
+    warc = _image_crawl(tmp_path / "crawl" / "images.warc.gz")
+    why = "read 5 WARC records but kept none: not_response 3, not_html 2 (image/png 2)"
+    args = ["run", str(FINEWEB), f"output.root={tmp_path / 'runs'}", f"filter.input.paths=[{warc.parent}]", *COMMON, *LIGHT, "--on", "local"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"warning: job filter: task 0 (input files {warc}) {why}" in out, out
+    run = next((tmp_path / "runs").glob("fineweb-*"))
+    table = json.loads((run / "stats.json").read_text())
+    assert table["warnings"] == [f"job filter: task 0 (input files {warc}) {why}"]
+    reader = table["jobs"][0]["steps"][0]
+    assert (reader["records"], reader["documents_out"], reader["skipped_by"]) == (5, 0, {"not_html": 2, "not_response": 3})
+    assert main(["logs", str(run), "--job", "filter"]) == 0
+    assert "WARNING  | aistack.data.readers" in capsys.readouterr().out, "the task's own log warns"
+    assert main(["report", str(run)]) == 0
+    assert why in capsys.readouterr().out
+
+
 def test_recipe_errors_name_the_key_before_anything_runs(corpus, tmp_path):
     base = [f"output.root={tmp_path}", f"filter.input.paths=[{corpus.shards[0]}]"]
     with pytest.raises(RecipeError, match=r"filter\.url\.blocklists\.1.*no-such-list\.txt"):

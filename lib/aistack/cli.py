@@ -1,7 +1,8 @@
 """The `aistack` command: run, plan, status, logs, cancel, sync.
 
 Imports stay lazy so `aistack plan` and `--dry-run` answer in well under a second.
-Exit codes: 0 ok, 1 a job failed, 2 bad input (recipe, override, profile, run name).
+Exit codes: 0 ok, 1 a job failed, 2 bad input (recipe, override, profile, run name),
+128 + the signal's number when SIGINT (130), SIGTERM (143) or SIGHUP (129) stopped a run here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except SubmitRefused as err:
         err_console.print(f"[bold red]refused:[/] {err}", soft_wrap=True)
         return 1
+    except KeyboardInterrupt:  # not a run here (those stop their tasks: _run_here)
+        _say("interrupted")
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,8 +109,7 @@ def cmd_run(args) -> int:
         console.print("[yellow]dry run: nothing was submitted[/]")
         return 0
     if profile.executor == "local":
-        result = _with_progress(lambda progress: start(loaded, profile, progress=progress, announce=_announce))
-        return _local_outcome(result)
+        return _run_here(lambda: _with_progress(lambda progress: start(loaded, profile, progress=progress, announce=_announce)))
     result = start(loaded, profile, announce=_announce)
     _print_submissions(result)
     if not result.submitted and not any(o.in_flight for o in result.outcomes):
@@ -121,6 +124,59 @@ def cmd_run(args) -> int:
     states = _follow_pipeline(result.pipeline.dir)
     _print_stages(states)
     return 0 if all(s.state == "COMPLETED" for s in states) else 1
+
+
+def _run_here(work) -> int:
+    """A run on this machine that SIGINT, SIGTERM or SIGHUP stops: the local executor ends
+    its running tasks (process groups and all) and records them INTERRUPTED; finished tasks
+    keep their DONE markers. One line says so; the exit code is 128 + the signal's number."""
+    import signal
+
+    from aistack.launch.localproc import Interrupted
+
+    caught: list[int] = []
+
+    def interrupt(signum, frame):
+        if caught:  # already stopping (a second Ctrl-C, or a signal sent to the whole group)
+            return
+        caught.append(signum)
+        raise Interrupted(signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, interrupt) for sig in handled}
+    try:
+        result = work()
+    except Interrupted as stop:
+        _say(_stopped_line(stop))
+        return 128 + stop.signum
+    except OSError:
+        if not caught:
+            raise
+        return 128 + caught[0]  # stopped, and then the terminal was gone (a hangup): nothing to say it on
+    finally:
+        if not caught:  # once interrupted, later signals stay ignored until the exit
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return _local_outcome(result)
+
+
+def _stopped_line(stop) -> str:
+    parts = []
+    for run_path, job, tasks in stop.stopped:
+        ids = ", ".join(map(str, tasks))
+        parts.append(f"job {job} task{'s' if len(tasks) > 1 else ''} {ids} of {Path(run_path).name}")
+    what = f"stopped {'; '.join(parts)} (INTERRUPTED)" if parts else "no task was running"
+    return f"interrupted by {stop.signal_name}: {what}; finished tasks are kept: rerun the same command to resume"
+
+
+def _say(line: str) -> None:
+    """One line on stderr; after a hangup there may be no terminal left to print on."""
+    from rich.markup import escape
+
+    try:
+        err_console.print(f"[bold yellow]{escape(line)}[/]", soft_wrap=True)
+    except OSError:
+        pass
 
 
 def cmd_plan(args) -> int:
@@ -151,12 +207,29 @@ def _local_outcome(result) -> int:
             console.print("every task of this run is already done: nothing to run")
         if not failed:
             console.print(f"[green]done[/]: {result.run.path}")
+        _print_data_warnings(result)
         return 1 if failed else 0
     _print_stages(_stage_states(result.pipeline.dir))
+    _print_data_warnings(result)
     report = result.pipeline.dir.path / "report.md"
     if not failed and report.exists():
         console.print(f"[green]done[/]: report {report} (and report.html)")
     return 1 if failed else 0
+
+
+def _print_data_warnings(result) -> None:
+    """A data stage's tasks that read WARC records and kept none (from its stats.json)."""
+    from aistack.launch.rundir import read_json
+
+    for stage in result.pipeline.stages:
+        _print_warnings((read_json(stage.run.path / "stats.json") or {}).get("warnings", []))
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    from rich.markup import escape
+
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 def _print_submissions(result) -> None:
@@ -216,9 +289,14 @@ def _stage_states(pipeline_dir):
 
 
 def _print_stages(states) -> None:
+    from rich.markup import escape
+
     from aistack.pipeline.show import print_status
 
     print_status(console, states)
+    for stage in states:
+        for note in stage.notes:
+            console.print(f"[yellow]stage {stage.name}, {escape(note)}[/]", soft_wrap=True)
 
 
 def _follow_pipeline(pipeline_dir, poll_s: float = 5.0, timeout_s: float = 6 * 3600):
@@ -335,6 +413,7 @@ def cmd_status(args) -> int:
 def _print_status(rows) -> None:
     from collections import Counter
 
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table()
@@ -346,6 +425,9 @@ def _print_status(rows) -> None:
     console.print(table)
     counts = Counter(r.state for r in rows)
     console.print("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())))
+    for r in rows:  # below the table: an error message does not fit a column
+        if r.note:
+            console.print(f"[yellow]{r.job} task {r.task_id}:[/] {escape(r.note)}", soft_wrap=True)
 
 
 def cmd_logs(args) -> int:
@@ -385,6 +467,7 @@ def cmd_report(args) -> int:
             why = ", ".join(f"{k} {v}" for k, v in row["dropped_by"].items())
             table.add_row(row["name"], str(row["documents_in"]), str(row["documents_out"]), str(row["dropped"]), why)
         console.print(table)
+    _print_warnings(report["table"].get("warnings", []))
     console.print(f"stats: {report['json']}  {report['csv']}")
     console.print(f"funnel: {report['funnel']}")
     return 0
@@ -426,8 +509,15 @@ def cmd_cancel(args) -> int:
         from aistack.pipeline.submit import stage_runs
 
         runs = [stage_run for _, _, stage_run, _, _ in stage_runs(run) if stage_run.path.exists()]
-    cancelled = [c for r in runs for c in cancel_run(r)]
-    console.print(f"cancelled: {', '.join(cancelled) if cancelled else 'nothing was running'}")
+    results = [cancel_run(r) for r in runs]
+    cancelled = [c for r in results for c in r.cancelled]
+    elsewhere = [e for r in results for e in r.elsewhere]
+    if cancelled or not elsewhere:
+        console.print(f"cancelled: {', '.join(cancelled) if cancelled else 'nothing was running'}", soft_wrap=True)
+    if elsewhere:
+        err_console.print(f"[bold red]not cancelled:[/] running on another host, cannot cancel from here (run "
+                          f"`aistack cancel` there): {', '.join(elsewhere)}", soft_wrap=True)
+        return 1
     return 0
 
 

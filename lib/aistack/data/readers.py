@@ -5,17 +5,46 @@ stops the task with an error naming the file (`on_bad_file: fail`), or is counte
 the reader's `bad_files` stat and the shard goes on with its next file (`skip`). The
 documents read from a bad file before the damage are kept and counted either way.
 An empty file is not bad: it simply has no documents.
+
+WARC records become documents here (not in datatrove's `process_record`), so that
+crawls without `WARC-Identified-Payload-Type` keep their HTML: a record's payload type
+is its `WARC-Identified-Payload-Type`, else the media type of its HTTP `Content-Type`
+header, and only when neither is there the type libmagic guesses from the bytes (which
+calls XHTML with an XML prologue `text/xml`). Kept: text/html, application/xhtml+xml,
+and text/plain in `conversion` (WET) records. Bytes are decoded as UTF-8, else with the
+HTTP header's `charset=`, else with the charset cchardet detects. The documents (text,
+id, url, date) are those datatrove makes from the same records.
+
+Stats of the WARC reader, besides datatrove's `documents` and `input_files`:
+
+  records               every WARC record read
+  skipped_not_response  request, metadata, warcinfo, revisit... records: normal in a crawl
+  skipped_not_html      responses whose payload type is not HTML (nor WET text)
+  not_html:<type>       the same, by payload type (`not_html:image/png`, `not_html:text/xml`)
+  skipped_empty         responses with no payload bytes (or no text)
+  skipped_undecodable   payloads no charset decodes
+
+A task whose WARC records were all skipped (records > 0, documents 0) logs a warning
+naming its files and these counts; the data run's stats table and report show it too.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Literal
+from collections import Counter
+from typing import TYPE_CHECKING, Literal
 
 from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
 from datatrove.utils.logging import logger
 
+from aistack.data.stats import nothing_kept
+
+if TYPE_CHECKING:
+    from warcio.recordloader import ArcWarcRecord
+
 OnBadFile = Literal["fail", "skip"]
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
 class BadInputFile(RuntimeError):
@@ -59,14 +88,112 @@ class NotAWarcFile(ValueError):
     pass
 
 
+def _media_type(value: str | None) -> str | None:
+    """'Text/HTML; charset=UTF-8' -> 'text/html'; None when empty."""
+    media = (value or "").split(";", 1)[0].strip().lower()
+    return media or None
+
+
+def _charset(content_type: str | None) -> str | None:
+    """'text/html; charset="ISO-8859-1"' -> 'ISO-8859-1'."""
+    for param in (content_type or "").split(";")[1:]:
+        key, _, value = param.partition("=")
+        value = value.strip().strip("'\"")
+        if key.strip().lower() == "charset" and value:
+            return value
+    return None
+
+
+def decode_payload(content: bytes, header_charset: str | None) -> str | None:
+    """UTF-8 first (as datatrove does, so valid UTF-8 mislabelled latin-1 stays right), then
+    the HTTP header's charset, then cchardet's guess; None when none of them decodes it."""
+    for charset in ("utf-8", header_charset):
+        if charset:
+            try:
+                return content.decode(charset)
+            except (UnicodeDecodeError, LookupError):
+                pass
+    import cchardet
+
+    detected = cchardet.detect(content)["encoding"]
+    if not detected or detected.lower() in ("utf-8", (header_charset or "").lower()):
+        return None
+    try:
+        return content.decode(detected)
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def process_record(record: "ArcWarcRecord") -> tuple[dict | None, str, str | None]:
+    """One WARC record -> (document dict or None, why it was skipped or "", payload type)."""
+    if record.rec_type not in ("response", "conversion"):  # WET files have "conversion" records
+        return None, "not_response", None
+    http = record.http_headers
+    content_type = http.get_header("Content-Type") if http is not None else None
+    mime = _media_type(record.rec_headers.get_header("WARC-Identified-Payload-Type")) or _media_type(content_type)
+    accepted = lambda m: m in HTML_TYPES or (record.rec_type == "conversion" and m == "text/plain")  # noqa: E731
+    if mime is not None and not accepted(mime):
+        return None, "not_html", mime
+    content = record.content_stream().read()
+    if not content:
+        return None, "empty", mime
+    if mime is None:  # neither header says: guess from the bytes
+        import magic
+
+        mime = magic.from_buffer(content, mime=True)
+        if not accepted(mime):
+            return None, "not_html", mime
+    text = decode_payload(content, _charset(content_type))
+    if text is None:
+        return None, "undecodable", mime
+    headers = record.rec_headers
+    url = headers.get_header("WARC-Target-URI") or dict(headers.headers)["uri"]  # older (ARC) formats
+    date = headers.get_header("WARC-Date") or dict(headers.headers)["archive-date"]
+    return {"text": text, "id": headers.get_header("WARC-Record-ID"), "url": url, "date": date}, "", mime
+
+
 class CheckedWarcReader(_Checked, WarcReader):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._counts: Counter = Counter()  # the stats above, for this task's warning
+        self._files: list[str] = []
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        self._counts, self._files = Counter(), []
+        yield from super().run(data, rank, world_size)
+        if self._counts["records"] and not self._counts["documents"]:
+            shown = ", ".join(self._files[:5]) + (f" and {len(self._files) - 5} more" if len(self._files) > 5 else "")
+            skipped = {k.removeprefix("skipped_"): v for k, v in self._counts.items() if k.startswith("skipped_")}
+            types = {k.removeprefix("not_html:"): v for k, v in self._counts.items() if k.startswith("not_html:")}
+            logger.warning(f"task {rank} of {world_size} (input files {shown}) {nothing_kept(self._counts['records'], skipped, types)}")
+
+    def _count(self, *names: str) -> None:
+        self.stat_update(*names)
+        self._counts.update(names)
+
     def _read_warc(self, filepath: str):
+        from warcio.archiveiterator import ArchiveIterator
+
+        self._files.append(self.data_folder.resolve_paths(filepath))
         # warcio yields nothing (no error) for some non-WARC files: check the first bytes.
         with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
             head = f.read(8)
         if head and not head.startswith(b"WARC/") and not head[:1].isdigit() and not head.startswith(b"filedesc"):
             raise NotAWarcFile(f"not a WARC file (it starts with {head!r})")
-        yield from WarcReader.read_file(self, filepath)
+        with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
+            for ri, record in enumerate(ArchiveIterator(f)):
+                with self.track_time():
+                    self._count("records")
+                    data, why, mime = process_record(record)
+                    document = self.get_document_from_dict(data, filepath, ri) if data else None
+                    if document is None:
+                        why = why or "empty"  # a document without text
+                        self._count(f"skipped_{why}")
+                        if why == "not_html":
+                            self._count(f"not_html:{mime[:80]}")
+                        continue
+                    self._counts["documents"] += 1
+                yield document
 
 
 class CheckedJsonlReader(_Checked, JsonlReader):

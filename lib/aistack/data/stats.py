@@ -3,6 +3,10 @@
 Each task returns (in its DONE result) compact rows, one per pipeline step:
 documents in and out, dropped (in - out) and why, seconds. The gather job sums them
 over the tasks of each job and writes stats.json and stats.csv in the run directory.
+
+A WARC reader's row also has `records` (WARC records read) and `skipped_by` (records
+that made no document, by reason; see aistack.data.readers). A task that read records
+but kept none has a line in its result's `warnings`, and the run's table lists them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ def _split_name(name: str) -> tuple[str, str]:
     kind, _, label = name.rpartition(":")
     clean = lambda text: re.sub(r"\s+", " ", re.sub(r"[^\w\s.()-]", "", text)).strip(" -")  # noqa: E731
     return clean(kind).lower(), clean(label) or name
+
+
+def nothing_kept(records: int, skipped: dict[str, int], not_html_types: dict[str, int]) -> str:
+    """'read 5 WARC records but kept none: not_html 3 (text/xml 2, image/png 1), not_response 2'."""
+    why = []
+    for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])):
+        types = ", ".join(f"{t} {c}" for t, c in sorted(not_html_types.items(), key=lambda kv: (-kv[1], kv[0]))[:5])
+        why.append(f"{reason} {n}" + (f" ({types})" if reason == "not_html" and types else ""))
+    return f"read {records} WARC records but kept none: {', '.join(why) or 'no reason counted'}"
 
 
 def step_rows(datatrove_steps: list[dict]) -> list[dict]:
@@ -67,8 +80,15 @@ def step_rows(datatrove_steps: list[dict]) -> list[dict]:
             "tokens": int(counts.get("tokens", 0)),
             "seconds": float(step.get("time_stats", {}).get("total", 0.0)) if isinstance(step.get("time_stats"), dict) else 0.0,
         })
+        if kind == "reader" and "records" in counts:  # WARC: the records that made no document, and why
+            rows[-1]["records"] = int(counts["records"])
+            rows[-1]["skipped_by"] = {k.removeprefix("skipped_"): int(v) for k, v in sorted(counts.items()) if v and k.startswith("skipped_")}
+            rows[-1]["not_html_types"] = {k.removeprefix("not_html:"): int(v) for k, v in sorted(counts.items()) if v and k.startswith("not_html:")}
         previous_out = docs_out
     return rows
+
+
+_BY = ("dropped_by", "skipped_by", "not_html_types")
 
 
 def merge_task_rows(per_task: list[list[dict]]) -> list[dict]:
@@ -77,13 +97,15 @@ def merge_task_rows(per_task: list[list[dict]]) -> list[dict]:
     for rows in per_task:
         for i, row in enumerate(rows):
             if i == len(merged):
-                merged.append({**row, "dropped_by": dict(row["dropped_by"])})
+                merged.append({**row, **{k: dict(row[k]) for k in _BY if k in row}})
                 continue
             into = merged[i]
-            for key in ("documents_in", "documents_out", "dropped", "bytes", "tokens", "seconds"):
-                into[key] += row[key]
-            for reason, n in row["dropped_by"].items():
-                into["dropped_by"][reason] = into["dropped_by"].get(reason, 0) + n
+            for key in ("documents_in", "documents_out", "dropped", "bytes", "tokens", "seconds", "records"):
+                if key in row:
+                    into[key] = into.get(key, 0) + row[key]
+            for by in _BY:
+                for reason, n in row.get(by, {}).items():
+                    into.setdefault(by, {})[reason] = into[by].get(reason, 0) + n
     return merged
 
 
@@ -109,13 +131,15 @@ def write_tables(run_path: Path, table: dict) -> tuple[Path, Path]:
     json_path, csv_path = Path(run_path) / "stats.json", Path(run_path) / "stats.csv"
     atomic_write_json(json_path, table)
     buf = io.StringIO()
-    fields = ["job", "step", "type", "name", "documents_in", "documents_out", "dropped", "dropped_by", "bytes", "tokens", "seconds"]
-    writer = csv.DictWriter(buf, fieldnames=fields)
+    fields = ["job", "step", "type", "name", "documents_in", "documents_out", "dropped", "dropped_by", "bytes", "tokens", "seconds",
+              "records", "skipped_by"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
+    joined = lambda counts: ";".join(f"{k}={v}" for k, v in counts.items())  # noqa: E731
     for job in table["jobs"]:
         for i, row in enumerate(job["steps"]):
-            reasons = ";".join(f"{k}={v}" for k, v in row["dropped_by"].items())
-            writer.writerow({**row, "job": job["job"], "step": i, "dropped_by": reasons})
+            writer.writerow({**row, "job": job["job"], "step": i, "dropped_by": joined(row["dropped_by"]),
+                             "skipped_by": joined(row.get("skipped_by", {}))})
     atomic_write_text(csv_path, buf.getvalue())
     return json_path, csv_path
 
@@ -128,6 +152,17 @@ def funnel_points(steps: list[dict]) -> list[tuple[str, int]]:
             continue
         points.append((row["name"], row["documents_out"]))
     return points
+
+
+def task_warnings(task_id: int, rows: list[dict], inputs: list[str]) -> list[str]:
+    """A reader that read WARC records and kept none of them (no HTML where HTML was expected)."""
+    warnings = []
+    for row in rows:
+        if row.get("records") and not row["documents_out"]:
+            files = ", ".join(inputs[:5]) + (f" and {len(inputs) - 5} more" if len(inputs) > 5 else "")
+            where = f" (input files {files})" if files else ""
+            warnings.append(f"task {task_id}{where} {nothing_kept(row['records'], row.get('skipped_by', {}), row.get('not_html_types', {}))}")
+    return warnings
 
 
 def task_result(task_id: int, rows: list[dict], seconds: float, inputs: list[str], outputs: list[str]) -> dict:
@@ -143,4 +178,5 @@ def task_result(task_id: int, rows: list[dict], seconds: float, inputs: list[str
         "bytes_out": size(outputs),
         "seconds": seconds,
         "steps": rows,
+        "warnings": task_warnings(task_id, rows, inputs),
     }

@@ -1,7 +1,8 @@
 """A data run's report: the merged stats table and the funnel plot, from the run directory.
 
 Used by the gather job at the end of a run and by `aistack report RUN` (which makes
-the files again if they are missing).
+the files again if they are missing). The table's `warnings` name each task that read
+WARC records but kept none of them ("job filter: task 3 (input files ...) read ...").
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ FUNNEL_JOB = {"filter": "filter", "dedup": "filter", "tokenize": "tokenize"}
 
 def build_report(run: RunDir) -> dict:
     plan = json.loads((run.path / "plan.json").read_text())
-    jobs = []
+    jobs, warnings = [], []
     for job in plan["jobs"]:
         if job["entry"] == "data_stats":
             continue
@@ -28,10 +29,11 @@ def build_report(run: RunDir) -> dict:
         if missing:
             raise RuntimeError(f"job {job['name']} of run {run.name}: tasks {missing} have not finished")
         results = [r["result"] for r in results]
+        warnings += [f"job {job['name']}: {w}" for r in results for w in r.get("warnings", [])]
         summary = job_summary(job["name"], results)
         summary["steps"] = merge_task_rows([r.get("steps", []) for r in results])
         jobs.append(summary)
-    table = {"run": run.name, "kind": plan["kind"], "jobs": jobs}
+    table = {"run": run.name, "kind": plan["kind"], "jobs": jobs, "warnings": warnings}
     json_path, csv_path = write_tables(run.path, table)
     funnel_job = next((j for j in jobs if j["job"] == FUNNEL_JOB.get(plan["kind"])), jobs[-1] if jobs else None)
     points = funnel_points(funnel_job["steps"]) if funnel_job else []

@@ -20,7 +20,12 @@ if TYPE_CHECKING:
 
 # Slurm's job states, grouped by what they mean for a run.
 FINISHED_OK = frozenset({"COMPLETED"})
-FINISHED_BAD = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"})
+# INTERRUPTED is not Slurm's: a task run here, stopped with the aistack process that ran it
+# (Ctrl-C, SIGTERM, SIGHUP, or found dead by `aistack status`). It ended, nothing requeues it;
+# running the recipe again resumes it. Not one of the INTERRUPTED states below.
+LOCAL_INTERRUPTED = "INTERRUPTED"
+FINISHED_BAD = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                          LOCAL_INTERRUPTED})
 FINISHED = FINISHED_OK | FINISHED_BAD
 # Ended for now, back in the queue soon: Slurm requeues a preempted job (PreemptMode=REQUEUE).
 INTERRUPTED = frozenset({"PREEMPTED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"})

@@ -3,6 +3,12 @@
 Each task runs in its own process through submitit's LocalExecutor (same pickling and
 JobEnvironment as on Slurm, multi-rank tasks included), at most `parallelism` at a time.
 Jobs run in dependency order; a failed job stops its dependents.
+
+Each job's controller leads its own session (localproc): a Ctrl-C at the terminal reaches
+only the aistack process. Whatever ends `_run_job` early (Interrupted, from the signal
+handler `aistack run` installs, a KeyboardInterrupt, an error) stops the job's running tasks,
+whole process groups, and records them INTERRUPTED; finished tasks keep their DONE markers,
+so running the same recipe again resumes the rest.
 """
 
 from __future__ import annotations
@@ -10,12 +16,15 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import submitit
 
 from aistack.launch.executor import Executor, JobFailed, Progress, Submitted
+from aistack.launch.localproc import CONTROLLER, STOP_GRACE_S, Interrupted, cmdline, job_processes, stop_jobs, this_host
 from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.rundir import RunDir
@@ -53,6 +62,32 @@ def end_strays(log_dir: Path) -> list[int]:
     return killed
 
 
+class SessionLocalExecutor(submitit.LocalExecutor):
+    """submitit's LocalExecutor, each job's controller started as the leader of a new session
+    (submitit.local.local.start_controller, plus start_new_session): its process group is the
+    job, and signals meant for the aistack process (a terminal's Ctrl-C, a hangup) do not
+    reach its tasks behind its back."""
+
+    def _submit_command(self, command: str) -> submitit.local.local.LocalJob:
+        ntasks = self.parameters.get("tasks_per_node", 1)
+        env = dict(os.environ)
+        env.update(
+            SUBMITIT_LOCAL_NTASKS=str(ntasks),
+            SUBMITIT_LOCAL_COMMAND=command,
+            SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * self.parameters.get("timeout_min", 2.0))),
+            SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(self.parameters.get("signal_delay_s", 30))),
+            SUBMITIT_LOCAL_NODEID="0",
+            SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+            SUBMITIT_STDERR_TO_STDOUT="1" if self.parameters.get("stderr_to_stdout", False) else "",
+            SUBMITIT_EXECUTOR="local",
+            CUDA_VISIBLE_DEVICES=",".join(str(k) for k in range(self.parameters.get("gpus_per_node", 0))),
+            SUBMITIT_LOCAL_WITH_SHELL="",
+        )
+        process = subprocess.Popen([sys.executable, "-m", CONTROLLER, str(self.folder)], env=env, start_new_session=True)
+        return submitit.local.local.LocalJob(folder=self.folder, job_id=str(process.pid), process=process,
+                                             tasks=list(range(ntasks)))
+
+
 class LocalExecutor(Executor):
     def __init__(self, profile: ClusterProfile, parallelism: int | None = None):
         super().__init__(profile)
@@ -70,7 +105,7 @@ class LocalExecutor(Executor):
 
     def _run_job(self, run: RunDir, job: JobSpec, pending: list[int], progress: Progress | None) -> dict[int, str]:
         res = job.resources
-        executor = submitit.LocalExecutor(folder=run.log_dir(job.name), max_num_timeout=res.max_requeues)
+        executor = SessionLocalExecutor(folder=run.log_dir(job.name), max_num_timeout=res.max_requeues)
         ranks = res.world_size
         gpus = min(res.gpus_per_node, local_gpu_count())  # submitit sets CUDA_VISIBLE_DEVICES from it
         executor.update_parameters(timeout_min=res.time, tasks_per_node=ranks, nodes=1, gpus_per_node=gpus)
@@ -81,29 +116,66 @@ class LocalExecutor(Executor):
         errors: dict[int, str] = {}
         finished = 0
         total = len(pending)
+        started: list[int] = []  # noted before each task's job starts: a signal may come before `running` has it
+        ended: set[int] = set()
+        host = this_host()
         if progress:
             progress(job.name, 0, total)
-        while queue or running:
-            while queue and len(running) < slots:
-                task_id = queue.pop(0)
-                runner = TaskRunner(str(run.path), job.name, job.entry, task_id, job.num_tasks, track, recipe=run.recipe)
-                submitted = executor.submit(runner)
-                run.record_submission(
-                    {"job": job.name, "executor": "local", "job_id": submitted.job_id, "task_ids": [task_id], "array": False, "time": time.time()}
-                )
-                running[task_id] = submitted
-            time.sleep(0.05)
-            for task_id, handle in list(running.items()):
-                if not handle.done():
-                    continue
-                del running[task_id]
-                finished += 1
-                exc = handle.exception()
-                if exc is not None:
-                    # The task's own record names the error; submitit's names only the log file.
-                    recorded = run.task_state(job.name, task_id).get("error")
-                    errors[task_id] = recorded or f"{type(exc).__name__} (see {handle.paths.stderr})"
-                if progress:
-                    progress(job.name, finished, total)
+        try:
+            while queue or running:
+                while queue and len(running) < slots:
+                    task_id = queue.pop(0)
+                    started.append(task_id)
+                    runner = TaskRunner(str(run.path), job.name, job.entry, task_id, job.num_tasks, track, recipe=run.recipe)
+                    submitted = executor.submit(runner)
+                    run.record_submission(
+                        {"job": job.name, "executor": "local", "job_id": submitted.job_id, "task_ids": [task_id], "array": False,
+                         "time": time.time(), "host": host}
+                    )
+                    running[task_id] = submitted
+                time.sleep(0.05)
+                for task_id, handle in list(running.items()):
+                    if not handle.done():
+                        continue
+                    del running[task_id]
+                    ended.add(task_id)
+                    finished += 1
+                    exc = handle.exception()
+                    if exc is not None:
+                        # The task's own record names the error; submitit's names only the log file.
+                        recorded = run.task_state(job.name, task_id).get("error")
+                        errors[task_id] = recorded or f"{type(exc).__name__} (see {handle.paths.stderr})"
+                    if progress:
+                        progress(job.name, finished, total)
+        except BaseException as err:
+            why = err.signal_name if isinstance(err, Interrupted) else type(err).__name__
+            stopped = self._stop(run, job, [t for t in started if t not in ended], running, why)
+            if isinstance(err, Interrupted) and stopped:
+                err.stopped.append((run.path, job.name, stopped))
+            raise
         end_strays(run.log_dir(job.name))
         return errors
+
+    @staticmethod
+    def _stop(run: RunDir, job: JobSpec, tasks: list[int], running: dict[int, submitit.Job], why: str) -> list[int]:
+        """End the job's unfinished `tasks` (their process groups; a job whose handle the
+        signal beat is found by its log folder) and record them INTERRUPTED, the task's own
+        pid and host kept. A task that finished meanwhile keeps DONE; one that failed on its
+        own keeps FAILED. Returns the tasks recorded INTERRUPTED."""
+        log_dir = run.log_dir(job.name)
+        controllers = {int(handle.job_id) for handle in running.values()}
+        controllers |= {p.pid for p in job_processes(log_dir) if CONTROLLER.encode() in cmdline(p.pid)}
+        stop_jobs([(pid, log_dir) for pid in sorted(controllers)], grace_s=STOP_GRACE_S)
+        deadline = time.monotonic() + 5
+        while not all(handle.done() for handle in running.values()) and time.monotonic() < deadline:
+            time.sleep(0.02)  # done() polls, and so reaps, each controller
+        stopped = []
+        for task_id in tasks:
+            if run.is_done(job.name, task_id):
+                continue
+            state = run.task_state(job.name, task_id)
+            if state.get("state") == "FAILED" and not str(state.get("error", "")).startswith("KeyboardInterrupt"):
+                continue
+            run.set_stopped_state(job.name, task_id, "INTERRUPTED", interrupted_by=why, interrupted_at=time.time())
+            stopped.append(task_id)
+        return stopped

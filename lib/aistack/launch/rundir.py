@@ -189,6 +189,18 @@ class RunDir:
         record.update(state=state, host=socket.gethostname(), pid=os.getpid(), updated_at=time.time())
         atomic_write_json(self.task_dir(job, task_id) / "state.json", record, durable=False)
 
+    def set_stopped_state(self, job: str, task_id: int, state: str, **extra: Any) -> None:
+        """The state of a task another process stopped (INTERRUPTED, CANCELLED), written once
+        the task's processes are gone: pid and host stay the task's own, and the
+        KeyboardInterrupt the stop raised in the task is not recorded as its error."""
+        record = self._state_record(job, task_id)
+        if str(record.get("error", "")).startswith("KeyboardInterrupt"):
+            record.pop("error", None)
+            record.pop("traceback", None)
+        record.update(extra)
+        record.update(state=state, updated_at=time.time())
+        atomic_write_json(self.task_dir(job, task_id) / "state.json", record, durable=False)
+
     def mark_done(self, job: str, task_id: int, result: Any) -> None:
         """The commit point of a task: atomic and durable (file and directory fsync'd)."""
         atomic_write_json(self.done_file(job, task_id), {"result": result, "finished_at": time.time()})

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
+from aistack.launch import localproc
 from aistack.launch.rundir import RunDir
 from aistack.launch.slurm import slurm_states
 
@@ -17,8 +17,17 @@ class TaskStatus:
     task_id: int
     executor: str  # slurm | local | -
     job_id: str  # Slurm id as Slurm prints it (123 or 123_4), local pid, or ""
-    state: str  # Slurm's state on Slurm; COMPLETED/FAILED/RUNNING/PENDING from markers locally
+    # Slurm's state on Slurm; locally COMPLETED/FAILED/RUNNING/PENDING/INTERRUPTED/CANCELLED
+    # from markers, INTERRUPTED too for a task recorded live whose processes are gone
+    state: str
     attempt: int
+    note: str = ""  # what the task's record says besides its state (a failed quick-save)
+
+
+@dataclass
+class Cancelled:
+    cancelled: list[str] = field(default_factory=list)  # what was cancelled
+    elsewhere: list[str] = field(default_factory=list)  # local tasks of another host: not from here
 
 
 def latest_submissions(run: RunDir) -> dict[tuple[str, int], tuple[dict, int | None]]:
@@ -51,26 +60,58 @@ def run_status(run: RunDir, jobs: list[tuple[str, int]]) -> list[TaskStatus]:
             else:
                 shown = str(record["job_id"])
                 state = "COMPLETED" if run.is_done(name, task_id) else marker.get("state", "PENDING")
-            rows.append(TaskStatus(name, task_id, record["executor"], shown, state, attempt))
+                if state in localproc.LIVE_STATES and localproc.task_gone(run.log_dir(name), record["job_id"], marker,
+                                                                         record.get("host")):
+                    state = "INTERRUPTED"  # its aistack process was killed, or the machine restarted
+            rows.append(TaskStatus(name, task_id, record["executor"], shown, state, attempt, task_note(marker)))
     return rows
 
 
-def cancel_run(run: RunDir) -> list[str]:
-    """scancel every Slurm job of the run; stop local task processes. Returns what was cancelled."""
-    cancelled: list[str] = []
+def task_note(marker: dict) -> str:
+    """A failed quick-save (the save on the preemption or time-limit signal), unless a later
+    one succeeded: the task resumed from an older periodic checkpoint."""
+    failed_at = marker.get("quick_save_failed_at")
+    if not failed_at or (marker.get("quick_saved_at") or 0) > failed_at:
+        return ""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(failed_at))
+    return f"quick-save failed {when}: {marker.get('quick_save_error') or 'unknown error'}"
+
+
+def cancel_run(run: RunDir) -> Cancelled:
+    """scancel every Slurm job of the run; end the process groups of its local tasks that run
+    on this host (recorded CANCELLED). A local task recorded on another host is named in
+    `elsewhere`: its pid means nothing here."""
+    out = Cancelled()
     slurm_ids = sorted({r["job_id"] for r in run.submissions() if r["executor"] == "slurm"})
     if slurm_ids:
         subprocess.run(["scancel", *slurm_ids], check=False, capture_output=True, timeout=60)
-        cancelled += slurm_ids
-    for record in run.submissions():
-        if record["executor"] != "local":
+        out.cancelled += slurm_ids
+    here = localproc.this_host()
+    jobs: dict[tuple[str, int], list[int]] = {}  # (job, controller pid) -> its tasks
+    for (name, task_id), (record, _) in latest_submissions(run).items():
+        if record["executor"] != "local" or run.is_done(name, task_id):
             continue
-        for task_id in record["task_ids"]:
-            marker = run.task_state(record["job"], task_id)
-            if marker.get("state") == "RUNNING" and marker.get("pid"):
-                try:
-                    os.kill(int(marker["pid"]), signal.SIGTERM)
-                    cancelled.append(f"pid {marker['pid']}")
-                except ProcessLookupError:
-                    pass
-    return cancelled
+        marker = run.task_state(name, task_id)
+        if marker.get("state", "PENDING") not in localproc.LIVE_STATES:
+            continue
+        host = marker.get("host") or record.get("host")
+        if host and host != here:
+            out.elsewhere.append(f"{name} task {task_id} (pid {marker.get('pid', '?')} on host {host})")
+            continue
+        log_dir = run.log_dir(name)
+        controller = int(record["job_id"]) if str(record["job_id"]).isdigit() else None
+        task_pid = int(marker["pid"]) if marker.get("pid") else None
+        if controller is not None and localproc.is_job_process(controller, log_dir, localproc.CONTROLLER):
+            jobs.setdefault((name, controller), []).append(task_id)
+        elif task_pid is not None and localproc.is_job_process(task_pid, log_dir, localproc.TASK):
+            # its controller is gone: the rank still leads to the job's process group
+            group = localproc.proc(task_pid)
+            jobs.setdefault((name, group.pgid if group else task_pid), []).append(task_id)
+    if jobs:
+        localproc.stop_jobs([(controller, run.log_dir(name)) for name, controller in jobs])
+    for (name, controller), task_ids in jobs.items():
+        for task_id in task_ids:
+            if not run.is_done(name, task_id):
+                run.set_stopped_state(name, task_id, "CANCELLED", cancelled_at=time.time(), error="cancelled (aistack cancel)")
+        out.cancelled.append(f"{name} task{'s' if len(task_ids) > 1 else ''} {', '.join(map(str, task_ids))} (pid {controller})")
+    return out

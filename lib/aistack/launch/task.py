@@ -153,13 +153,22 @@ class TaskRunner(submitit.helpers.Checkpointable):
         """Called by submitit on the checkpoint signal: quick-save, then requeue as is."""
         ctx = self._ctx
         if ctx is not None:
+            errors = []
             for save in ctx._on_preempt:
                 try:
                     save()
-                except Exception:  # a failed quick-save still leaves the last periodic one
+                except Exception as err:  # a failed quick-save still leaves the last periodic one
                     log.exception("quick save on preemption failed")
+                    errors.append(f"{type(err).__name__}: {err}")
             if ctx.is_main:
-                ctx.run.set_task_state(self.job, self.task_id, "REQUEUED")
+                # state.json says whether the requeued task resumes from this save or an older one
+                # (`aistack status` shows a failed one).
+                saved: dict[str, Any] = {}
+                if errors:
+                    saved = {"quick_save_error": "; ".join(errors)[:2000], "quick_save_failed_at": time.time()}
+                elif ctx._on_preempt:
+                    saved = {"quick_saved_at": time.time()}
+                ctx.run.set_task_state(self.job, self.task_id, "REQUEUED", **saved)
                 ctx.wandb.suspend()  # W&B buffers: flush before submitit exits for the requeue
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 

@@ -82,6 +82,8 @@ def _data_section(stage: dict[str, str]) -> Section:
     except (RuntimeError, FileNotFoundError) as err:
         section.text.append(f"no stats: {err}")
         return section
+    # tasks that read WARC records and kept none (no HTML found where HTML was expected)
+    section.text += [f"warning: {w}" for w in report["table"].get("warnings", [])]
     for job in report["table"]["jobs"]:
         rows = [["step", "documents in", "out", "dropped", "why"]]
         for row in job["steps"]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aistack.launch.executor import FINISHED, FINISHED_BAD, INTERRUPTED
 from aistack.launch.rundir import RunDir
@@ -14,12 +14,13 @@ class StageState:
     name: str
     kind: str
     run: RunDir
-    state: str  # COMPLETED, RUNNING, PENDING, FAILED, CANCELLED, NOT_SUBMITTED, ...
+    state: str  # COMPLETED, RUNNING, PENDING, FAILED, CANCELLED, INTERRUPTED (stopped here), NOT_SUBMITTED, ...
     done: int
     total: int
     elapsed_s: float | None
     wandb: str  # the W&B run of the stage's first job, task 0 (id prefix, and "offline" when not synced)
     needs: list[str]
+    notes: list[str] = field(default_factory=list)  # "job task N: ..." from its tasks' records (a failed quick-save)
 
 
 def stage_states(records) -> list[StageState]:
@@ -52,7 +53,9 @@ def stage_states(records) -> list[StageState]:
         if wandb_dir.exists():
             full = run_id(run.name, first, 0)
             wandb = full[:8] + (" offline" if any(wandb_dir.glob(f"offline-run-*-{full}")) else "")
-        out.append(StageState(name, kind, run, state, done, total, elapsed(run, plan_jobs) if run.path.exists() else None, wandb, needs))
+        notes = [f"{r.job} task {r.task_id}: {r.note}" for r in rows if r.note]
+        out.append(StageState(name, kind, run, state, done, total, elapsed(run, plan_jobs) if run.path.exists() else None, wandb, needs,
+                              notes))
     return out
 
 
