@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # Reinstall only when the dependency list or the pins change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: demo demo-data test venv slurm-install slurm-up slurm-down clean gpu-wheels gpu-check
+.PHONY: demo demo-data test venv slurm-install slurm-up slurm-down container-bundle clean gpu-wheels gpu-check
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
@@ -43,6 +43,13 @@ slurm-up: slurm-install
 
 slurm-down:
 	bash slurm/down.sh
+
+# The OCI bundle the local cluster runs containerized jobs in (`container_runtime: oci`,
+# slurm/clusters/local-oci.yaml): a Debian bookworm root file system with aistack and its
+# dependencies at the venv's versions, in containers/build/aistack-oci. Cached: only what
+# changed is rebuilt (the base when the venv's pins change, aistack when its sources do).
+container-bundle: venv slurm-install
+	VENV_PYTHON=$(CURDIR)/$(BIN)/python bash containers/oci/build.sh
 
 # The GPU check (README "GPU check"). Here, with the index: `make gpu-wheels` downloads, for
 # Python 3.12, what the GPU image lacks at the versions .venv runs. On the machine with one

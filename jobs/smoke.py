@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import platform
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 from aistack.launch.rundir import atomic_write_json, read_json
@@ -38,12 +41,21 @@ def run(ctx: TaskContext) -> dict:
         state.update(step=step, digest=digest, total=total)
         if step % cfg.checkpoint_every == 0:
             save()
-    result = {"task": ctx.task_id, "steps": state["step"], "total": state["total"], "digest": state["digest"]}
+    result = {"task": ctx.task_id, "steps": state["step"], "total": state["total"], "digest": state["digest"],
+              "ran_in": _ran_in()}
     if cfg.all_reduce:
         result["all_reduce"] = _all_reduce_ranks()
         result["world_size"] = ctx.world_size
     print(f"task {ctx.task_id}: done, total={state['total']}", flush=True)
     return result
+
+
+def _ran_in() -> dict:
+    """Where the shard ran: the interpreter, and the image's label when it ran in the image
+    that `make container-bundle` builds (containers/oci/build.sh writes /etc/aistack-image)."""
+    label = Path("/etc/aistack-image")
+    return {"python": sys.executable, "version": platform.python_version(),
+            "image": label.read_text().strip() if label.is_file() else None}
 
 
 def _all_reduce_ranks() -> float:

@@ -3,7 +3,9 @@
 # Idempotent: returns at once when everything is already there.
 set -euo pipefail
 
-need_bins=(slurmctld slurmd slurmdbd munged munge mariadbd mariadb mariadb-install-db sbatch pgrep)
+# runc: the OCI runtime of `srun --container` (oci.conf; its wrapper runs on python3);
+# debootstrap: builds the image it runs (make container-bundle).
+need_bins=(slurmctld slurmd slurmdbd munged munge mariadbd mariadb mariadb-install-db sbatch pgrep runc debootstrap python3)
 missing=()
 for b in "${need_bins[@]}"; do
   command -v "$b" >/dev/null 2>&1 || [[ -x /usr/sbin/$b ]] || missing+=("$b")
@@ -34,5 +36,5 @@ if [[ ! -e $policy ]]; then
 fi
 trap 'if [[ $created_policy -eq 1 ]]; then rm -f "$policy"; fi' EXIT
 apt-get install -y --no-install-recommends \
-  slurm-wlm slurmdbd munge mariadb-server mariadb-client python3-doc libmagic1 procps
+  slurm-wlm slurmdbd munge mariadb-server mariadb-client python3-doc libmagic1 procps runc debootstrap python3
 echo "[aistack-slurm] packages installed" >&2

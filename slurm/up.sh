@@ -27,6 +27,8 @@ HOST=$(hostname -s)
 [[ -s $STATE/etc/db.pass ]] || { head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$STATE/etc/db.pass"; }
 chmod 600 "$STATE/etc/db.pass"
 DB_PASS=$(cat "$STATE/etc/db.pass")
+RUNC=$(command -v runc || true)        # optional: the OCI runtime of `srun --container`
+SCONTROL=$(command -v scontrol)
 
 NODE_LIST="node[1-$NNODES]"; [[ $NNODES -eq 1 ]] && NODE_LIST=node1
 NODE_LINES=""
@@ -59,6 +61,8 @@ render() {
   text=${text//@NODE_LIST@/$NODE_LIST}
   text=${text//@GPU_MAX_INDEX@/$((NODE_GPUS - 1))}
   text=${text//@DB_PASS@/$DB_PASS}
+  text=${text//@RUNC@/$RUNC}
+  text=${text//@SCONTROL@/$SCONTROL}
   if [[ ! -f $2 ]] || [[ $(<"$2") != "$text" ]]; then
     printf '%s\n' "$text" >"$2.tmp" && mv "$2.tmp" "$2"
     CONFIG_CHANGED=1
@@ -71,6 +75,19 @@ if [[ $NODE_GPUS -gt 0 ]]; then
   render "$HERE/templates/gres.conf.in" "$STATE/etc/gres.conf" 644
 else
   rm -f "$STATE/etc/gres.conf"
+fi
+
+# Slurm's OCI container support (`srun --container=BUNDLE`, see oci.conf.in): oci.conf and
+# its runtime wrapper. slurmstepd reads both at each container step, so a change to them
+# restarts no daemon. Without runc there is no oci.conf: `--container` is then ignored.
+mkdir -p "$STATE/libexec"
+if [[ -n $RUNC ]]; then
+  cmp -s "$HERE/oci_run.py" "$STATE/libexec/oci-run" || install -m 755 "$HERE/oci_run.py" "$STATE/libexec/oci-run"
+  slurm_changed=$CONFIG_CHANGED
+  render "$HERE/templates/oci.conf.in" "$STATE/etc/oci.conf" 644
+  CONFIG_CHANGED=$slurm_changed
+else
+  rm -f "$STATE/etc/oci.conf"
 fi
 
 # Plain `sbatch`/`squeue`/... in any shell read /etc/slurm/slurm.conf: point it at ours.

@@ -72,7 +72,7 @@ def test_scontrol_requeue_resumes_exactly(tmp_path, tiny_data):
 def test_sigusr1_quick_save_resumes_exactly(tmp_path, tiny_data):
     # No periodic checkpoint before the end: a resume past step 0 proves the signal-time save ran.
     log = _interrupted_vs_reference(
-        tmp_path, tiny_data, lambda job: subprocess.run(["scancel", "--signal=USR1", job], check=True), ["checkpoint.every=1000"]
+        tmp_path, tiny_data, lambda job: subprocess.run(["scancel", "--full", "--signal=USR1", job], check=True), ["checkpoint.every=1000"]
     )
     assert "preempted: saving step" in log and "resuming from step" in log
 

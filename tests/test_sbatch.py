@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from aistack.launch import launcher
+from aistack.recipe import RecipeError
 from conftest import REPO
 
 DATA = REPO / "tests" / "data"
@@ -18,18 +20,22 @@ EXPECTED = REPO / "tests" / "expected"
 BIG = DATA / "smoke-128x8.yaml"
 
 
-def dry_run(profile: str):
-    return launcher.launch(BIG, on=str(DATA / profile), dry_run=True)
+def dry_run(profile: str, recipe: Path = BIG, overrides=()):
+    return launcher.launch(recipe, list(overrides), on=str(DATA / profile), dry_run=True)
 
 
-@pytest.mark.parametrize("profile", ["cluster-pyxis.yaml", "cluster-apptainer.yaml"])
-def test_dry_run_matches_expected_sbatch(profile):
-    result = dry_run(profile)
+@pytest.mark.parametrize(("recipe", "profile"), [
+    ("smoke-128x8.yaml", "cluster-pyxis.yaml"),
+    ("smoke-128x8.yaml", "cluster-apptainer.yaml"),
+    ("smoke-oci.yaml", "cluster-oci.yaml"),  # Slurm's own OCI support: one task per node
+])
+def test_dry_run_matches_expected_sbatch(recipe, profile):
+    result = dry_run(profile, DATA / recipe)
     scripts: dict[str, str] = {}
     for item in result.submitted:  # the first array of each job
         scripts.setdefault(item.job, item.sbatch)
     for job in ("map", "reduce"):
-        expected_file = EXPECTED / f"smoke-128x8.{Path(profile).stem}.{job}.sbatch"
+        expected_file = EXPECTED / f"{Path(recipe).stem}.{Path(profile).stem}.{job}.sbatch"
         if os.environ.get("AISTACK_REGENERATE_EXPECTED"):
             expected_file.write_text(scripts[job])
             continue
@@ -58,8 +64,28 @@ def test_pyxis_and_apptainer_carry_image_mounts_and_gpu_flags():
     assert "#SBATCH --nodes=128" in pyxis and "#SBATCH --gpus-per-node=8" in pyxis
     assert "#SBATCH --ntasks-per-node=8" in pyxis and "#SBATCH --exclusive" in pyxis
     apptainer = dry_run("cluster-apptainer.yaml").submitted[0].sbatch
-    assert "apptainer exec --nv --bind /lustre:/lustre,/data/warc:/data/warc:ro 'nvcr.io#nvidia/pytorch:25.01-py3' python -u -m submitit.core._submit" in apptainer
+    assert "apptainer exec --nv --bind /lustre:/lustre,/data/warc:/data/warc:ro 'nvcr.io#nvidia/pytorch:25.01-py3' python -u -m aistack.launch.node" in apptainer
     assert "--container-image" not in apptainer
+
+
+def test_oci_runs_the_step_in_the_bundle_and_passes_mounts_to_the_node_runtime():
+    oci = dry_run("cluster-oci.yaml", DATA / "smoke-oci.yaml", ["output.root=/scratch/runs"]).submitted[0].sbatch
+    assert "--container=/lustre/images/aistack-oci /opt/aistack/venv/bin/python -u -m aistack.launch.node" in oci
+    # the run root lies outside the profile's mounts: it is mounted at the same path
+    assert "export AISTACK_CONTAINER_MOUNTS=/lustre:/lustre,/data/warc:/data/warc:ro,/scratch/runs:/scratch/runs\n" in oci
+    assert "export AISTACK_CONTAINER_WORKDIR=/lustre/work\n" in oci
+    assert "--container-image" not in oci and "apptainer" not in oci
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("resources.container.image=images/aistack-oci", "resources.container.image"),  # relative
+    ("resources.container.image=registry.example.com#aistack:0.1.0", "resources.container.image"),  # not a bundle
+    ("resources.container.image=/lustre/../etc", "resources.container.image"),
+    ("resources.tasks_per_node=2", "resources.tasks_per_node"),  # Slurm 22.05: one task per node
+])
+def test_oci_refuses_what_slurm_cannot_run(override, key):
+    with pytest.raises(RecipeError, match=f"key '{re.escape(key)}'"):
+        dry_run("cluster-oci.yaml", DATA / "smoke-oci.yaml", [override])
 
 
 def test_dry_run_cli_prints_script_fast_and_submits_nothing(tmp_path):

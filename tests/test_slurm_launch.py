@@ -153,7 +153,7 @@ def test_scontrol_requeue_resumes_from_checkpoint_with_one_wandb_run(runs_root):
 def test_sigusr1_before_time_limit_saves_and_requeues(runs_root):
     # No periodic checkpoint: a resume past step 0 proves the signal-time save ran.
     result, job_id = _requeue_case(runs_root, ["smoke.checkpoint_every=1000"])
-    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    subprocess.run(["scancel", "--full", "--signal=USR1", job_id], check=True)
     _assert_resumed_exactly(result, job_id, wandb_complete=True)
     assert "resuming from step" in _log(result, job_id) and "resuming from step 0" not in _log(result, job_id)
 

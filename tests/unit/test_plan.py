@@ -138,3 +138,14 @@ def test_local_tasks_see_the_gpus_the_recipe_asks_for(monkeypatch):
     assert local_gpu_count() == 2
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert local_gpu_count() == 0
+
+
+def test_one_process_tasks_run_as_the_batch_step_and_get_the_signal_there(tmp_path):
+    plan, run, executor = _dry_run(tmp_path, ["smoke.tasks=4", "resources.tasks_per_node=2"], ClusterProfile(name="t"))
+    scripts = {i.job: i.sbatch for i in executor.submit(plan, run, dry_run=True)}
+    # two ranks: an srun step launches them, and the time-limit signal goes to the step
+    assert "\nsrun " in scripts["map"] and "--signal=USR1@" in scripts["map"] and "\nexec " not in scripts["map"]
+    # one process: python replaces the batch shell, so the batch signal (B:) reaches it
+    assert "\nsrun " not in scripts["reduce"] and "--signal=B:USR1@" in scripts["reduce"]
+    command = scripts["reduce"].strip().splitlines()[-1]
+    assert command.startswith("exec ") and command.endswith(" -u -m aistack.launch.node " + str(run.log_dir("reduce")))

@@ -74,7 +74,7 @@ class ClusterProfile(StrictModel):
     gpus_per_node: int = Field(default=0, ge=0)
     cpus_per_gpu: int | None = Field(default=None, ge=1)
     max_array_size: int | None = Field(default=None, ge=1, description="null: read from `scontrol show config`")
-    container_runtime: Literal["none", "pyxis", "apptainer"] = "none"
+    container_runtime: Literal["none", "pyxis", "apptainer", "oci"] = "none"  # oci: Slurm's own (srun --container)
     container_mounts: list[Mount] = Field(default_factory=list)
     container_python: str = Field(default="python", pattern=r"^[A-Za-z0-9._/+-]+$")
     sbatch_defaults: SbatchDefaults = Field(default_factory=dict)

@@ -9,6 +9,7 @@ shell-quotes #SBATCH values and srun arguments; the lines we add are quoted here
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
+from aistack.recipe.errors import RecipeError
 from aistack.recipe.schema import Resources
 
 PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"
@@ -32,11 +34,14 @@ def container_mounts(resources: Resources, profile: ClusterProfile, run_root: Pa
 
 
 def container_launch(resources: Resources, profile: ClusterProfile, run_root: Path) -> dict[str, Any]:
-    """Container settings for submitit: srun args (pyxis) or the python command (apptainer)."""
+    """Container settings for submitit: srun args (pyxis, oci), the python command, and
+    (oci) the environment the node's container runtime reads."""
     if resources.container is None or profile.container_runtime == "none":
         return {}
     image = resources.container.image
     mounts = container_mounts(resources, profile, run_root)
+    if profile.container_runtime == "oci":
+        return oci_launch(resources, profile, mounts)
     if profile.container_runtime == "pyxis":
         args = [f"--container-image={image}", f"--container-mounts={','.join(mounts)}"]
         if resources.container.workdir:
@@ -51,6 +56,32 @@ def container_launch(resources: Resources, profile: ClusterProfile, run_root: Pa
         words += ["--pwd", resources.container.workdir]
     words += [image, profile.container_python]
     return {"python": shlex.join(words)}
+
+
+# Slurm's own OCI support (`srun --container=BUNDLE`, oci.conf on the nodes) takes nothing
+# but the bundle: the bind mounts and the working directory reach the nodes' runtime
+# wrapper (slurm/oci_run.py) in the job's environment, as pyxis takes them in
+# --container-mounts and --container-workdir.
+OCI_MOUNTS_ENV = "AISTACK_CONTAINER_MOUNTS"
+OCI_WORKDIR_ENV = "AISTACK_CONTAINER_WORKDIR"
+_BUNDLE_RE = re.compile(r"/[A-Za-z0-9._/+-]*")
+
+
+def oci_launch(resources: Resources, profile: ClusterProfile, mounts: list[str]) -> dict[str, Any]:
+    """srun --container=BUNDLE: the image is an OCI bundle directory (config.json, rootfs/)."""
+    image = resources.container.image
+    where = f"(on cluster profile {profile.name}, container_runtime: oci)"
+    if not _BUNDLE_RE.fullmatch(image) or "/../" in f"{image}/":
+        raise RecipeError.single(where, "resources.container.image", image,
+                                 "the absolute path of an OCI bundle directory (config.json and rootfs/) on the nodes")
+    if resources.ntasks_per_node > 1:
+        # Slurm 22.05 refuses a container step with more than one task on a node.
+        raise RecipeError.single(where, "resources.tasks_per_node", resources.ntasks_per_node,
+                                 "1: Slurm's OCI support runs one task per node in a container (use more nodes, or pyxis/apptainer)")
+    env = {OCI_MOUNTS_ENV: ",".join(mounts)}
+    if resources.container.workdir:
+        env[OCI_WORKDIR_ENV] = resources.container.workdir
+    return {"srun_args": [f"--container={image}"], "python": profile.container_python, "env": env}
 
 
 @dataclass
@@ -97,15 +128,31 @@ def slurm_launch(
     setup += [f"export {key}={shlex.quote(value)}" for key, value in sorted(profile.env.items())]
     params["setup"] = setup
     container = container_launch(res, profile, run_root)
+    setup += [f"export {key}={shlex.quote(value)}" for key, value in container.get("env", {}).items()]
     if "srun_args" in container:
         params["srun_args"] = container["srun_args"]
-    return SlurmLaunch(params=params, python=container.get("python"))
+    python = container.get("python")
+    if res.world_size == 1 and "srun_args" not in container:
+        # One process: python replaces the batch shell (exec) instead of running as an srun
+        # step, which saves a step launch per array task. The checkpoint signal then goes
+        # to the batch shell (B:), which exec made the python process itself.
+        params["use_srun"] = False
+        extra["signal"] = f"B:USR1@{profile.signal_delay_s}"
+        python = f"exec {python or shlex.quote(sys.executable)}"
+    return SlurmLaunch(params=params, python=python)
+
+
+NODE_ENTRY = "aistack.launch.node"  # submitit's node entry, lighter: see node.py
+
+
+def node_command(python: str, folder: Path) -> str:
+    """The job's command: submitit's, with aistack's node entry."""
+    return f"{python} -u -m {NODE_ENTRY} {shlex.quote(str(folder))}"
 
 
 def render_sbatch(launch: SlurmLaunch, folder: Path, array_size: int | None) -> str:
     """The sbatch script submitit writes for these parameters (with its own renderer)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    python = launch.python or shlex.quote(sys.executable)
-    command = f"{python} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    command = node_command(launch.python or shlex.quote(sys.executable), folder)
     return _make_sbatch_string(command=command, folder=folder, map_count=array_size, **launch.params)

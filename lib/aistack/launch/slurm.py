@@ -1,4 +1,4 @@
-"""The Slurm executor: a plan -> submitit arrays and jobs chained with afterok.
+"""The Slurm executor: a plan -> arrays and jobs submitted through submitit, chained with afterok.
 
 Nothing waits on the login node: every job of the plan is submitted at once, each
 dependent job with `--dependency=afterok:<ids of what it needs>`. Arrays larger than
@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import submitit
@@ -20,7 +21,8 @@ from aistack.launch.executor import FINISHED, Executor, Progress, Submitted, Sub
 from aistack.launch.plan import JobSpec, Plan
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.rundir import RunDir
-from aistack.launch.sbatch import SlurmLaunch, render_sbatch, slurm_launch
+from aistack.launch.sbatch import SlurmLaunch, node_command, render_sbatch, slurm_launch
+from aistack.launch.node import write_tasks_file
 from aistack.launch.task import TaskRunner
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default
@@ -116,23 +118,20 @@ class SlurmExecutor(Executor):
         return items
 
     def _submit_group(self, run: RunDir, job: JobSpec, launch: SlurmLaunch, group: list[int], as_array: bool) -> Submitted:
-        executor = submitit.SlurmExecutor(
-            folder=run.log_dir(job.name), max_num_timeout=job.resources.max_requeues, python=launch.python
-        )
+        """One sbatch through submitit for `group`: its tasks file, then the array (or job)
+        that runs aistack.launch.node on it."""
+        log_dir = run.log_dir(job.name)
+        tasks_file = log_dir / f"tasks-{uuid.uuid4().hex[:16]}.pkl"
+        runner = TaskRunner(str(run.path), job.name, job.entry, -1, job.num_tasks, wandb_per_task(job), recipe=run.recipe)
+        write_tasks_file(tasks_file, runner, group, job.resources.max_requeues)
+        executor = submitit.SlurmExecutor(folder=log_dir, python=launch.python)
         executor.update_parameters(**launch.params)
-        track = wandb_per_task(job)
-        runners = [TaskRunner(str(run.path), job.name, job.entry, t, job.num_tasks, track, recipe=run.recipe) for t in group]
+        if as_array:
+            executor.parameters["map_count"] = len(group)  # as submitit's own arrays do
         try:
-            if as_array:
-                with executor.batch():
-                    jobs = [executor.submit(r) for r in runners]
-                job_id = jobs[0].job_id.split("_")[0]
-                # submitit submits a batch of one as a plain job (id "123", not "123_0"): a rerun
-                # of a single failed array task is then read back from Slurm as a job, not an array
-                as_array = "_" in jobs[0].job_id
-            else:
-                job_id = executor.submit(runners[0]).job_id
+            job_id = executor._submit_command(node_command(executor.python, tasks_file)).job_id
         except submitit.core.utils.FailedJobError as err:
+            tasks_file.unlink(missing_ok=True)
             raise SubmitRefused(refusal_message(f"{run.name}/{job.name}", len(group) if as_array else 1, str(err))) from None
         run.record_submission(
             {"job": job.name, "executor": "slurm", "job_id": job_id, "task_ids": group, "array": as_array, "time": time.time()}

@@ -1,6 +1,8 @@
-"""What submitit runs on the node: one task of one job of a run.
+"""What runs on the node: one task of one job of a run.
 
-TaskRunner is a submitit Checkpointable. Whatever ends a task early (the checkpoint
+TaskRunner is a submitit Checkpointable (duck-typed: submitit's local executor calls its
+`checkpoint`; on Slurm, aistack.launch.node calls `save_for_requeue`), and this module
+does not import submitit, which costs a small task more CPU than its work. Whatever ends a task early (the checkpoint
 signal before the time limit, `scontrol requeue`, preemption, a crash followed by a
 rerun of the recipe) it starts again with the same arguments; the job module resumes
 from the last complete checkpoint in its task directory. A task whose DONE marker
@@ -24,8 +26,6 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
-
-import submitit
 
 from aistack.launch.rundir import RunDir
 from aistack.track import wandb_run
@@ -102,7 +102,7 @@ class TaskContext:
         self._on_preempt.append(save)
 
 
-class TaskRunner(submitit.helpers.Checkpointable):
+class TaskRunner:
     _ctx: TaskContext | None = None  # the live context, never pickled
 
     def __init__(self, run_path: str, job: str, entry: str, task_id: int, num_tasks: int, wandb_per_task: bool,
@@ -149,28 +149,35 @@ class TaskRunner(submitit.helpers.Checkpointable):
             run.mark_done(self.job, self.task_id, result)
         return result
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit on the checkpoint signal: quick-save, then requeue as is."""
-        ctx = self._ctx
-        if ctx is not None:
-            errors = []
-            for save in ctx._on_preempt:
-                try:
-                    save()
-                except Exception as err:  # a failed quick-save still leaves the last periodic one
-                    log.exception("quick save on preemption failed")
-                    errors.append(f"{type(err).__name__}: {err}")
-            if ctx.is_main:
-                # state.json says whether the requeued task resumes from this save or an older one
-                # (`aistack status` shows a failed one).
-                saved: dict[str, Any] = {}
-                if errors:
-                    saved = {"quick_save_error": "; ".join(errors)[:2000], "quick_save_failed_at": time.time()}
-                elif ctx._on_preempt:
-                    saved = {"quick_saved_at": time.time()}
-                ctx.run.set_task_state(self.job, self.task_id, "REQUEUED", **saved)
-                ctx.wandb.suspend()  # W&B buffers: flush before submitit exits for the requeue
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Called by submitit (local executor) on the checkpoint signal: quick-save, then requeue as is."""
+        import submitit
+
+        self.save_for_requeue()
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def save_for_requeue(self) -> None:
+        """The checkpoint signal came: run the job's quick saves and say the task is requeued."""
+        ctx = self._ctx
+        if ctx is None:
+            return
+        errors = []
+        for save in ctx._on_preempt:
+            try:
+                save()
+            except Exception as err:  # a failed quick-save still leaves the last periodic one
+                log.exception("quick save on preemption failed")
+                errors.append(f"{type(err).__name__}: {err}")
+        if ctx.is_main:
+            # state.json says whether the requeued task resumes from this save or an older one
+            # (`aistack status` shows a failed one).
+            saved: dict[str, Any] = {}
+            if errors:
+                saved = {"quick_save_error": "; ".join(errors)[:2000], "quick_save_failed_at": time.time()}
+            elif ctx._on_preempt:
+                saved = {"quick_saved_at": time.time()}
+            ctx.run.set_task_state(self.job, self.task_id, "REQUEUED", **saved)
+            ctx.wandb.suspend()  # W&B buffers: flush before the process exits for the requeue
 
     def _make_context(self, run: RunDir) -> TaskContext:
         if self.recipe_pickle is not None:
@@ -187,7 +194,7 @@ class TaskRunner(submitit.helpers.Checkpointable):
 
                 return validate(data, {}, str(run.recipe_file))
 
-        rank, world, local, job_id = _task_env()
+        rank, world, local, job_id = task_env()
         state = run.task_state(self.job, self.task_id)
         attempt = int(state.get("attempt", -1)) + 1 if state else 0
         ctx = TaskContext(
@@ -232,10 +239,18 @@ def _await_slurm(run: RunDir, runner: "TaskRunner", ctx: TaskContext, err: BaseE
     time.sleep(SIGTERM_WAIT_S)
 
 
-def _task_env() -> tuple[int, int, int, str]:
-    """(global rank, world size, local rank, job id) of this process."""
+def task_env() -> tuple[int, int, int, str]:
+    """(global rank, world size, local rank, job id) of this process: Slurm's variables on
+    Slurm (what submitit's JobEnvironment reads), submitit's local environment otherwise."""
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        env = os.environ
+        array = env.get("SLURM_ARRAY_JOB_ID")
+        job_id = f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array else env["SLURM_JOB_ID"]
+        return int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_NTASKS", 1)), int(env.get("SLURM_LOCALID", 0)), job_id
+    import submitit
+
     try:
-        env = submitit.JobEnvironment()
-        return env.global_rank, env.num_tasks, env.local_rank, env.job_id
+        job = submitit.JobEnvironment()
+        return job.global_rank, job.num_tasks, job.local_rank, job.job_id
     except RuntimeError:  # called outside submitit (tests, debugging)
         return 0, 1, 0, str(os.getpid())
