@@ -26,9 +26,9 @@ def tiny_data(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", vocab_size=512, num_docs=400)
 
 
-def args(root, data, *extra):
+def args(root, data, *extra, steps=STEPS):
     # Wider and longer than the CI default so that a step takes long enough to requeue mid-run.
-    return [f"output.root={root}", f"data.paths=[{{path: {data}}}]", "tracking.mode=offline", f"train.steps={STEPS}",
+    return [f"output.root={root}", f"data.paths=[{{path: {data}}}]", "tracking.mode=offline", f"train.steps={steps}",
             "model.hidden_size=128", "model.seq_length=128", "train.eval_every=50", *extra]
 
 
@@ -42,11 +42,11 @@ def sacct_states(job_id: str) -> list[str]:
     return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
-def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra, reference_first=False):
-    reference = launcher.launch(TINY, args(tmp_path / "ref", tiny_data, *extra), on="slurm")
+def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra, reference_first=False, steps=STEPS):
+    reference = launcher.launch(TINY, args(tmp_path / "ref", tiny_data, *extra, steps=steps), on="slurm")
     if reference_first:  # an interruption that takes a whole node would hit the reference too
         assert {r.state for r in launcher.wait(reference, timeout_s=600)} == {"COMPLETED"}
-    run = launcher.launch(TINY, args(tmp_path / "run", tiny_data, *extra), on="slurm")
+    run = launcher.launch(TINY, args(tmp_path / "run", tiny_data, *extra, steps=steps), on="slurm")
     job_id = run.submitted[0].job_id
     metrics = run.run.task_dir("train", 0) / "metrics.jsonl"
     wait_until(lambda: len([r for r in read_metrics(metrics) if "loss" in r]) >= 30, timeout=300, what="30 training steps")
@@ -56,7 +56,7 @@ def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra, reference_f
     assert "REQUEUED" in sacct_states(job_id) or len(sacct_states(job_id)) > 1
     assert run.run.task_state("train", 0)["attempt"] >= 1
     got, want = losses(run.run), losses(reference.run)
-    assert [step for step, _ in got] == list(range(1, STEPS + 1)), "one clean trace across both attempts"
+    assert [step for step, _ in got] == list(range(1, steps + 1)), "one clean trace across both attempts"
     assert got == want, "bit-identical to the uninterrupted run"
     log = "".join(p.read_text() for p in run.run.log_dir("train").glob("*_log.out"))
     return log
@@ -77,8 +77,11 @@ def test_sigusr1_quick_save_resumes_exactly(tmp_path, tiny_data):
     assert "preempted: saving step" in log and "resuming from step" in log
 
 
+@pytest.mark.timeout(1200)  # two runs of 3 x STEPS, one after the other
 def test_preemption_by_a_higher_priority_job_resumes_exactly(tmp_path, tiny_data):
     from test_preemption import preempt
 
-    log = _interrupted_vs_reference(tmp_path, tiny_data, preempt, ["checkpoint.every=10"], reference_first=True)
+    # Slurm takes a few scheduling cycles to decide a preemption, then GraceTime: a run long
+    # enough that the SIGTERM lands mid-training, not after the last step
+    log = _interrupted_vs_reference(tmp_path, tiny_data, preempt, ["checkpoint.every=10"], reference_first=True, steps=3 * STEPS)
     assert "resuming from step" in log
