@@ -25,19 +25,22 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from rich.markup import escape
+
     from aistack.launch.executor import SubmitRefused
     from aistack.recipe.errors import RecipeError
 
+    # Messages quote recipe values: escaped, so that "[/]" in a value is shown, not taken as markup.
     try:
         return args.func(args)
     except RecipeError as err:
-        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
     except FileNotFoundError as err:
-        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
     except SubmitRefused as err:
-        err_console.print(f"[bold red]refused:[/] {err}", soft_wrap=True)
+        err_console.print(f"[bold red]refused:[/] {escape(str(err))}", soft_wrap=True)
         return 1
     except KeyboardInterrupt:  # not a run here (those stop their tasks: _run_here)
         _say("interrupted")

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from aistack.kinds.spec import JobSpec, KindSpec, single_node
 from aistack.recipe.deferred import defer_missing, expected_shards, is_deferred
@@ -129,14 +129,15 @@ class LanguageCfg(StrictModel):
     languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
     threshold: float = Field(default=0.65, ge=0, le=1)
 
-    @model_validator(mode="after")
-    def _fasttext_needs_model(self) -> "LanguageCfg":
-        if self.backend == "fasttext" and not self.model_file:
+    @field_validator("model_file")
+    @classmethod
+    def _fasttext_needs_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("backend") == "fasttext" and not value:
             raise ValueError(
                 "backend fasttext with a local model_file (datatrove would download lid.176.bin at run time, "
                 "which fails without internet); or use backend: py3langid, whose model ships in its wheel"
             )
-        return self
+        return value
 
 
 class GopherRepetitionCfg(StrictModel):
@@ -263,11 +264,12 @@ class TokenizerCfg(StrictModel):
     eos_token: str = "<|endoftext|>"
     special_tokens: list[str] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _load_needs_file(self) -> "TokenizerCfg":
-        if self.mode == "load" and not self.file:
+    @field_validator("file")
+    @classmethod
+    def _load_needs_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("mode") == "load" and not value:
             raise ValueError("mode: load with `file:` the path of a tokenizer.json")
-        return self
+        return value
 
 
 class TokenizeConfig(ShardedStage):

@@ -164,7 +164,11 @@ def _recipe_source(value: str | dict, loaded: LoadedRecipe, file: Path, key: str
         owner = loaded.sources.get(f"{key}.recipe", str(file))
         base = Path.cwd() if owner == OVERRIDES_SOURCE else Path(owner).parent
         path = base / path
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError:  # unreadable, or a name too long for this system
+        found = False
+    if not found:
         raise RecipeError.single(loaded.sources.get(f"{key}.recipe", str(file)), f"{key}.recipe", value, "a recipe file that exists")
     return path.absolute()
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
 
 class RecipeError(Exception):
     """A problem in a recipe: names the file, the key path, the bad value and what was expected.
@@ -22,6 +26,7 @@ class RecipeError(Exception):
     def render(self) -> str:
         parts = []
         for key, value, expected in self.problems:
+            key = _CONTROL_RE.sub(lambda m: repr(m[0])[1:-1], key)  # shown escaped, never sent to a terminal
             if not key and value is _MISSING:
                 parts.append(expected)
             elif not key:

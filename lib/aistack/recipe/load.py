@@ -85,8 +85,8 @@ def load_stage(
         inline = copy.deepcopy(source)
         parents = inline.pop("extends", [])
         parents = [parents] if isinstance(parents, str) else parents
-        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
-            raise RecipeError.single(str(file), f"{key}.extends", parents, "a path or list of paths to base recipes")
+        if not isinstance(parents, list) or not all(_usable_path(p) for p in parents):
+            raise RecipeError.single(str(file), f"{key}.extends", parents, _EXTENDS_EXPECTED)
         layers: list[tuple[str, dict]] = []
         for parent in parents:
             parent_path = Path(parent) if os.path.isabs(parent) else file.parent / parent
@@ -105,28 +105,35 @@ def _resolve(path: Path, layers: list[tuple[str, dict]], refs: dict[str, str] | 
     for _, layer in layers:
         merged = deep_merge(merged, layer)
     sources = _provenance(layers)
+    _refuse_unsafe_scalars(merged, sources, str(path))  # as written (an unused ${env:VAR,default} too)
     merged = _interpolate(merged, sources, default_file=str(path), keypath="", refs=refs)
-    _refuse_control_characters(merged, sources, str(path))
+    _refuse_unsafe_scalars(merged, sources, str(path))  # and with ${env:...} replaced
     recipe = validate(merged, sources, str(path))
     return LoadedRecipe(recipe=recipe, path=path, data=recipe.model_dump(mode="json"), sources=sources)
 
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _FREE_TEXT_KEYS = ("description",)  # prose: may hold newlines and tabs, never reaches a script
+MAX_INT = 2**63 - 1  # what a job's int64 (torch, numpy, Slurm) holds; pydantic's own bound for floats given as ints
 
 
-def _refuse_control_characters(node: Any, sources: dict[str, str], file: str, keypath: str = "") -> None:
+def _refuse_unsafe_scalars(node: Any, sources: dict[str, str], file: str, keypath: str = "") -> None:
     """A newline in a path or a name would end an #SBATCH line and run the rest as shell:
-    no string from a file, an override or ${env:...} may hold a control character."""
+    no string from a file, an override or ${env:...} may hold a control character. Keys are
+    text, and no integer is too large for the int64 of the job that reads it (10**30 steps)."""
     if isinstance(node, dict):
         for key, value in node.items():
             path = f"{keypath}.{key}" if keypath else str(key)
-            if isinstance(key, str) and _CONTROL_RE.search(key):
+            if not isinstance(key, str):  # `1:`, `true:`, `null:` or `[a, b]:` unquoted
+                raise RecipeError.single(_owner(path, sources, file), path, key, "a key that is text (write it in quotes)")
+            if _CONTROL_RE.search(key):
                 raise RecipeError.single(_owner(path, sources, file), path, key, "a key without control characters")
-            _refuse_control_characters(value, sources, file, path)
+            _refuse_unsafe_scalars(value, sources, file, path)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            _refuse_control_characters(value, sources, file, f"{keypath}.{i}")
+            _refuse_unsafe_scalars(value, sources, file, f"{keypath}.{i}")
+    elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_INT:
+        raise RecipeError.single(_owner(keypath, sources, file), keypath, node, f"a whole number of at most {MAX_INT:,} (int64)")
     elif isinstance(node, str) and _CONTROL_RE.search(node):
         allowed = keypath.split(".")[-1] in _FREE_TEXT_KEYS and not _CONTROL_RE.search(node.replace("\n", "").replace("\t", ""))
         if not allowed:
@@ -140,22 +147,46 @@ def validate(data: dict[str, Any], sources: dict[str, str], file: str) -> Recipe
 
     kinds = all_kinds()
     kind = data.get("kind", MISSING)
-    if kind not in kinds:
+    if not isinstance(kind, str) or kind not in kinds:
         expected = "one of " + ", ".join(sorted(kinds))
         raise RecipeError.single(file, "kind", kind, expected)
     try:
         return kinds[kind].recipe.model_validate(data)
+    except OSError as err:  # a validator looked up a path no system call takes (a name too long, ...)
+        key = _key_holding(data, str(err.filename or ""))
+        expected, owner = f"a path this system can look up ({err.strerror or err})", _owner(key, sources, file)
+        raise RecipeError.single(file, key, err.filename, expected + (f" (set in {owner})" if owner != file else "")) from None
     except ValidationError as err:
         problems: list[tuple[str, object, str]] = []
         for item in err.errors():
             key = ".".join(str(p) for p in item["loc"])
-            value = item.get("input", MISSING) if item["type"] != "missing" else MISSING
+            # a check of the whole recipe names its keys itself: no need to print the recipe
+            value = item.get("input", MISSING) if item["type"] != "missing" and key else MISSING
             expected = _describe(item)
             owner = _owner(key, sources, file)
             if owner != file:
                 expected += f" (set in {owner})"
             problems.append((key, value, expected))
         raise RecipeError(file, problems) from None
+
+
+def _key_holding(data: Any, filename: str) -> str:
+    """The key whose value is (the longest) part of `filename`, as given or as the path it
+    names (`~` expanded, `a//b/` normalized): "" if none."""
+    best: tuple[str, int] = ("", 0)
+
+    def walk(node: Any, keypath: str) -> None:
+        nonlocal best
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            path = f"{keypath}.{key}" if keypath else str(key)
+            if isinstance(value, str) and value and len(value) > best[1] \
+                    and (value in filename or os.path.normpath(os.path.expanduser(value)) in filename):
+                best = (path, len(value))
+            walk(value, path)
+
+    walk(data, "")
+    return best[0]
 
 
 def _describe(item: dict[str, Any]) -> str:
@@ -181,18 +212,85 @@ def _owner(key: str, sources: dict[str, str], default: str) -> str:
 # --- YAML and extends ---------------------------------------------------------------
 
 
+MAX_DEPTH = 100  # nesting levels of one YAML document (recipes use fewer than ten)
+MAX_VALUES = 1_000_000  # values of one YAML document once its aliases are expanded
+
+
+class _YAMLTooLarge(yaml.MarkedYAMLError):
+    """A document nested too deep, or too large once its aliases are expanded (the "billion
+    laughs": a few lines of `&anchor` / `*alias` that stand for 10**9 values)."""
+
+    def __init__(self, key: str, problem: str, mark):
+        super().__init__(problem=problem, problem_mark=mark)
+        self.key = key
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load, except that a key given twice in one mapping is an error: YAML would
-    keep the last silently (`smoke: {tasks: 3}` then `smoke: {steps: 5}` loses tasks)."""
+    keep the last silently (`smoke: {tasks: 3}` then `smoke: {steps: 5}` loses tasks).
+    A document nested deeper than MAX_DEPTH, holding more than MAX_VALUES values once its
+    aliases are expanded, or an alias inside its own anchor (a value containing itself) is
+    refused while it is composed, naming the key, before anything recurses into it."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.keys: list[str | None] = []  # key path of the node being composed (None: a key itself)
+        self.sizes: dict[int, int] = {}  # id(node) -> its values once aliases are expanded
+        self.locate: int | None = None  # _key_at(): find the scalar holding this character
+        self.located: str | None = None
+
+    def key_path(self) -> str:
+        keys = [k for k in self.keys if k is not None]
+        return ".".join(keys if len(keys) <= 8 else [*keys[:8], "..."])  # 100 levels deep: where it starts
+
+    def compose_node(self, parent, index):
+        # a mapping value is under its key's text, a sequence item under its index; a key itself adds nothing
+        self.keys.append(index.value if isinstance(index, yaml.ScalarNode) else str(index) if isinstance(index, int) else None)
+        try:
+            event = self.peek_event()
+            if len(self.keys) > MAX_DEPTH:
+                raise _YAMLTooLarge(self.key_path(), f"at most {MAX_DEPTH} levels of nesting", event.start_mark)
+            if isinstance(event, yaml.AliasEvent):
+                anchored = self.anchors.get(event.anchor)
+                if anchored is not None and id(anchored) not in self.sizes:  # still being composed
+                    raise _YAMLTooLarge(self.key_path(), f"no alias inside its own anchor (*{event.anchor} in &{event.anchor})",
+                                       event.start_mark)
+            node = super().compose_node(parent, index)
+            self._count(node)
+            if self.locate is not None and self.located is None:
+                self._locate(node, is_key=index is None and isinstance(parent, yaml.MappingNode))
+            return node
+        finally:
+            self.keys.pop()
+
+    def _locate(self, node, is_key: bool) -> None:
+        """_key_at(): the node starting at `locate`, or the scalar holding it (a key names itself)."""
+        start, end = node.start_mark.index, max(node.end_mark.index, node.start_mark.index + 1)
+        if start == self.locate or (isinstance(node, yaml.ScalarNode) and start <= self.locate < end):
+            key = node.value if is_key and isinstance(node, yaml.ScalarNode) else None
+            self.located = ".".join(k for k in (*self.keys, key) if k is not None)
+
+    def _count(self, node) -> None:
+        size = self.sizes.get(id(node))
+        if size is None:
+            if isinstance(node, yaml.ScalarNode):
+                size = 1
+            else:
+                children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+                size = 1 + sum(self.sizes[id(child)] for child in children)
+            self.sizes[id(node)] = size
+        if size > MAX_VALUES:
+            raise _YAMLTooLarge(self.key_path(), f"at most {MAX_VALUES:,} values once YAML aliases are expanded", node.start_mark)
 
     def construct_mapping(self, node, deep=False):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (YAML would keep only the last)", key_node.start_mark)
-            seen.add(key)
+            if isinstance(key, (str, int, float, bool)):  # others: unhashable, refused by SafeLoader
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (YAML would keep only the last)", key_node.start_mark)
+                seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -200,24 +298,67 @@ def safe_load_unique(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no object construction
 
 
+def _key_at(text: str, index: int) -> str:
+    """The key path of the value holding character `index` of a YAML document ("" if none)."""
+    loader = _UniqueKeyLoader(text)
+    loader.locate = index
+    try:
+        loader.get_single_node()
+    except yaml.YAMLError:
+        pass
+    finally:
+        loader.dispose()
+    return loader.located or ""
+
+
+def _line_column(text: str, index: int) -> str:
+    line, column = text.count("\n", 0, index) + 1, index - text.rfind("\n", 0, index)
+    return f"line {line}, column {column}"
+
+
 def _read_yaml(path: Path, referenced_from: tuple[str, str] | None) -> dict[str, Any]:
-    if not path.is_file():
+    try:
+        raw = path.read_bytes()
+    except OSError as err:  # missing, a directory, unreadable, a name too long for this system
+        missing = isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError))
         if referenced_from:
             file, key = referenced_from
-            raise RecipeError.single(file, key, str(path), "file not found")
-        raise RecipeError.single(str(path), "", str(path), "recipe file not found")
+            raise RecipeError.single(file, key, str(path), "file not found" if missing else f"a readable file ({err.strerror})") from None
+        raise RecipeError.single(str(path), "", str(path), "recipe file not found" if missing else f"a readable recipe file ({err.strerror})") from None
     try:
-        data = safe_load_unique(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        text = raw.decode("utf-8", errors="replace")  # each bad byte sequence one U+FFFD, found by _key_at
+        index = len(raw[: err.start].decode("utf-8"))
+        raise RecipeError.single(str(path), _key_at(text, index), raw[err.start : err.end],
+                                 f"UTF-8 text (not at {_line_column(text, index)})") from None
+    try:
+        data = safe_load_unique(text)
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow: a control character
+        index = err.position
+        key = _key_at(text[:index] + "\ufffd" + text[index + 1 :], index)
+        raise RecipeError.single(str(path), key, text[index], f"YAML text without control characters (at {_line_column(text, index)})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise RecipeError.single(str(path), "", MISSING, f"not valid YAML{where}: {problem}") from None
+        # where it happened (a duplicate key, one too deep, ...), with its line as the value
+        key = getattr(err, "key", None) or (_key_at(text, mark.index) if mark else "")
+        value = text.splitlines()[mark.line].strip() if key and mark else MISSING
+        raise RecipeError.single(str(path), key, value, f"not valid YAML{where}: {problem}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError.single(str(path), "", data, "a mapping of keys at the top level")
     return data
+
+
+_EXTENDS_EXPECTED = "a path or list of paths to base recipes (at most 4,096 bytes each, no control characters)"
+
+
+def _usable_path(value: Any) -> bool:
+    """A path a system call takes (resolving a megabyte of path takes minutes, a NUL raises)."""
+    return isinstance(value, str) and len(value.encode()) <= 4096 and not _CONTROL_RE.search(value)
 
 
 def _read_with_extends(path: Path, chain: tuple[Path, ...], referenced_from=None) -> list[tuple[str, dict]]:
@@ -229,8 +370,8 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...], referenced_from=None
     parents = data.pop("extends", [])
     if isinstance(parents, str):
         parents = [parents]
-    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
-        raise RecipeError.single(str(path), "extends", parents, "a path or list of paths to base recipes")
+    if not isinstance(parents, list) or not all(_usable_path(p) for p in parents):
+        raise RecipeError.single(str(path), "extends", parents, _EXTENDS_EXPECTED)
     layers: list[tuple[str, dict]] = []
     for parent in parents:
         parent_path = (path.parent / parent) if not os.path.isabs(parent) else Path(parent)
@@ -281,7 +422,7 @@ def parse_overrides(overrides, file: str) -> dict[str, Any]:
             # before YAML, which would fold a newline into a space
             raise RecipeError.single(file, match["key"], match["value"], "a value without control characters (newline, tab, escape, ...)")
         try:
-            value = yaml.safe_load(match["value"]) if match["value"] != "" else ""
+            value = safe_load_unique(match["value"]) if match["value"] != "" else ""  # bounded: no alias bomb
         except yaml.YAMLError:
             value = match["value"]
         node = out
@@ -342,20 +483,21 @@ def _interpolate(node: Any, sources: dict[str, str], default_file: str, keypath:
     if not isinstance(node, str) or "${" not in node:
         return node
     key = keypath.rstrip(".")
+    owner = _owner(key, sources, default_file)
     if _STAGE_REF_RE.search(node):
         if refs is None:  # a pipeline's own file: its stages resolve these later
-            return _STAGE_REF_RE.sub(lambda m: m.group(0), _ENV_RE.sub(lambda m: _env_value(m, node, key, default_file), node))
-        node = _replace_stage_refs(node, refs, _owner(key, sources, default_file), key)
+            return _STAGE_REF_RE.sub(lambda m: m.group(0), _ENV_RE.sub(lambda m: _env_value(m, node, key, owner), node))
+        node = _replace_stage_refs(node, refs, owner, key)
         if "${" not in node:
             return node
 
-    text = _ENV_RE.sub(lambda m: _env_value(m, node, key, default_file), node)
+    text = _ENV_RE.sub(lambda m: _env_value(m, node, key, owner), node)
     if "${" in text:
-        raise RecipeError.single(default_file, key, node, "interpolations of the form ${env:VAR} or ${env:VAR,default}")
+        raise RecipeError.single(owner, key, node, "interpolations of the form ${env:VAR} or ${env:VAR,default}")
     # A whole-value interpolation keeps YAML typing: "${env:NODES}" -> 4, not "4".
     if _ENV_RE.fullmatch(node):
         try:
-            return yaml.safe_load(text)
+            return safe_load_unique(text)
         except yaml.YAMLError:
             return text
     return text

@@ -9,9 +9,10 @@ here, and submitit shell-quotes them again when it renders the script.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 # --- value types --------------------------------------------------------------------
 
@@ -49,6 +50,20 @@ Image = Annotated[str, AfterValidator(_matching(_IMAGE_RE, "a container image re
 Mount = Annotated[str, AfterValidator(_matching(_MOUNT_RE, "a bind mount 'SRC:DST' or 'SRC:DST:ro'"))]
 
 
+MAX_ROOT_BYTES = 3072
+
+
+def _fits_a_path(value: str) -> str:
+    """Run directories go below this one: it leaves them room in PATH_MAX (4096 bytes), and
+    no name in it is longer than NAME_MAX (255 bytes)."""
+    if len(value.encode()) > MAX_ROOT_BYTES or any(len(part.encode()) > 255 for part in value.split("/")):
+        raise ValueError(f"a directory path of at most {MAX_ROOT_BYTES:,} bytes, 255 per name (run directories go below it)")
+    return value
+
+
+RunsRoot = Annotated[str, AfterValidator(_fits_a_path)]
+
+
 def _time_to_minutes(value: Any) -> Any:
     """Accept minutes (int) or Slurm's [D-]HH:MM[:SS]; store whole minutes."""
     if isinstance(value, bool):
@@ -80,10 +95,45 @@ def _task_count(value: int) -> int:
 TaskCount = Annotated[int, Field(ge=1), AfterValidator(_task_count)]
 
 
-class StrictModel(BaseModel):
-    """Unknown keys are errors; values are not silently coerced from the wrong type."""
+def _leaves(annotation: Any) -> set[Any]:
+    """The types a field accepts: `Annotated[int, ...] | None` -> {int, NoneType}."""
+    if get_origin(annotation) is Annotated:
+        return _leaves(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return set().union(*(_leaves(arg) for arg in get_args(annotation)))
+    return {annotation}
 
-    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+
+def _bool_number_mixup(annotation: Any, value: Any) -> str | None:
+    """What is wrong when true/false is given for a number or a number for true/false
+    (pydantic would take it as 1/0, or 1/0 as true/false), in a list too; None if nothing."""
+    leaves = _leaves(annotation)
+    if Any in leaves:
+        return None
+    if isinstance(value, bool) and leaves & {int, float} and bool not in leaves:
+        return "a number, not true/false"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and bool in leaves and not leaves & {int, float}:
+        return "true or false, not a number"
+    if isinstance(value, list):
+        items = [get_args(t)[0] for t in leaves if get_origin(t) is list and get_args(t)]
+        return next((m for item in items for v in value if (m := _bool_number_mixup(item, v))), None)
+    return None
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors; values are not silently coerced from the wrong type (a
+    number may be given as text, "3e-4": YAML reads that as a string). No NaN or infinity."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_number_mixup(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        problem = _bool_number_mixup(field.annotation, value) if field is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 # --- shared blocks ------------------------------------------------------------------
@@ -129,7 +179,7 @@ class Tracking(StrictModel):
 
 
 class Output(StrictModel):
-    root: str = "runs"
+    root: RunsRoot = "runs"
 
 
 # --- recipes ------------------------------------------------------------------------
