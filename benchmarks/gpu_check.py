@@ -269,7 +269,8 @@ def section_pretrain(check: Check) -> list[Row]:
 
 def section_baseline(check: Check) -> list[Row]:
     from aistack import hardware
-    from aistack.model.gpt import flops_per_token
+    from aistack.model.flops import num_floating_point_operations
+    from aistack.model.layout import padded_vocab_size
     from aistack.recipe import load_recipe
 
     from gpu_check_models import train_plain_gpt2
@@ -277,13 +278,13 @@ def section_baseline(check: Check) -> list[Row]:
     s = check.sizes
     recipe = load_recipe(str(PRETRAIN), pretrain_overrides(check, "output.root=unused")).recipe
     m, t = recipe.model, recipe.train
-    multiple = m.make_vocab_size_divisible_by
-    vocab = -(-m.vocab_size // multiple) * multiple  # padded as megatron pads it (TP=1)
+    vocab = padded_vocab_size(m.vocab_size, m, 1)  # as megatron pads it (TP=1)
     shape = dict(vocab=vocab, h=m.hidden_size, heads=m.num_attention_heads, ffn=m.ffn_size, layers=m.num_layers, seq=m.seq_length)
     plain = train_plain_gpt2(shape, t.micro_batch_size, t.global_batch_size, s.plain_steps, min(s.timed_after, s.plain_steps // 2),
                              t.lr, check.device)
     gpu = hardware.current()
-    plain["tflops"] = flops_per_token(m, vocab) * plain["tokens_per_s"] / 1e12
+    flops_per_token = num_floating_point_operations(m, vocab, 1) / m.seq_length  # the convention training logs with
+    plain["tflops"] = flops_per_token * plain["tokens_per_s"] / 1e12
     plain["mfu"] = plain["tflops"] / gpu.tflops["bf16"] if gpu else None
     ours = check.found.get("megatron", {}).get("tokens_per_s")
     plain["ratio_megatron_over_plain"] = ours / plain["tokens_per_s"] if ours else None

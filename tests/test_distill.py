@@ -88,6 +88,12 @@ def test_offline_top_k_store_matches_online_on_the_first_steps(tmp_path, tiny_da
         # Against the full teacher: top-64 of 512 renormalised drops ~10% of its mass (the tail
         # of the 20% noise the corpus has), which raises the KL a little.
         assert off[step]["loss"] == pytest.approx(on[step]["loss"], rel=0.12), (step, on[step], off[step])
+    # Logged TFLOP/s count as `aistack plan` does: the student's forward + backward (Megatron-LM's
+    # num_floating_point_operations for gpt-tiny: 8 x 64 tokens), plus the online teacher's forward
+    # (the same shape here: a third of that).
+    student = 8 * 64 * (2 * 6 * (64 * 128 + 64 * 64 + 64 * 64 + 3 * 64 * 192) + 6 * 64 * 512)
+    assert off[3]["tflops_per_device"] * 1e12 * off[3]["step_time"] == pytest.approx(student, rel=1e-9)
+    assert on[3]["tflops_per_device"] * 1e12 * on[3]["step_time"] == pytest.approx(student * 4 / 3, rel=1e-9)
 
 
 def test_teacher_and_student_must_share_the_vocabulary(tmp_path, tiny_data):

@@ -48,6 +48,11 @@ def test_tiny_trains_and_validation_loss_falls(tmp_path, tiny_data):
     assert last["lr"] == pytest.approx(3e-4) and rows[4]["lr"] == pytest.approx(3e-3), "warmup to lr, cosine to min_lr"
     assert last["tokens_per_s"] > 0 and last["tflops_per_device"] > 0 and last["grad_norm"] > 0 and last["mem_rss_gb"] > 0
     assert "mfu" not in last, "no MFU on CPU (no peak to compare with)"
+    # Logged TFLOP/s use the plan's convention, Megatron-LM's num_floating_point_operations: per
+    # token 2 layers x 6 x (QKV 64 x 128 + causal scores 64 x 64 + proj 64 x 64 + SwiGLU 3 x 64 x 192)
+    # + 6 x 64 x 512 logits, 8 x 64 tokens a step.
+    flops = 8 * 64 * (2 * 6 * (64 * 128 + 64 * 64 + 64 * 64 + 3 * 64 * 192) + 6 * 64 * 512)
+    assert last["tflops_per_device"] * 1e12 * last["step_time"] == pytest.approx(flops, rel=1e-9)
     done = result.run.task_result("train", 0)["result"]
     assert done["steps"] == 40 and done["val_loss"] == val[40]
     ckpts = result.run.task_dir("train", 0) / "checkpoints"

@@ -2,8 +2,9 @@
 
 One table for every figure that needs a device: MFU in training (model.train), the plan's
 memory and time estimates (model.estimate), the roofline of the inference benchmark
-(bench.roofline). Figures are NVIDIA's dense (no sparsity) datasheet numbers; fp32 runs
-as TF32 on the tensor cores. No torch import at module level: `aistack plan` stays fast.
+(bench.roofline); `lookup` is the one rule that finds a device name or a Slurm constraint
+in it. Figures are NVIDIA's dense (no sparsity) datasheet numbers; fp32 runs as TF32 on
+the tensor cores. No torch import at module level: `aistack plan` stays fast.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ GPUS = (
     GPU("H200", "H200 SXM 141GB", {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0}, 143771 / 1024, 4.8e12),
     GPU("A100", "A100 SXM 80GB", {"bf16": 312.0, "fp32": 156.0}, 81920 / 1024, 2.039e12),
 )
+DEVICES = {gpu.key: gpu for gpu in GPUS}  # by key, in GPUS's order (lookup matches in that order)
 
 
 def lookup(*texts: str | None) -> GPU | None:

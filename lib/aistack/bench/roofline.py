@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aistack.hardware import GPU, GPUS, current
+from aistack.hardware import DEVICES, GPU, current  # noqa: F401  (DEVICES: the one table, re-exported)
 
 # The device table lives in aistack.hardware; these names stay for existing callers.
 DeviceSpec = GPU
-DEVICES = {gpu.key: gpu for gpu in GPUS}
 
 
 def device_spec() -> GPU | None:

@@ -11,13 +11,20 @@ One job loops over the sweep points (see `plan` below for why).
 FP8 runs on the tensor cores of an sm_89/sm_90 GPU (torch._scaled_mm, or Transformer
 Engine); elsewhere the same quantization is emulated (quantize-dequantize), so quality
 is measured everywhere and speed only where FP8 is real; the report says which.
+
+`aistack plan` also prints the memory per device (weights, KV cache, activations) of each
+precision at `parallel` (TP x PP) and at the smallest layout that fits the profile's GPU,
+with the decode roofline (aistack.bench.inference_plan); it needs `model_block` with a
+vocab_size. `model: random` (with a model_block) plans a model of that shape with no
+checkpoint at all: a 405B-class layout is planned without building anything. The job
+itself runs on one device and loads a checkpoint: it refuses `random` and TP x PP > 1.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from aistack.kinds.evaluate import ExistingFile, TaskName, expand_checkpoints
 from aistack.kinds.pretrain import ModelConfig
@@ -40,12 +47,23 @@ class QualityConfig(StrictModel):
     max_docs: int = Field(default=200, ge=1, description="documents of held-out text")
 
 
+RANDOM = "random"  # bench.model: no checkpoint, a model_block shape (planning only)
+
+
+class InferenceParallel(StrictModel):
+    tensor: int = Field(default=1, ge=1, le=64, description="TP ranks (within a node), dividing the attention heads")
+    pipeline: int = Field(default=1, ge=1, le=1024, description="PP stages (one node each), at most the layers")
+
+
 class BenchConfig(StrictModel):
-    model: str = Field(description="aistack checkpoint / pretrain run (exported to HF) or a Hugging Face model folder")
+    model: str = Field(description="aistack checkpoint / pretrain run (exported to HF), a Hugging Face model folder, "
+                                   "or 'random' (model_block's shape, for `aistack plan` only)")
     model_block: ModelConfig | None = Field(default=None, description="the architecture; null: the pretrain run's model block")
     tokenizer: ExistingFile | None = Field(default=None, description="tokenizer.json; null: the run's data.tokenizer or the HF folder's")
     precisions: list[Literal["bf16", "fp8"]] = Field(default_factory=lambda: ["bf16", "fp8"], min_length=1)
     fp8: FP8Config = Field(default_factory=FP8Config)
+    parallel: InferenceParallel = Field(default_factory=InferenceParallel,
+                                        description="the TP x PP layout `aistack plan` sizes (the job runs 1 x 1)")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 16], min_length=1)
     prompt_lengths: list[int] = Field(default_factory=lambda: [128], min_length=1)
     gen_lengths: list[int] = Field(default_factory=lambda: [64], min_length=1)
@@ -60,7 +78,25 @@ class BenchConfig(StrictModel):
     @field_validator("model")
     @classmethod
     def _resolve(cls, spec: str) -> str:
-        return expand_checkpoints(spec, all_steps=False)[0]
+        return spec if spec == RANDOM else expand_checkpoints(spec, all_steps=False)[0]
+
+    @model_validator(mode="after")
+    def _shape_and_layout(self):
+        m = self.model_block
+        if self.model == RANDOM and (m is None or not m.vocab_size):
+            raise ValueError("model: random needs model_block with a vocab_size (the shape to plan)")
+        tp, pp = self.parallel.tensor, self.parallel.pipeline
+        if m is not None:
+            from aistack.bench.inference_plan import Shape, tp_problem
+
+            kv = m.num_query_groups or m.num_attention_heads
+            problem = tp_problem(Shape(m.arch, m.num_layers, m.hidden_size, m.num_attention_heads, kv, m.ffn_size,
+                                       m.vocab_size or 0, m.tied_embeddings, m.seq_length), tp)
+            if problem:
+                raise ValueError(f"parallel.tensor: {problem}")
+            if pp > m.num_layers:
+                raise ValueError(f"parallel.pipeline: PP {pp} must be at most the {m.num_layers} layers")
+        return self
 
     @field_validator("batch_sizes", "prompt_lengths", "gen_lengths")
     @classmethod

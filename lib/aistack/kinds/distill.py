@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from aistack.kinds.pretrain import CHECKPOINTS, DataConfig, ModelConfig, ParallelConfig, TrainConfig
+from aistack.kinds.pretrain import CHECKPOINTS, DataConfig, ModelConfig, ParallelConfig, TrainConfig, estimate
 from aistack.kinds.sft import FinetuneCheckpointConfig
 from aistack.kinds.spec import JobSpec, KindSpec, single_node
 from aistack.model.layout import check_layout
@@ -131,4 +131,4 @@ def plan(loaded: LoadedRecipe) -> list[JobSpec]:
     ]
 
 
-SPEC = KindSpec("distill", DistillRecipe, plan, outputs={"output": CHECKPOINTS}, report="training")
+SPEC = KindSpec("distill", DistillRecipe, plan, outputs={"output": CHECKPOINTS}, report="training", estimate=estimate)

@@ -131,7 +131,8 @@ def plan(loaded: LoadedRecipe) -> list[JobSpec]:
 
 
 def estimate(recipe: PretrainRecipe, file: str, profile_constraint: str) -> Estimates:
-    """Parameters, memory per device, FLOPs and time per step on the profile's GPU."""
+    """Parameters, memory per device, FLOPs, time per step and GPU-hours on the profile's GPU
+    (also the estimate of `kind: sft` and `kind: distill`, whose training job is this one's)."""
     from aistack.model.estimate import device_for, estimate as estimate_model, rows
 
     est = estimate_model(recipe, device=device_for(recipe.resources.constraint, profile_constraint), file=file)

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from aistack.kinds.pretrain import CHECKPOINTS, CheckpointConfig, ModelConfig, ParallelConfig, TrainConfig
+from aistack.kinds.pretrain import CHECKPOINTS, CheckpointConfig, ModelConfig, ParallelConfig, TrainConfig, estimate
 from aistack.kinds.spec import JobSpec, KindSpec
 from aistack.model.layout import check_layout
 from aistack.recipe.load import LoadedRecipe
@@ -67,4 +67,4 @@ def plan(loaded: LoadedRecipe) -> list[JobSpec]:
     return [JobSpec("train", "sft", 1, loaded.recipe.resources)]
 
 
-SPEC = KindSpec("sft", SFTRecipe, plan, outputs={"output": CHECKPOINTS}, report="training")
+SPEC = KindSpec("sft", SFTRecipe, plan, outputs={"output": CHECKPOINTS}, report="training", estimate=estimate)

@@ -1,9 +1,10 @@
-"""What a pretrain recipe will cost, before it runs: parameters, memory per device, FLOPs,
-pipeline bubble and time per step. Pure arithmetic (no torch import): `aistack plan` stays fast.
+"""What a training recipe (pretrain, sft, distill) will cost, before it runs: parameters,
+memory per device, FLOPs, pipeline bubble, time per step and GPU-hours. Pure arithmetic (no
+torch import): `aistack plan` stays fast.
 
 Conventions, so the figures can be checked against the literature:
 - parameters: megatron-core's GPTModel with the local layer spec (what aistack.model.gpt
-  builds), the vocabulary padded to make_vocab_size_divisible_by x TP;
+  builds), the vocabulary padded to make_vocab_size_divisible_by x TP (model.layout);
 - memory: Megatron mixed precision (bf16 weights, fp32 main grads as our DDP config sets
   grad_reduce_in_fp32, Adam's fp32 master copy + 2 moments = 12 bytes/param), the
   distributed optimizer sharding those 12 bytes over DP (Megatron's distrib_optimizer.md);
@@ -12,10 +13,13 @@ Conventions, so the figures can be checked against the literature:
   gated MLP; 1F1B keeps p micro-batches in flight on the first stage. The 5as^2b scores
   term is unfused attention (the local layer spec); flash/fused attention (Transformer
   Engine) keeps no scores, which the "selective" figure shows;
-- FLOPs: Megatron-LM's num_floating_point_operations (Narayanan et al. 2021): 6 x tokens x
-  matmul params plus 12 x L x s x h per token for the attention scores (full s x s, no
-  recompute: model FLOPs, what MFU is measured against).
-Not included: CUDA context and allocator fragmentation (a few GiB), communication buffers.
+- FLOPs: aistack.model.flops, Megatron-LM's num_floating_point_operations (causal attention
+  counted over half the s x s matrix, no recompute: model FLOPs, what MFU is measured
+  against), the same function the training loop's logged TFLOP/s and MFU use;
+- online logit distillation: the frozen teacher's weights (whole model at the student's TP,
+  PP 1, in the training precision) on every device, its forward FLOPs in the step's.
+Not included: CUDA context and allocator fragmentation (a few GiB), communication buffers,
+an online teacher's transient activations and gathered logits.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aistack.hardware import GPU, GPUS
+from aistack.hardware import DEVICES, GPU, lookup
+from aistack.model.flops import online_teacher, step_flops
 from aistack.model.layout import check_layout, padded_vocab_size
 
 GiB = 2**30
@@ -32,7 +37,6 @@ GiB = 2**30
 
 # One device table for MFU, these estimates and the roofline: aistack.hardware.
 Device = GPU
-DEVICES = {gpu.key: gpu for gpu in GPUS}  # most specific first (device_for matches in order)
 DEFAULT_DEVICE = "H100"
 RECOMPUTE_MODES = ("none", "selective", "full")
 
@@ -71,18 +75,24 @@ class Estimate:
     optimizer_gib: dict[str, float]  # "replicated" / "distributed" (over DP)
     activations_gib: dict[str, float]  # per recompute mode, all micro-batches in flight
     activations_per_microbatch_gib: dict[str, float]  # per recompute mode, one micro-batch of the stage
-    flops_per_step: float
+    flops_per_step: float  # the student's forward + backward, plus an online teacher's forward
     tokens_per_step: int
     bubble: float  # fraction of a step the pipeline idles
     device: Device | None
     mfu: float
+    steps: int = 0  # train.steps
+    teacher_flops_per_step: float = 0.0  # an online teacher's forward (inside flops_per_step)
+    teacher_params: int = 0  # an online teacher's, whole model (0: no teacher in the training job)
+    teacher_params_per_device: int = 0
+    teacher_weights_gib: float = 0.0  # frozen: weights only, no grads or optimizer state
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (figure, value) rows on what is left out
     warnings: list[str] = field(default_factory=list)
 
     @property
     def memory_gib(self) -> float:
-        """Per device with the recipe's optimizer and recompute choices."""
+        """Per device with the recipe's optimizer and recompute choices (and an online teacher)."""
         opt = self.optimizer_gib["distributed" if self.distributed_optimizer else "replicated"]
-        return self.weights_gib + self.grads_gib + opt + self.activations_gib[self.recompute]
+        return self.weights_gib + self.grads_gib + opt + self.activations_gib[self.recompute] + self.teacher_weights_gib
 
     @property
     def step_seconds(self) -> float | None:
@@ -90,6 +100,11 @@ class Estimate:
         if self.device is None or self.precision not in self.device.tflops:
             return None
         return self.flops_per_step / (self.world_size * self.device.tflops[self.precision] * 1e12 * self.mfu)
+
+    @property
+    def gpu_hours(self) -> float | None:
+        """The training job's train.steps at step_seconds on world_size devices."""
+        return None if self.step_seconds is None else self.step_seconds * self.steps * self.world_size / 3600
 
     @property
     def fits(self) -> bool | None:
@@ -190,18 +205,7 @@ def _stage_activation_bytes(model: Any, parallel: Any, micro_batch: int, microba
     return total, one
 
 
-# --- FLOPs, bubble ------------------------------------------------------------------------
-
-
-def flops_per_step(model: Any, padded_vocab_size: int, tokens: int) -> float:
-    """Model FLOPs of one training step (forward + backward), Megatron-LM's formula."""
-    split, _ = layer_params(model)
-    h = model.hidden_size
-    if model.arch == "gpt2":  # biases are not matmuls
-        split -= (h + 2 * _kv_size(model)) + model.ffn_size
-    matmul = model.num_layers * split + padded_vocab_size * h  # + logits
-    attention = 12 * model.num_layers * model.seq_length * h  # QK^T and AV, x3 for the backward
-    return tokens * (6.0 * matmul + attention)
+# --- bubble -------------------------------------------------------------------------------
 
 
 def bubble_fraction(pp: int, microbatches: int, vpp: int = 1) -> float:
@@ -219,12 +223,9 @@ def resolve_precision(precision: str, gpus_per_node: int) -> str:
 
 
 def device_for(*constraints: str | None) -> str | None:
-    """The device a Slurm constraint ("h100", "gpu&h200") names, if any."""
-    for text in constraints:
-        for key in DEVICES:
-            if text and key.lower() in str(text).lower():
-                return key
-    return None
+    """The DEVICES key a Slurm constraint ("h100", "gpu&h200") names, if any."""
+    gpu = lookup(*constraints)
+    return gpu.key if gpu else None
 
 
 def recipe_tokenizer(data: dict) -> str | None:
@@ -257,8 +258,9 @@ def vocab_size_of(recipe: Any) -> int | None:
 
 def estimate(recipe: Any, resources: Any = None, device: str | None = None, mfu: float = 0.4,
              file: str | Path = "recipe") -> Estimate:
-    """Figures for a pretrain recipe on `resources` (default: its own) and `device`
-    (a DEVICES key; default: H100 when the recipe asks for GPUs, none on CPU)."""
+    """Figures for the training job of a pretrain, sft or distill recipe (they share the
+    model, parallel and train blocks) on `resources` (default: its own) and `device` (a
+    DEVICES key; default: H100 when the recipe asks for GPUs, none on CPU)."""
     resources = resources or recipe.resources
     check_layout(recipe, file, resources.world_size)
     m, p, t = recipe.model, recipe.parallel, recipe.train
@@ -289,6 +291,8 @@ def estimate(recipe: Any, resources: Any = None, device: str | None = None, mfu:
     n_dev = _stage_params(m, tp, pp, padded, peak)
     acts = {mode: _stage_activation_bytes(m, p, t.micro_batch_size, microbatches, padded, peak, mode, act_bytes)
             for mode in RECOMPUTE_MODES}
+    flops = step_flops(recipe, vocab or 0, tp)
+    teacher = _teacher(recipe, vocab, tp, w_bytes, warnings)
     est = Estimate(
         vocab_size=vocab, padded_vocab_size=padded, params=count_params(m, padded), world_size=world,
         tp=tp, pp=pp, dp=dp, vpp=vpp, microbatches=microbatches, precision=precision, recompute=p.recompute,
@@ -297,10 +301,9 @@ def estimate(recipe: Any, resources: Any = None, device: str | None = None, mfu:
         optimizer_gib={"replicated": n_dev * opt_bytes / GiB, "distributed": n_dev * opt_bytes / dp / GiB},
         activations_gib={k: v[0] / GiB for k, v in acts.items()},
         activations_per_microbatch_gib={k: v[1] / GiB for k, v in acts.items()},
-        flops_per_step=flops_per_step(m, padded, t.global_batch_size * m.seq_length),
-        tokens_per_step=t.global_batch_size * m.seq_length,
+        flops_per_step=flops["total"], tokens_per_step=t.global_batch_size * m.seq_length,
         bubble=bubble_fraction(pp, microbatches, vpp), device=DEVICES[device] if device else None, mfu=mfu,
-        warnings=warnings,
+        steps=t.steps, teacher_flops_per_step=flops["teacher"], **teacher, notes=_notes(recipe), warnings=warnings,
     )
     if est.fits is False:
         est.warnings.append(f"{est.memory_gib:.1f} GiB per device exceeds the {est.device.name}'s "
@@ -308,6 +311,36 @@ def estimate(recipe: Any, resources: Any = None, device: str | None = None, mfu:
     if est.device and precision not in est.device.tflops:
         est.warnings.append(f"the {est.device.name} has no {precision} tensor cores: no time estimate")
     return est
+
+
+def _teacher(recipe: Any, vocab: int | None, tp: int, w_bytes: int, warnings: list[str]) -> dict[str, Any]:
+    """An online teacher's parameters and weight memory per device: the whole model at the
+    student's TP, PP 1 (aistack.post.objectives.load_teacher), frozen in the training precision."""
+    tm = online_teacher(recipe)
+    if tm is None:
+        return {}
+    tp_problems = [f"teacher.model.{key} {n} is not divisible by parallel.tensor {tp}"
+                   for key, n in (("num_attention_heads", tm.num_attention_heads), ("num_query_groups", tm.num_query_groups))
+                   if n and n % tp]
+    warnings.extend(f"{problem}: the online teacher runs at the student's TP" for problem in tp_problems)
+    if recipe.parallel.pipeline > 1:
+        warnings.append("online distillation needs parallel.pipeline=1 (the teacher runs whole beside each student "
+                        "rank): use logit.source=offline with pipeline parallelism")
+    padded = padded_vocab_size(vocab, tm, tp) if vocab else 0
+    per_device = _stage_params(tm, tp, 1, padded, 0)
+    return {"teacher_params": count_params(tm, padded).total, "teacher_params_per_device": per_device,
+            "teacher_weights_gib": per_device * w_bytes / GiB}
+
+
+def _notes(recipe: Any) -> list[tuple[str, str]]:
+    """Rows on the teacher's work that these figures leave out (distill offline and sequence)."""
+    if getattr(recipe, "kind", None) != "distill" or online_teacher(recipe) is not None:
+        return []
+    if recipe.method == "logit":
+        return [("teacher", f"offline: its top-{recipe.logit.top_k} logits are written by the teacher_logits job "
+                            "(not in these figures, which are the student's training job)")]
+    return [("teacher", "sequence-level: its answers are generated by the generate job (not in these figures, "
+                        "which are the student's finetuning job)")]
 
 
 def rows(est: Estimate) -> list[tuple[str, str]]:
@@ -325,15 +358,22 @@ def rows(est: Estimate) -> list[tuple[str, str]]:
                           + f" (using {'distributed' if est.distributed_optimizer else 'replicated'})"),
         ("activations GiB", ", ".join(f"{g(v)} {k}" for k, v in est.activations_gib.items()) + f" (using {est.recompute})"),
         ("  of which 1 micro-batch", ", ".join(f"{g(v)} {k}" for k, v in est.activations_per_microbatch_gib.items())),
+        *([("teacher (frozen, online)", f"{_si(est.teacher_params)} params, {_si(est.teacher_params_per_device)} per device "
+                                        f"(TP {est.tp}, PP 1), weights {g(est.teacher_weights_gib)} GiB")]
+          if est.teacher_params else []),
         ("memory per device GiB", g(est.memory_gib) + (
             f" of {g(est.device.memory_gib)} on {est.device.name}: {'fits' if est.fits else 'DOES NOT FIT'}" if est.device else "")),
-        ("FLOPs per step", f"{est.flops_per_step:.3e} ({_si(est.tokens_per_step)} tokens)"),
+        ("FLOPs per step", f"{est.flops_per_step:.3e} ({_si(est.tokens_per_step)} tokens"
+                           + (f"; teacher forward {est.teacher_flops_per_step:.3e}" if est.teacher_flops_per_step else "")
+                           + ")"),
         ("pipeline bubble", f"{est.bubble:.1%}"),
     ]
     if est.step_seconds:
         tps = est.tokens_per_step / est.step_seconds
         out.append(("time per step", f"{est.step_seconds:.2f} s at MFU {est.mfu:.0%} ({_si(tps)} tokens/s)"))
-    return out
+        hours = f"{est.gpu_hours:,.0f}" if est.gpu_hours >= 10 else g(est.gpu_hours)
+        out.append(("GPU-hours", f"{hours} for {est.steps:,} steps at MFU {est.mfu:.0%}"))
+    return out + est.notes
 
 
 def _si(n: float) -> str:

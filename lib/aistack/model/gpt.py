@@ -150,21 +150,3 @@ def build_model_chunks(model_cfg: Any, parallel_cfg: Any, vocab_size: int, preci
     if torch.cuda.is_available():  # built on the host (use_cpu_initialization): train on this rank's GPU
         chunks = [chunk.cuda(torch.cuda.current_device()) for chunk in chunks]
     return chunks
-
-
-def num_parameters(model_cfg: Any, vocab_size: int) -> int:
-    """Parameters of the whole (unsharded) model, for FLOP counts."""
-    h, f, layers = model_cfg.hidden_size, model_cfg.ffn_size, model_cfg.num_layers
-    groups = model_cfg.num_query_groups or model_cfg.num_attention_heads
-    kv = h // model_cfg.num_attention_heads * groups
-    attn = h * (h + 2 * kv) + h * h
-    mlp = (3 if model_cfg.arch == "llama" else 2) * h * f
-    embed = vocab_size * h * (1 if model_cfg.tied_embeddings else 2)
-    return layers * (attn + mlp) + embed
-
-
-def flops_per_token(model_cfg: Any, vocab_size: int) -> float:
-    """Training FLOPs per token: 6 x matmul params (forward + backward) + causal attention scores."""
-    h, layers, s = model_cfg.hidden_size, model_cfg.num_layers, model_cfg.seq_length
-    dense = num_parameters(model_cfg, vocab_size) - vocab_size * h * (0 if model_cfg.tied_embeddings else 1)
-    return 6.0 * dense + 6.0 * layers * s * h  # 12*L*s*h halved by the causal mask

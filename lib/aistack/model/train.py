@@ -30,6 +30,7 @@ import torch.distributed as dist
 from aistack import hardware
 from aistack.dist.megatron import Layout, destroy_model_parallel, init_model_parallel, set_seeds
 from aistack.model import checkpoint, cpu_compat, dataset, gpt, import_hf, optim
+from aistack.model.flops import step_flops
 from aistack.model.layout import check_layout, padded_vocab_size
 
 def peak_tflops(precision: str) -> float | None:
@@ -150,7 +151,9 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
     evaluate = partial(_evaluate, model, config, valid_reader, t, m, step_fn)
     if step == 0:
         ctx.log(0, {"val_loss": evaluate()})
-    flops_token = gpt.flops_per_token(m, vocab)
+    # Model FLOPs of a step as `aistack plan` counts them (Megatron-LM's convention; with an
+    # online teacher, its forward too): the logged TFLOP/s and MFU match the plan's.
+    flops_step = step_flops(recipe, unpadded_vocab, layout.tp)["total"]
     peak = peak_tflops(precision)
     tokens_per_step = t.global_batch_size * m.seq_length
     last = {}
@@ -161,7 +164,7 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
         step += 1
         state["step"] = step
         elapsed = time.perf_counter() - start
-        tflops = flops_token * tokens_per_step / elapsed / layout.world_size / 1e12
+        tflops = flops_step / elapsed / layout.world_size / 1e12
         last = {"loss": loss, "lr": lr, "grad_norm": grad_norm, **parts}
         if step % t.log_every == 0 or step == t.steps:
             values = {**last, "tokens_per_s": tokens_per_step / elapsed, "tflops_per_device": tflops,

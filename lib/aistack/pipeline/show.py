@@ -13,7 +13,8 @@ from aistack.pipeline.status import StageState
 
 
 def gpu_hours(stage: Stage, device_profile_constraint: str = "") -> tuple[float, float | None]:
-    """(at most: every job at its time limit, estimated: pretraining at the assumed MFU)."""
+    """(at most: every job at its time limit, estimated: a training job (pretrain, sft, distill)
+    at the assumed MFU, the stage's other jobs (a distillation teacher's) at their limits)."""
     limit = sum(j.gpu_hours for j in stage.plan.jobs)
     estimated = None
     recipe = stage.loaded.recipe
@@ -22,6 +23,7 @@ def gpu_hours(stage: Stage, device_profile_constraint: str = "") -> tuple[float,
         est = estimate(recipe, str(stage.loaded.path), device_profile_constraint)
         if est.step_seconds:
             estimated = est.step_seconds * recipe.train.steps * recipe.resources.world_size / 3600
+            estimated += sum(j.gpu_hours for j in stage.plan.jobs if j.name != "train")
     return limit, estimated
 
 
@@ -53,7 +55,7 @@ def print_plan(console: Console, pipeline: Pipeline, outcomes, profile, scripts:
             )
     console.print(table)
     console.print(f"GPU-hours: at most {total_limit:,.0f} (every job at its time limit); "
-                  f"estimated {total_est:,.0f} (pretraining at the assumed MFU, other stages at their limits); "
+                  f"estimated {total_est:,.0f} (training jobs at the assumed MFU, other jobs at their limits); "
                   f"CPU core-hours: at most {total_cores:,.0f} (CPU-only jobs at their time limits)")
     for stage in pipeline.stages:
         console.print(f"  {stage.name:<10} {stage.kind:<9} {stage.run.path}", soft_wrap=True)
