@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aistack.data.stats_report import build_report
 from aistack.launch.task import TaskContext
+from aistack.track.lineage import log_dataset
 
 
 def run(ctx: TaskContext) -> dict:
@@ -11,6 +12,7 @@ def run(ctx: TaskContext) -> dict:
     for job in report["table"]["jobs"]:
         ctx.log(0, {f"{job['job']}/{k}": v for k, v in job.items() if isinstance(v, (int, float)) and k != "steps"})
     _log_table(ctx, report)
+    log_dataset(ctx)  # dataset-manifest.json, and the outputs as a W&B artifact (lineage)
     return {"stats": str(report["json"]), "csv": str(report["csv"]), "funnel": str(report["funnel"])}
 
 

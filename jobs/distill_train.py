@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from aistack.launch.task import TaskContext
+from aistack.track.lineage import record_lineage
 
 
 def run(ctx: TaskContext) -> dict:
+    record_lineage(ctx)  # lineage.json: the data runs it reads, as W&B artifacts used
     from aistack.model.train import train
     from aistack.post.objectives import DistillObjective
     from aistack.post.teacher_jobs import store_path

@@ -35,10 +35,18 @@ def slurm_cluster():
 
 
 @pytest.fixture
-def runs_root(tmp_path: Path) -> Path:
+def runs_root(tmp_path: Path):
     root = tmp_path / "runs"
     root.mkdir()
-    return root
+    yield root
+    # Slurm jobs a test submitted (a failed test's queued waves and follow-ups included)
+    # do not outlive it.
+    if shutil.which("scancel"):
+        from aistack.launch.rundir import RunDir
+        from aistack.launch.status import cancel_run
+
+        for submissions in root.rglob("submissions.jsonl"):
+            cancel_run(RunDir(submissions.parent))
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):

@@ -4,12 +4,17 @@ dependencies, requeue and preemption. States are read back from Slurm itself."""
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from aistack.cli import main
 from aistack.launch import launcher
+from aistack.launch.rundir import RunDir
+from aistack.launch.status import run_status
 from aistack.track.metrics import read_metrics
 from aistack.track.wandb_run import offline_runs, read_offline_run, run_id
 from conftest import RECIPES, wait_until
@@ -17,6 +22,7 @@ from conftest import RECIPES, wait_until
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 SMOKE = RECIPES / "examples" / "smoke.yaml"
+CLUSTERS = Path(__file__).resolve().parents[1] / "slurm" / "clusters"
 
 
 def sacct_states(job_id: str) -> list[str]:
@@ -168,11 +174,53 @@ def test_a_refused_submission_is_a_message_not_a_traceback(runs_root, capsys):
     assert "Traceback" not in err
 
 
-@pytest.mark.slurm
-@pytest.mark.usefixtures("slurm_cluster")
-def test_an_array_over_the_qos_submit_limit_is_refused_with_what_to_change(runs_root, capsys):
-    # slurm/up.sh makes QOS `limited` with MaxSubmitJobsPerUser=60: every array task counts.
-    code = main(["run", str(SMOKE), f"output.root={runs_root}", "smoke.tasks=100", "resources.qos=limited", "--on", "slurm"])
+def _queued_in(qos: str) -> int:
+    out = subprocess.run(["squeue", "-h", "-r", "-q", qos, "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    return len(out.split())
+
+
+def test_an_array_over_the_qos_submit_limit_runs_in_waves(runs_root, capsys):
+    # slurm/up.sh makes QOS `limited` with MaxSubmitJobsPerUser=60, and every array task
+    # counts: 150 tasks go in waves, each submitted by a follow-up job, none by a process here.
+    overrides = [f"output.root={runs_root}", "smoke.tasks=150", "smoke.steps=1", "smoke.step_seconds=0",
+                 "resources.qos=limited", "tracking.mode=disabled"]
+    assert main(["run", str(SMOKE), *overrides, "--on", "slurm"]) == 0
+    out = capsys.readouterr().out
+    run = next(p for p in runs_root.iterdir() if p.is_dir())
+    first = json.loads((run / "submissions.jsonl").read_text().splitlines()[0])
+    waiting = 150 - len(first["task_ids"])
+    assert 0 < len(first["task_ids"]) <= 59  # one slot kept for the follow-up
+    assert f"{waiting} tasks waiting for a later wave" in out and "submits the next wave" in out
+    assert main(["status", str(run)]) == 0
+    status = capsys.readouterr().out
+    assert f"WAITING {waiting}" in status and "reduce: WAITING 1" in status
+
+    peak = [0]
+
+    def reduced() -> bool:
+        peak[0] = max(peak[0], _queued_in("limited"))
+        return RunDir(run).is_done("reduce", 0)
+
+    wait_until(reduced, timeout=600, interval=0.5, what="the reduce job after the last wave")
+    records = [json.loads(line) for line in (run / "submissions.jsonl").read_text().splitlines()]
+    waves = [r for r in records if r["job"] == "map"]
+    assert len(waves) >= 3 and all(len(w["task_ids"]) <= 59 for w in waves)
+    assert sorted(t for w in waves for t in w["task_ids"]) == list(range(150))  # each task once
+    assert len({r["launch"] for r in records}) == 1
+    assert 0 < peak[0] <= 60
+    jobs = [("map", 150), ("reduce", 1)]
+    wait_until(lambda: all(r.state == "COMPLETED" for r in run_status(RunDir(run), jobs)), timeout=60, what="Slurm's COMPLETED")
+    assert main(["status", str(run)]) == 0
+    assert "COMPLETED: 151" in capsys.readouterr().out
+    assert RunDir(run).task_result("reduce", 0)["result"]["ok"]
+
+
+def test_a_profile_that_allows_more_than_the_qos_gets_slurm_s_refusal_explained(runs_root, tmp_path, capsys):
+    profile = tmp_path / "too-generous.yaml"
+    text = (CLUSTERS / "local.yaml").read_text()
+    profile.write_text(re.sub(r"(?m)^max_submit_jobs:.*$", "max_submit_jobs: 1000", text))
+    code = main(["run", str(SMOKE), f"output.root={runs_root}", "smoke.tasks=100", "resources.qos=limited",
+                 "--on", str(profile)])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert "QOSMaxSubmitJobPerUserLimit" in err and "every array task counts" in err

@@ -115,7 +115,7 @@ def cmd_run(args) -> int:
         return _run_here(lambda: _with_progress(lambda progress: start(loaded, profile, progress=progress, announce=_announce)))
     result = start(loaded, profile, announce=_announce)
     _print_submissions(result)
-    if not result.submitted and not any(o.in_flight for o in result.outcomes):
+    if not result.submitted and not result.followup and not any(o.in_flight for o in result.outcomes):
         return 0  # every task done already
     if not args.wait:
         console.print(f"follow it with: aistack status {_top_dir(result)}")
@@ -237,12 +237,12 @@ def _print_warnings(warnings: list[str]) -> None:
 
 def _print_submissions(result) -> None:
     single = result.pipeline.is_single
-    if single and not result.submitted:
+    if single and not result.submitted and not result.followup and not result.outcomes[0].in_flight:
         console.print("every task of this run is already done: nothing to submit")
     for outcome in result.outcomes:
         if outcome.in_flight:
             console.print(f"  {outcome.stage}: already queued or running (Slurm {', '.join(outcome.in_flight)})")
-        elif not outcome.submitted and not single:
+        elif not outcome.submitted and not outcome.waiting and not single:
             console.print(f"  {outcome.stage}: done, nothing to submit")
         for item in outcome.submitted:
             what = f"array of {len(item.task_ids)}" if item.is_array else "job"
@@ -251,6 +251,11 @@ def _print_submissions(result) -> None:
                 continue
             after = f" after {','.join(outcome.waits_on)}" if outcome.waits_on and item is outcome.submitted[0] else ""
             console.print(f"  {outcome.stage}/{item.job}: Slurm {what} {item.job_id}{after}")
+        for job, left in outcome.waiting.items():
+            console.print(f"  {job if single else f'{outcome.stage}/{job}'}: {left} task{'s' if left != 1 else ''} waiting "
+                          "for a later wave (the cluster's submit limit)")
+    if result.followup:
+        console.print(f"  Slurm job {result.followup} submits the next wave when this one ends (nothing waits here)")
 
 
 def _with_progress(work):
@@ -347,6 +352,10 @@ def _print_plan(result, scripts: bool) -> None:
     gpu_h, core_h = sum(j.gpu_hours for j in result.plan.jobs), sum(j.cpu_core_hours for j in result.plan.jobs)
     console.print(f"at the time limits: at most {gpu_h:,.1f} GPU-hours, {core_h:,.1f} CPU core-hours (CPU-only jobs)")
     _print_estimates(result)
+    if result.loaded.kind == "bench":  # inference memory per device and the smallest layout that fits
+        from aistack.bench import inference_plan
+
+        inference_plan.print_plan(console, inference_plan.of_recipe(result.loaded.recipe, result.profile))
     if scripts:
         shown: set[str] = set()
         for item in result.submitted:
@@ -410,6 +419,10 @@ def cmd_status(args) -> int:
         return 0
     rows = run_status(run, _plan_jobs(run))
     _print_status(rows)
+    from aistack.track.lineage import describe  # a training run: the data it was trained on
+
+    if line := describe(run.path):
+        console.print(line, markup=False, soft_wrap=True)
     return 0
 
 
@@ -423,11 +436,16 @@ def _print_status(rows) -> None:
     for col in ("job", "task", "executor", "job id", "state", "attempt"):
         table.add_column(col)
     for r in rows:
-        color = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow"}.get(r.state, "red")
+        color = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "WAITING": "yellow"}.get(r.state, "red")
         table.add_row(r.job, str(r.task_id), r.executor, r.job_id, f"[{color}]{r.state}[/]", str(r.attempt))
     console.print(table)
     counts = Counter(r.state for r in rows)
     console.print("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())))
+    jobs = list(dict.fromkeys(r.job for r in rows))
+    if len(rows) > len(jobs):  # arrays: where each stands (WAITING: for a later wave, under a submit limit)
+        for job in jobs:
+            per_job = Counter(r.state for r in rows if r.job == job)
+            console.print(f"  {job}: " + "  ".join(f"{state} {n}" for state, n in sorted(per_job.items())))
     for r in rows:  # below the table: an error message does not fit a column
         if r.note:
             console.print(f"[yellow]{r.job} task {r.task_id}:[/] {escape(r.note)}", soft_wrap=True)
@@ -525,16 +543,16 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    import subprocess
+    """Upload a run's offline W&B runs, or every stage's of a pipeline (aistack.track.sync)."""
+    from rich.markup import escape
 
-    from aistack.track.wandb_run import offline_runs
+    from aistack.track.sync import OK, sync
 
-    run = _find(args)
-    paths = offline_runs(run.path)
-    if not paths:
-        console.print(f"no offline W&B runs in {run.path}/wandb")
-        return 0
-    return subprocess.call([sys.executable, "-m", "wandb", "sync", "--include-offline", *map(str, paths)])
+    result = sync(_find(args))
+    for i, line in enumerate(result.lines):  # per stage, then the outcome (on stderr when it failed)
+        last_failed = result.code != OK and i == len(result.lines) - 1
+        (err_console if last_failed else console).print(escape(line), soft_wrap=True)
+    return result.code
 
 
 if __name__ == "__main__":

@@ -60,3 +60,16 @@ def test_task_counts_have_a_bound_and_a_million_tasks_plan(tmp_path):
         load_recipe(SMOKE, ["smoke.tasks=100000000"])
     plan = make_plan(load_recipe(SMOKE, [f"output.root={tmp_path}", "smoke.tasks=1000000"]))
     assert plan.jobs[0].num_tasks == 1_000_000
+
+
+@pytest.mark.parametrize("data, what", [
+    (b"name: site\npartition: caf\xe9\n", "a UTF-8 cluster profile"),
+    (b"name: site\nsignal_delay_s: -5\n", "signal_delay_s"),
+    (b"name: site\nmax_submit_jobs: 1\n", "max_submit_jobs"),
+])
+def test_a_bad_profile_is_a_named_error_not_a_traceback(data, what, tmp_path):
+    profile = tmp_path / "site.yaml"
+    profile.write_bytes(data)
+    with pytest.raises(RecipeError) as err:
+        load_profile(str(profile))
+    assert str(profile) in str(err.value) and what in str(err.value)

@@ -10,7 +10,7 @@ and Slurm executors implement one hook, `_submit_job`. `executor_for` picks one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
@@ -52,9 +52,25 @@ class SubmitRefused(RuntimeError):
     stay queued; rerunning the recipe submits only what is missing."""
 
 
+@dataclass
+class TaskView:
+    """What one job of a plan needs now: the tasks to submit, the ids of its tasks still
+    queued or running (dependents wait on them), and the tasks that failed in this launch
+    (a wave of an array run by a follow-up: not retried until the user reruns)."""
+
+    pending: list[int]
+    live_ids: list[str] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+
 class Executor(ABC):
     def __init__(self, profile: ClusterProfile):
         self.profile = profile
+        # Tasks left for a later wave (a submit limit), per (run dir, job), and the ids of
+        # every job submitted: a follow-up submits the rest once those end (waves.py).
+        self.waiting: dict[tuple[str, str], int] = {}
+        self.submitted_ids: list[str] = []
+        self.live_ids: list[str] = []  # of the last plan submitted: still queued or running
 
     def submit(self, plan: Plan, run: RunDir, after: Sequence[str] = (), dry_run: bool = False,
                progress: Progress | None = None) -> list[Submitted]:
@@ -63,37 +79,51 @@ class Executor(ABC):
         submitted: list[Submitted] = []
         ids_by_job: dict[str, list[str]] = {}
         failed: dict[str, str] = {}
+        views = {job.name: self._task_view(run, job, dry_run) for job in plan.jobs}
+        self.live_ids = sorted({i for view in views.values() for i in view.live_ids})
         for job in plan.ordered():
+            view = views[job.name]
             blocked = [d for d in job.depends_on if d in failed]
             if blocked:
                 failed[job.name] = f"not run: depends on failed job(s) {blocked}"
                 continue
-            pending = run.pending_tasks(job.name, job.num_tasks)
-            if not pending:
+            if any((str(run.path), d) in self.waiting for d in job.depends_on):
+                if view.pending:  # submitted by the follow-up, after the waves it needs
+                    self.waiting[(str(run.path), job.name)] = len(view.pending)
+                continue
+            if view.failed:
+                failed[job.name] = f"{len(view.failed)} task(s) failed in this launch; rerun to retry them"
+            ids_by_job[job.name] = list(view.live_ids)
+            if not view.pending:
                 continue
             needs = [jid for dep in job.depends_on for jid in ids_by_job.get(dep, [])] or list(after)
             try:
-                items = self._submit_job(run, job, pending, needs, dry_run, progress)
+                items = self._submit_job(run, job, view.pending, needs, dry_run, progress)
             except JobFailed as err:
                 failed[job.name] = str(err)
                 continue
             submitted += items
-            ids_by_job[job.name] = [item.job_id for item in items]
+            ids_by_job[job.name] += [item.job_id for item in items]
+            self.submitted_ids += [item.job_id for item in items]
+            left = len(view.pending) - sum(len(item.task_ids) for item in items)
+            if left:
+                self.waiting[(str(run.path), job.name)] = left
         if failed:
             raise JobFailed("; ".join(f"job {name}: {why}" for name, why in failed.items()))
         return submitted
 
+    def _task_view(self, run: RunDir, job: JobSpec, dry_run: bool) -> TaskView:
+        """The tasks of `job` to submit: here, every task without a DONE marker."""
+        return TaskView(run.pending_tasks(job.name, job.num_tasks))
+
     @abstractmethod
     def _submit_job(self, run: RunDir, job: JobSpec, pending: list[int], needs: list[str], dry_run: bool,
                     progress: Progress | None) -> list[Submitted]:
-        """Run or submit the `pending` tasks of one job after the jobs `needs`."""
-
-    def in_flight(self, plan: Plan, run: RunDir) -> list[str]:
-        """Ids of this run's jobs still queued or running from an earlier submission."""
-        return []
+        """Run or submit the `pending` tasks of one job after the jobs `needs` (a Slurm
+        executor under a submit limit may submit only the first of them: a wave)."""
 
 
-def executor_for(profile: ClusterProfile, dry_run: bool = False) -> Executor:
+def executor_for(profile: ClusterProfile, dry_run: bool = False, launch_id: str | None = None) -> Executor:
     """The one place an executor is chosen. A dry run shows the sbatch scripts a Slurm
     profile would submit; on the local profile it shows them for the default partition."""
     if profile.executor == "local" and not dry_run:
@@ -102,4 +132,4 @@ def executor_for(profile: ClusterProfile, dry_run: bool = False) -> Executor:
         return LocalExecutor(profile)
     from aistack.launch.slurm import SlurmExecutor
 
-    return SlurmExecutor(profile)
+    return SlurmExecutor(profile, launch_id)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from aistack.launch import waves
 from aistack.launch.executor import FINISHED, JobFailed, Progress, Submitted, executor_for
 from aistack.launch.plan import Plan
 from aistack.launch.profile import ClusterProfile, default_target, load_profile
@@ -27,6 +28,7 @@ class Launch:
     pipeline: Pipeline
     profile: ClusterProfile
     outcomes: list[StageOutcome]
+    followup: str | None = None  # Slurm id of the job that submits the next wave (a submit limit)
 
     # A plain recipe's one stage, as most callers want it.
     @property
@@ -50,14 +52,24 @@ class Launch:
 
 
 def start(loaded: LoadedRecipe, profile: ClusterProfile, dry_run: bool = False,
-          progress: Progress | None = None, announce: Callable[[Pipeline, ClusterProfile], None] | None = None) -> Launch:
+          progress: Progress | None = None, announce: Callable[[Pipeline, ClusterProfile], None] | None = None,
+          launch_id: str | None = None) -> Launch:
     """Resolve and plan every stage (all bad input fails here, before anything is
-    written), then hand the stages to the profile's executor."""
+    written), then hand the stages to the profile's executor. Under a submit limit, what
+    did not fit is left to a follow-up job (waves.py); `launch_id`: the launch that
+    follow-up continues."""
     pipeline = resolve(loaded, allow_missing=dry_run)
     if announce:
         announce(pipeline, profile)
-    outcomes = submit_stages(pipeline, executor_for(profile, dry_run), dry_run=dry_run, progress=progress)
-    return Launch(pipeline, profile, outcomes)
+    executor = executor_for(profile, dry_run, launch_id)
+    outcomes = submit_stages(pipeline, executor, dry_run=dry_run, progress=progress)
+    followup = None
+    if not dry_run and profile.executor == "slurm":
+        if executor.waiting:
+            followup = waves.submit_followup(executor, pipeline, loaded, profile)
+        else:
+            waves.clear(pipeline)
+    return Launch(pipeline, profile, outcomes, followup)
 
 
 def launch(recipe_path: str | Path, overrides=(), on: str | None = None, dry_run: bool = False,

@@ -74,6 +74,9 @@ class ClusterProfile(StrictModel):
     gpus_per_node: int = Field(default=0, ge=0)
     cpus_per_gpu: int | None = Field(default=None, ge=1)
     max_array_size: int | None = Field(default=None, ge=1, description="null: read from `scontrol show config`")
+    # How many jobs a user may have queued (every array task counts). null: the QOS's
+    # MaxSubmitJobsPerUser and the association's MaxSubmitJobs, from sacctmgr when readable.
+    max_submit_jobs: int | None = Field(default=None, ge=2, le=10_000_000)
     container_runtime: Literal["none", "pyxis", "apptainer", "oci"] = "none"  # oci: Slurm's own (srun --container)
     container_mounts: list[Mount] = Field(default_factory=list)
     container_python: str = Field(default="python", pattern=r"^[A-Za-z0-9._/+-]+$")
@@ -124,7 +127,11 @@ def load_profile(ref: str) -> ClusterProfile:
     if not path.is_file():
         raise RecipeError.single("--on", "on", ref, "a cluster profile file that exists")
     try:
-        data = safe_load_unique(path.read_text()) or {}
+        data = safe_load_unique(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise RecipeError.single(str(path), "", f"byte {err.start}", "a UTF-8 cluster profile") from None
+    except OSError as err:
+        raise RecipeError.single(str(path), "", path.name, f"a readable cluster profile ({err.strerror})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

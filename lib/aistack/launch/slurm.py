@@ -17,8 +17,9 @@ from pathlib import Path
 
 import submitit
 
-from aistack.launch.executor import FINISHED, Executor, Progress, Submitted, SubmitRefused
-from aistack.launch.plan import JobSpec, Plan
+from aistack.launch.executor import FINISHED, FINISHED_BAD, Executor, Progress, Submitted, SubmitRefused, TaskView
+from aistack.launch.limits import SubmitLimit, submit_limit
+from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.rundir import RunDir
 from aistack.launch.sbatch import SlurmLaunch, node_command, render_sbatch, slurm_launch
@@ -83,9 +84,14 @@ def wandb_per_task(job: JobSpec) -> bool:
 
 
 class SlurmExecutor(Executor):
-    def __init__(self, profile: ClusterProfile):
+    def __init__(self, profile: ClusterProfile, launch_id: str | None = None):
         super().__init__(profile)
         self._max_array_size: int | None = None
+        self._limits: dict[str | None, SubmitLimit] = {}
+        # One `aistack run` and the follow-ups it chains: tasks that failed in an earlier
+        # wave of the same launch are not retried by a follow-up (a rerun retries them).
+        self.is_followup = launch_id is not None
+        self.launch_id = launch_id or uuid.uuid4().hex[:12]
 
     def job_name(self, run: RunDir, job: JobSpec) -> str:
         return f"{run.name}.{job.name}"
@@ -93,11 +99,50 @@ class SlurmExecutor(Executor):
     def launch_for(self, run: RunDir, job: JobSpec, dependency: str | None) -> SlurmLaunch:
         return slurm_launch(job, self.profile, self.job_name(run, job), run.path.parent, dependency)
 
+    def submit_limit(self, qos: str | None) -> SubmitLimit:
+        if qos not in self._limits:
+            self._limits[qos] = submit_limit(self.profile.max_submit_jobs, qos)
+        return self._limits[qos]
+
+    def _task_view(self, run: RunDir, job: JobSpec, dry_run: bool) -> TaskView:
+        """Tasks without DONE, less those still queued or running from an earlier
+        submission (their ids are waited on) and those that failed in this launch."""
+        pending = run.pending_tasks(job.name, job.num_tasks)
+        if dry_run or not pending or not run.submissions_file.exists():
+            return TaskView(pending)
+        from aistack.launch.status import latest_submissions, run_status
+
+        latest = latest_submissions(run)
+        view = TaskView([])
+        live: set[str] = set()
+        rows = run_status(run, [(job.name, job.num_tasks)])
+        # Accounting can lag the controller by a moment: ask the queue about what it lacks.
+        queued = in_queue([r.job_id.split("_")[0] for r in rows if r.state == "UNKNOWN" and r.executor == "slurm"])
+        for row in rows:
+            if row.state == "COMPLETED" and run.is_done(job.name, row.task_id):
+                continue
+            if row.state == "UNKNOWN" and row.job_id.split("_")[0] in queued:
+                live.add(row.job_id.split("_")[0])
+            elif row.executor == "slurm" and row.state not in FINISHED | {"UNKNOWN", "NOT_SUBMITTED", "WAITING"}:
+                live.add(row.job_id.split("_")[0])
+            elif row.state in FINISHED_BAD and latest[(job.name, row.task_id)][0].get("launch") == self.launch_id:
+                view.failed.append(row.task_id)
+            elif not run.is_done(job.name, row.task_id):
+                view.pending.append(row.task_id)
+        view.live_ids = sorted(live)
+        return view
+
     def _submit_job(self, run: RunDir, job: JobSpec, pending: list[int], needs: list[str], dry_run: bool,
                     progress: Progress | None) -> list[Submitted]:
-        """One job, or its arrays (split at the cluster's MaxArraySize), afterok on `needs`."""
+        """One job, or its arrays (split at the cluster's MaxArraySize), afterok on `needs`;
+        under a submit limit, only the first wave of what fits (one slot is kept for the
+        follow-up that submits the rest)."""
         if self._max_array_size is None:
             self._max_array_size = max_array_size(self.profile)
+        if not dry_run:
+            pending = self._first_wave(run, job, pending)
+            if not pending:
+                return []
         groups = chunks(pending, self._max_array_size) if job.is_array else [pending]
         lanes = array_lanes(len(groups), job.resources.array_parallelism) if job.is_array else [(0, None)]
         last_in_lane: dict[int, str] = {}
@@ -117,6 +162,25 @@ class SlurmExecutor(Executor):
             last_in_lane[lane] = items[-1].job_id
         return items
 
+    def _first_wave(self, run: RunDir, job: JobSpec, pending: list[int]) -> list[int]:
+        """The tasks of `pending` that may be queued now, one slot kept for the follow-up
+        that submits the rest. With no room at all on a first submission, Slurm's limit
+        and what to change are the error."""
+        qos = job.resources.qos or self.profile.job_class(job.resources.gpus_per_node > 0).qos
+        limit = self.submit_limit(qos)
+        room = limit.room()
+        if room is None or len(pending) <= room - 1:
+            return pending
+        if job.is_array and room >= 2:
+            return pending[: room - 1]
+        if self.submitted_ids or self.is_followup:  # a follow-up submits it later
+            return []
+        raise SubmitRefused(
+            f"cannot submit {run.name}/{job.name} ({len(pending)} task{'s' if len(pending) != 1 else ''}): "
+            f"{limit.describe()}, and {room} more may be queued now. What to change: wait for queued jobs to "
+            "finish and rerun (finished tasks are kept), or set max_submit_jobs in the cluster profile if the "
+            "cluster allows more")
+
     def _submit_group(self, run: RunDir, job: JobSpec, launch: SlurmLaunch, group: list[int], as_array: bool) -> Submitted:
         """One sbatch through submitit for `group`: its tasks file, then the array (or job)
         that runs aistack.launch.node on it."""
@@ -133,25 +197,9 @@ class SlurmExecutor(Executor):
         except submitit.core.utils.FailedJobError as err:
             tasks_file.unlink(missing_ok=True)
             raise SubmitRefused(refusal_message(f"{run.name}/{job.name}", len(group) if as_array else 1, str(err))) from None
-        run.record_submission(
-            {"job": job.name, "executor": "slurm", "job_id": job_id, "task_ids": group, "array": as_array, "time": time.time()}
-        )
+        run.record_submission({"job": job.name, "executor": "slurm", "job_id": job_id, "task_ids": group,
+                               "array": as_array, "time": time.time(), "launch": self.launch_id})
         return Submitted(job.name, job_id, group, as_array)
-
-    def in_flight(self, plan: Plan, run: RunDir) -> list[str]:
-        """Slurm ids of this run still queued or running from an earlier submission: a
-        pipeline's later stages wait on them instead of submitting the stage again."""
-        if not run.submissions_file.exists():
-            return []
-        jobs = [(j.name, j.num_tasks) for j in plan.jobs]
-        if not any(run.pending_tasks(name, n) for name, n in jobs):
-            return []
-        from aistack.launch.status import run_status
-
-        rows = run_status(run, jobs)
-        live = {r.job_id.split("_")[0] for r in rows
-                if r.executor == "slurm" and r.state not in FINISHED | {"UNKNOWN", "NOT_SUBMITTED"}}
-        return sorted(live)
 
 
 # --- reading states back from Slurm -------------------------------------------------
@@ -173,6 +221,16 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     else:
         raise RuntimeError(f"sacct failed (exit {out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
     return parse_sacct(out.stdout)
+
+
+def in_queue(job_ids: list[str]) -> set[str]:
+    """Which of these jobs (or arrays) the controller still has queued or running."""
+    if not job_ids:
+        return set()
+    out = subprocess.run(["squeue", "-h", "-o", "%F", "-j", ",".join(sorted(set(job_ids)))], capture_output=True,
+                         text=True, timeout=60)
+    # squeue exits non-zero when none of the ids is known any more
+    return {line.strip() for line in out.stdout.splitlines() if line.strip()} if out.returncode == 0 else set()
 
 
 def parse_sacct(text: str) -> dict[str, str]:

@@ -6,9 +6,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from aistack.launch import localproc
+from aistack.launch import localproc, waves
+from aistack.launch.executor import FINISHED_BAD
 from aistack.launch.rundir import RunDir
-from aistack.launch.slurm import slurm_states
+from aistack.launch.slurm import in_queue, slurm_states
 
 
 @dataclass
@@ -43,26 +44,36 @@ def run_status(run: RunDir, jobs: list[tuple[str, int]]) -> list[TaskStatus]:
     """`jobs`: (name, num_tasks) of the run's plan, in order."""
     latest = latest_submissions(run)
     slurm_ids = sorted({rec["job_id"] for rec, _ in latest.values() if rec["executor"] == "slurm"})
+    followup = waves.waiting_on(run)  # tasks a follow-up job submits in a later wave
+    if followup and followup["followup"] not in in_queue([followup["followup"]]):
+        followup = None  # the chain has ended (or was cancelled): nothing will come
     states = slurm_states(slurm_ids) if slurm_ids else {}
     rows: list[TaskStatus] = []
     for name, num_tasks in jobs:
         for task_id in range(num_tasks):
             marker = run.task_state(name, task_id)
             attempt = int(marker.get("attempt", 0)) if marker else 0
+            waits = f"next wave: follow-up Slurm job {followup['followup']}" if followup and name in followup["waiting"] else ""
             if (name, task_id) not in latest:
-                state = "COMPLETED" if run.is_done(name, task_id) else "NOT_SUBMITTED"
+                state = "COMPLETED" if run.is_done(name, task_id) else ("WAITING" if waits else "NOT_SUBMITTED")
                 rows.append(TaskStatus(name, task_id, "-", "", state, attempt))
                 continue
             record, index = latest[(name, task_id)]
             if record["executor"] == "slurm":
                 shown = f"{record['job_id']}_{index}" if index is not None else record["job_id"]
                 state = states.get(shown, "UNKNOWN")
+                if (state == "UNKNOWN" or state in FINISHED_BAD) and run.is_done(name, task_id):
+                    # accounting has not caught up yet, or the task was killed after its commit
+                    # point (DONE, which a rerun trusts too): the DONE marker says
+                    state = "COMPLETED"
             else:
                 shown = str(record["job_id"])
                 state = "COMPLETED" if run.is_done(name, task_id) else marker.get("state", "PENDING")
                 if state in localproc.LIVE_STATES and localproc.task_gone(run.log_dir(name), record["job_id"], marker,
                                                                          record.get("host")):
                     state = "INTERRUPTED"  # its aistack process was killed, or the machine restarted
+            if waits and state in FINISHED_BAD and record.get("launch") != followup["launch"]:
+                state = "WAITING"  # failed in an earlier launch, resubmitted in a wave of this one
             rows.append(TaskStatus(name, task_id, record["executor"], shown, state, attempt, task_note(marker)))
     return rows
 
@@ -83,6 +94,11 @@ def cancel_run(run: RunDir) -> Cancelled:
     `elsewhere`: its pid means nothing here."""
     out = Cancelled()
     slurm_ids = sorted({r["job_id"] for r in run.submissions() if r["executor"] == "slurm"})
+    followup = waves.waiting_on(run)
+    if followup:  # first, or the end of the waves it waits on would start it
+        subprocess.run(["scancel", followup["followup"]], check=False, capture_output=True, timeout=60)
+        out.cancelled.append(followup["followup"])
+        (run.path / waves.WAVES_FILE).unlink(missing_ok=True)
     if slurm_ids:
         subprocess.run(["scancel", *slurm_ids], check=False, capture_output=True, timeout=60)
         out.cancelled += slurm_ids

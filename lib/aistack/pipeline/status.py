@@ -25,6 +25,7 @@ class StageState:
 
 def stage_states(records) -> list[StageState]:
     from aistack.pipeline.report_page import elapsed
+    from aistack.track.sync import is_synced
     from aistack.track.wandb_run import run_id
 
     out: list[StageState] = []
@@ -52,7 +53,8 @@ def stage_states(records) -> list[StageState]:
         wandb = "-"
         if wandb_dir.exists():
             full = run_id(run.name, first, 0)
-            wandb = full[:8] + (" offline" if any(wandb_dir.glob(f"offline-run-*-{full}")) else "")
+            unsynced = [f for f in wandb_dir.glob(f"offline-run-*-{full}") if not is_synced(f)]
+            wandb = full[:8] + (" offline" if unsynced else "")
         notes = [f"{r.job} task {r.task_id}: {r.note}" for r in rows if r.note]
         out.append(StageState(name, kind, run, state, done, total, elapsed(run, plan_jobs) if run.path.exists() else None, wandb, needs,
                               notes))

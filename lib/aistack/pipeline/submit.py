@@ -25,6 +25,7 @@ class StageOutcome:
     submitted: list[Submitted] = field(default_factory=list)
     waits_on: list[str] = field(default_factory=list)  # Slurm ids of earlier stages it depends on
     in_flight: list[str] = field(default_factory=list)  # live ids of an earlier submission, reused
+    waiting: dict[str, int] = field(default_factory=dict)  # job -> tasks left for a later wave
     error: str | None = None  # why it failed or did not run (known at once only on this machine)
 
 
@@ -34,6 +35,7 @@ def submit_stages(pipeline: Pipeline, executor: Executor, dry_run: bool = False,
         write_pipeline_files(pipeline)
     ids: dict[str, list[str]] = {}
     failed: set[str] = set()
+    deferred: set[str] = set()  # stages with tasks left for a later wave (a submit limit)
     outcomes: list[StageOutcome] = []
     for stage in pipeline.stages:
         outcome = StageOutcome(stage.name, waits_on=[i for n in stage.needs for i in ids.get(n, [])])
@@ -43,9 +45,12 @@ def submit_stages(pipeline: Pipeline, executor: Executor, dry_run: bool = False,
             outcome.error = f"not run: needs failed stage(s) {', '.join(blocked)}"
             failed.add(stage.name)
             continue
-        live = [] if dry_run else executor.in_flight(stage.plan, stage.run)
-        if live:
-            outcome.in_flight = ids[stage.name] = live
+        if any(n in deferred for n in stage.needs):  # the follow-up submits it after the last wave
+            for job in stage.plan.jobs:
+                left = len(stage.run.pending_tasks(job.name, job.num_tasks))
+                if left:
+                    executor.waiting[(str(stage.run.path), job.name)] = left
+            deferred.add(stage.name)
             continue
         if not dry_run:
             prepare_stage(stage, executor.profile.name)
@@ -55,7 +60,14 @@ def submit_stages(pipeline: Pipeline, executor: Executor, dry_run: bool = False,
         except JobFailed as err:
             outcome.error = str(err)
             failed.add(stage.name)
-        ids[stage.name] = [s.job_id for s in outcome.submitted]
+        # A stage still queued or running from an earlier submission is not submitted
+        # again: its live ids are what later stages wait on.
+        outcome.in_flight = [] if outcome.submitted else list(executor.live_ids)
+        ids[stage.name] = [s.job_id for s in outcome.submitted] + list(executor.live_ids)
+        if any(path == str(stage.run.path) for path, _ in executor.waiting):
+            deferred.add(stage.name)
+    for outcome, stage in zip(outcomes, pipeline.stages):
+        outcome.waiting = {job: n for (path, job), n in executor.waiting.items() if path == str(stage.run.path)}
     return outcomes
 
 

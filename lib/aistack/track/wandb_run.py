@@ -84,6 +84,28 @@ class WandbRun:
     def summary(self, values: dict[str, Any]) -> None:
         self._call(lambda run: run.summary.update(values))
 
+    @property
+    def enabled(self) -> bool:
+        """Whether anything goes to W&B (not disabled, not given up)."""
+        return self._opener is not None
+
+    def log_artifact(self, artifact: Any) -> None:
+        """An output of this run (a data run's dataset), offline too."""
+        self._call(lambda run: run.log_artifact(artifact))
+
+    def use_artifact(self, artifact: Any) -> None:
+        """An input of this run (the dataset a model trains on). Offline, wandb's
+        use_artifact refuses; with a new artifact it logs it marked "use after commit",
+        so that is done instead: the record is in the run file and syncs with it."""
+
+        def use(run: Any) -> None:
+            if getattr(run, "offline", False):
+                run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+            else:
+                run.use_artifact(artifact)
+
+        self._call(use)
+
     def _call(self, action: Callable[[Any], None]) -> None:
         if self._opener is None:
             return
@@ -170,21 +192,33 @@ def offline_runs(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
 
 
-def read_records(wandb_file: Path) -> Iterator[Any]:
+def read_records(wandb_file: Path, last_blocks: int | None = None) -> Iterator[Any]:
+    """The records of a .wandb file; with `last_blocks`, only those that start in its last
+    N blocks (what a run wrote last, without reading all of a long run's file)."""
     from wandb.proto import wandb_internal_pb2
 
-    data = Path(wandb_file).read_bytes()
-    ident, magic, version = struct.unpack("<4sHB", data[:7])
+    path = Path(wandb_file)
+    with open(path, "rb") as f:
+        head = f.read(7)
+        start = 7
+        if last_blocks is not None:
+            size = f.seek(0, 2)
+            start = max(7, (size // _BLOCK - last_blocks + 1) * _BLOCK)
+        f.seek(start)
+        data = f.read()  # data[i] is the file's byte start + i: block boundaries are file offsets
+    ident, magic, version = struct.unpack("<4sHB", head)
     if ident != b":W&B" or magic != 0xBEE1:
         raise ValueError(f"{wandb_file} is not a W&B run file")
-    pos, pending = 7, b""
-    while pos + 7 <= len(data):
+    pos, pending, inside = start, b"", False
+    end = start + len(data)
+    while pos + 7 <= end:
         left_in_block = _BLOCK - pos % _BLOCK
         if left_in_block < 7:  # zero padding at the end of a block
             pos += left_in_block
             continue
-        crc, length, rtype = struct.unpack("<IHB", data[pos : pos + 7])
-        payload = data[pos + 7 : pos + 7 + length]
+        at = pos - start
+        crc, length, rtype = struct.unpack("<IHB", data[at : at + 7])
+        payload = data[at + 7 : at + 7 + length]
         pos += 7 + length
         if rtype == 0 and length == 0:
             continue
@@ -193,27 +227,41 @@ def read_records(wandb_file: Path) -> Iterator[Any]:
         if rtype == _FULL:
             pending = payload
         elif rtype == _FIRST:
-            pending = payload
+            pending, inside = payload, True
+            continue
+        elif rtype in (_MIDDLE, _LAST) and not inside:  # the rest of a record that began before `start`
             continue
         elif rtype == _MIDDLE:
             pending += payload
             continue
         elif rtype == _LAST:
-            pending += payload
+            pending, inside = pending + payload, False
         record = wandb_internal_pb2.Record()
         record.ParseFromString(pending)
         pending = b""
         yield record
 
 
+def has_exit_record(wandb_file: Path) -> bool:
+    """Whether the run ended (finish() wrote its exit record): not still being written, nor
+    cut off by a kill. The exit record is among the last few a run writes."""
+    try:
+        return any(r.WhichOneof("record_type") == "exit" for r in read_records(wandb_file, last_blocks=2))
+    except (OSError, ValueError, struct.error):
+        return False
+
+
 def read_offline_run(run_path: Path) -> dict[str, Any]:
-    """{'id': ..., 'history': [{'_step': n, key: value, ...}], 'config': {...}} of one offline run."""
+    """{'id': ..., 'history': [{'_step': n, key: value, ...}], 'config': {...}, 'artifacts': [...]} of one
+    offline run; each artifact {'type', 'name', 'digest', 'used' (logged as an input), 'metadata',
+    'entries': [{'path', 'ref', 'digest', 'size'}]}; 'finished': the run's exit record is written
+    (wandb's service may still be writing the file for a moment after `finish()` returned)."""
     import json
 
     files = list(Path(run_path).glob("run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"no .wandb file in {run_path}")
-    out: dict[str, Any] = {"id": None, "history": [], "config": {}}
+    out: dict[str, Any] = {"id": None, "history": [], "config": {}, "artifacts": [], "finished": False}
     for record in read_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -226,4 +274,13 @@ def read_offline_run(run_path: Path) -> dict[str, Any]:
         elif kind == "config":
             for item in record.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "exit":
+            out["finished"] = True
+        elif kind == "artifact":
+            art = record.artifact
+            out["artifacts"].append({
+                "type": art.type, "name": art.name, "digest": art.digest, "used": art.use_after_commit,
+                "metadata": json.loads(art.metadata) if art.metadata else {},
+                "entries": [{"path": e.path, "ref": e.ref, "digest": e.digest, "size": e.size} for e in art.manifest.contents],
+            })
     return out
