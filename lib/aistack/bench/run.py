@@ -49,9 +49,12 @@ def load(folder: Path, cfg: Any, device: torch.device):
 def run_bench(cfg: Any, work_dir: str | Path, out_dir: str | Path, log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     from aistack.eval.tasks import set_offline
 
-    if cfg.model == "random" or cfg.parallel.tensor * cfg.parallel.pipeline > 1:
-        raise ValueError("bench: the job runs one device from a checkpoint; model: random and parallel "
-                         f"(TP {cfg.parallel.tensor} x PP {cfg.parallel.pipeline}) are for `aistack plan` only")
+    if cfg.model == "random":
+        raise ValueError("bench: the job runs from a checkpoint; model: random is for `aistack plan` only")
+    if cfg.parallel.tensor * cfg.parallel.pipeline > 1:  # sharded generation over the job's ranks
+        from aistack.bench.sharded import run_sharded_bench
+
+        return run_sharded_bench(cfg, work_dir, out_dir, log)
     set_offline(cfg.offline)
     work, out = Path(work_dir), Path(out_dir)
     work.mkdir(parents=True, exist_ok=True)

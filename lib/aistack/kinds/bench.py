@@ -17,7 +17,8 @@ precision at `parallel` (TP x PP) and at the smallest layout that fits the profi
 with the decode roofline (aistack.bench.inference_plan); it needs `model_block` with a
 vocab_size. `model: random` (with a model_block) plans a model of that shape with no
 checkpoint at all: a 405B-class layout is planned without building anything. The job
-itself runs on one device and loads a checkpoint: it refuses `random` and TP x PP > 1.
+itself loads a checkpoint (it refuses `random`); at TP x PP > 1 it generates sharded, one
+rank per device (aistack.bench.sharded: nodes = PP stages, tasks per node = TP).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ RANDOM = "random"  # bench.model: no checkpoint, a model_block shape (planning o
 class InferenceParallel(StrictModel):
     tensor: int = Field(default=1, ge=1, le=64, description="TP ranks (within a node), dividing the attention heads")
     pipeline: int = Field(default=1, ge=1, le=1024, description="PP stages (one node each), at most the layers")
+    compare_single: bool = Field(default=False, description="at TP x PP > 1, also run every point at TP 1 x PP 1 on "
+                                                            "rank 0 and report whether the greedy tokens are identical")
 
 
 class BenchConfig(StrictModel):
@@ -63,7 +66,7 @@ class BenchConfig(StrictModel):
     precisions: list[Literal["bf16", "fp8"]] = Field(default_factory=lambda: ["bf16", "fp8"], min_length=1)
     fp8: FP8Config = Field(default_factory=FP8Config)
     parallel: InferenceParallel = Field(default_factory=InferenceParallel,
-                                        description="the TP x PP layout `aistack plan` sizes (the job runs 1 x 1)")
+                                        description="the TP x PP layout `aistack plan` sizes and the job runs at")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 16], min_length=1)
     prompt_lengths: list[int] = Field(default_factory=lambda: [128], min_length=1)
     gen_lengths: list[int] = Field(default_factory=lambda: [64], min_length=1)
@@ -126,7 +129,9 @@ def plan(loaded: LoadedRecipe) -> list[JobSpec]:
     heuristics, allocator) take longer than that; and BF16 vs FP8 are only comparable on the
     same GPU, which one job guarantees and an array spread over nodes does not.
     """
-    res = loaded.recipe.resources.model_copy(update={"nodes": 1, "tasks_per_node": 1})
+    par = loaded.recipe.bench.parallel
+    # TP x PP > 1 (aistack.bench.sharded): one multi-node job, nodes = PP stages, tasks per node = TP.
+    res = loaded.recipe.resources.model_copy(update={"nodes": par.pipeline, "tasks_per_node": par.tensor})
     return [JobSpec("bench", "bench_run", 1, res)]
 
 
