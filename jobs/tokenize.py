@@ -5,7 +5,7 @@ from __future__ import annotations
 from aistack.data.readers import make_reader
 from aistack.data.run_paths import output_dir
 from aistack.data.shard_task import paths_file_for, run_shard_task
-from aistack.data.tokenize import MegatronTokenWriter
+from aistack.data.tokenize import HeldOutSplit, MegatronTokenWriter
 from aistack.launch.task import TaskContext
 
 
@@ -17,7 +17,9 @@ def run(ctx: TaskContext) -> dict:
 
     def build(staging):
         i = cfg.input
-        return [make_reader(i.format, data_folder, paths_file, i.on_bad_file, i.text_key, i.id_key),
+        split = [HeldOutSplit(cfg.heldout_fraction, str(staging / "heldout" / f"{ctx.task_id:05d}.jsonl"))] \
+            if cfg.heldout_fraction > 0 else []
+        return [make_reader(i.format, data_folder, paths_file, i.on_bad_file, i.text_key, i.id_key), *split,
                 MegatronTokenWriter(str(tokenizer), cfg.tokenizer.eos_token, str(staging / "shards" / f"{ctx.task_id:05d}"), cfg.batch_size)]
 
     return run_shard_task(ctx, build, output_dir(ctx.run.path, "tokenize"), files, outputs_under="/shards/")

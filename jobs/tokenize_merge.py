@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aistack.data.megatron import merge, open_dataset
 from aistack.data.run_paths import output_dir
-from aistack.data.tokenize import load_tokenizer
+from aistack.data.tokenize import load_tokenizer, merge_held_out
 from aistack.launch.task import TaskContext
 
 
@@ -19,5 +19,7 @@ def run(ctx: TaskContext) -> dict:
     tokens = int(dataset.sequence_lengths.sum())
     result = {"prefix": str(prefix), "documents_in": len(dataset), "documents_out": len(dataset), "tokens": tokens,
               "bytes_out": (out / "data.bin").stat().st_size, "shards": len(prefixes)}
+    if cfg.heldout_fraction > 0:
+        result["heldout_documents"] = merge_held_out(sorted((out / "heldout").glob("*.jsonl")), out / "heldout.jsonl")
     ctx.log(0, {k: v for k, v in result.items() if k != "prefix"})
     return result

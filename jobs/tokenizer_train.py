@@ -7,7 +7,7 @@ import itertools
 from aistack.data.inputs import write_paths_file
 from aistack.data.run_paths import output_dir
 from aistack.data.readers import make_reader
-from aistack.data.tokenize import copy_tokenizer, load_tokenizer, train_bpe
+from aistack.data.tokenize import copy_tokenizer, is_held_out, load_tokenizer, train_bpe
 from aistack.launch.task import TaskContext
 
 
@@ -22,7 +22,8 @@ def run(ctx: TaskContext) -> dict:
         i = cfg.input
         data_folder, paths_file = write_paths_file(i.files(), ctx.task_dir / "inputs.txt")
         reader = make_reader(i.format, data_folder, str(paths_file), i.on_bad_file, i.text_key, i.id_key)
-        texts = [d.text for d in itertools.islice(reader.run(None, 0, 1), tk.max_train_documents)]
+        docs = (d for d in reader.run(None, 0, 1) if not is_held_out(d.id, cfg.heldout_fraction))  # never seen in training
+        texts = [d.text for d in itertools.islice(docs, tk.max_train_documents)]
         train_bpe(iter(texts), tk.vocab_size, tk.min_frequency, tk.eos_token, tk.special_tokens, out)
         trained_on = len(texts)
     tok, eos = load_tokenizer(out, tk.eos_token)  # fails here, not in every shard, if EOS is missing

@@ -244,3 +244,56 @@ def test_filter_recipe_as_slurm_array(slurm_cluster, corpus, tmp_path):
     kept = rows(result.run.path / "output" / "filter" / "documents")
     assert len(kept) == table["steps"][0]["documents_out"] - sum(s["dropped"] for s in table["steps"])
     assert not {r["url"] for r in kept} & (corpus.urls("non_english") | corpus.urls("blocklisted") | corpus.urls("boilerplate"))
+
+
+def test_tokenize_keeps_a_held_out_split_by_document_id_out_of_training(filtered, tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from tokenizers import Tokenizer
+
+    from aistack.data.tokenize import is_held_out
+
+    reference, _ = filtered
+    docs = reference.run.path / "output" / "filter" / "documents"
+    source = rows(docs)
+    tok_run = launcher.launch(TOKENIZE, [f"output.root={tmp_path}", f"tokenize.input.paths=[{docs}]", "tokenize.heldout_fraction=0.3",
+                                         "tokenize.tokenizer.vocab_size=1000", "tracking.mode=disabled"], on="local")
+    out = tok_run.run.path / "output" / "tokenize"
+    held = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
+    expected = [r for r in source if is_held_out(r["id"], 0.3)]
+    assert 0 < len(held) < len(source)
+    assert sorted(h["id"] for h in held) == sorted(r["id"] for r in expected)
+    assert {h["text"] for h in held} == {r["text"] for r in expected}
+    # the training set is exactly the other documents: no held-out text reaches it
+    dataset = IndexedDataset(str(out / "data"))
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    trained = {tok.decode(dataset[i].tolist()[:-1]) for i in range(len(dataset))}
+    assert len(dataset) == len(source) - len(held)
+    assert trained == {r["text"] for r in source if not is_held_out(r["id"], 0.3)}
+    # the funnel says where they went
+    steps = json.loads((tok_run.run.path / "stats.json").read_text())["jobs"][1]["steps"]
+    split = next(s for s in steps if s["name"] == "Held-out split")
+    assert split["dropped_by"] == {"held_out": len(held)} and split["documents_out"] == len(dataset)
+
+
+def test_bad_words_filter_drops_the_toxic_pages_offline_and_counts_them(corpus, tmp_path):
+    toxic = corpus.urls("toxic")
+    assert len(toxic) == 4
+    run = launcher.launch(FINEWEB, [f"output.root={tmp_path}", f"filter.input.paths=[{corpus.shards[0].parent}]", *COMMON, *LIGHT,
+                                    "filter.badwords.enabled=true", "filter.output.keep_removed=true"], on="local").run
+    kept = {r["url"] for r in rows(run.path / "output" / "filter" / "documents")}
+    removed = removed_urls(run, "badwords")
+    assert toxic <= removed and not toxic & kept
+    # C4's list also takes the odd real page (the sockets HOWTO: "suck"): only pages holding a listed word
+    from aistack.assets import shipped
+    from aistack.data.badwords import read_words
+
+    words = {w for w in read_words(shipped("data", "badwords", "en.txt")) if " " not in w}
+    texts = {}
+    for path in (run.path / "output" / "filter" / "removed" / "badwords").glob("*.jsonl.gz"):
+        texts |= {(d := json.loads(line))["url"]: d["text"] for line in gzip.open(path, "rt")}
+    for url in removed - toxic:
+        assert words & set(re.findall(r"\w+", texts[url].lower())), url
+    assert len(removed - toxic) <= 2 and len(kept) > 100
+    steps = json.loads((run.path / "stats.json").read_text())["jobs"][0]["steps"]
+    bad = next(s for s in steps if s["name"] == "C4 Badwords")
+    assert bad["dropped"] == len(removed) and bad["dropped_by"] == {"document_removed_with_badwords": len(removed)}

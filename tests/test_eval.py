@@ -99,6 +99,43 @@ def test_trained_model_beats_an_untrained_one(tmp_path, runs):
     assert evaluate(tmp_path, runs["trained"], "tinylang_gen")["exact_match/strip"] >= 0.9
 
 
+def test_perplexity_task_built_from_a_local_file_scores_as_a_shipped_task(tmp_path, runs):
+    """A `data_tasks` perplexity task over tinylang_ppl's own documents (given as the held-out
+    file of a tokenize run would be: {id, text}) gives tinylang_ppl's numbers, and sees training."""
+    docs = [json.loads(line) for line in (TASKS / "ppl.jsonl").read_text().splitlines()]
+    held = tmp_path / "heldout.jsonl"
+    held.write_text("".join(json.dumps({"id": f"doc-{i}", "text": d["text"]}) + "\n" for i, d in enumerate(docs)))
+    spec = {"heldout_ppl": {"type": "perplexity", "data": str(held)}}
+    built = evaluate(tmp_path, runs["trained"], "heldout_ppl", data_tasks=spec)
+    shipped = evaluate(tmp_path, runs["trained"], "tinylang_ppl")
+    for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+        assert built[metric] == pytest.approx(shipped[metric], rel=1e-9), metric
+    untrained = evaluate(tmp_path / "random", runs["random"], "heldout_ppl", data_tasks=spec)
+    assert built["bits_per_byte"] < 0.6 * untrained["bits_per_byte"], (built, untrained)
+    assert (tmp_path / "aistack-heldout_ppl" / "data_tasks" / "heldout_ppl" / "heldout_ppl.yaml").exists()
+
+
+def test_chat_task_prompts_with_the_template_and_stops_at_the_end_of_turn(tmp_path):
+    """A `chat` data task: each record's last assistant turn is the target; the prompt is the
+    conversation before it with the generation prompt, rendered by the tokenizer's template."""
+    import yaml
+
+    from aistack.data.tokenize import train_bpe
+    from aistack.eval.data_tasks import chat_task
+    from aistack.post import reverse_task
+
+    tok = train_bpe(["reverse: a b c c b a"] * 20, 300, 1, "<|endoftext|>", reverse_task.SPECIAL, tmp_path / "tokenizer.json")
+    data = reverse_task.write_jsonl(tmp_path / "eval.jsonl", [reverse_task.record(w) for w in ("abc", "dog")])
+    folder = chat_task("rev", data, tmp_path / "tasks", tok, max_gen_toks=5)
+    cfg = yaml.safe_load((folder / "rev.yaml").read_text())
+    assert cfg["output_type"] == "generate_until" and cfg["generation_kwargs"]["until"] == ["<|end|>"]
+    rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    assert rows[0] == {"context": "<|user|>\nreverse: a b c<|end|><|assistant|>\n", "target": "c b a"}
+    assert rows[1]["target"] == "g o d"
+    train, prompts = reverse_task.words()
+    assert not set(reverse_task.eval_words()) & (set(train[:1500]) | set(prompts)), "evaluation words are seen by no model"
+
+
 def test_uncached_dataset_fails_fast_naming_task_and_dataset(tmp_path, runs):
     from aistack.eval.tasks import MissingDataset, UnknownTask
 

@@ -65,6 +65,12 @@ def test_references_resolve_to_upstream_outputs(tiny_env):
     assert pre.loaded.recipe.data.paths[0].path == str(tok.run.path / "output" / "tokenize" / "data")
     assert sft.loaded.recipe.checkpoint.load == str(pre.run.path / "jobs" / "train" / "tasks" / "00000" / "checkpoints")
     assert pipeline.stage("sft").needs == ("pretrain", "tokenize")
+    # the evaluation and the FP8 quality delta measure the documents tokenize kept out of training
+    heldout = str(tok.run.path / "output" / "tokenize" / "heldout.jsonl")
+    assert tok.loaded.recipe.tokenize.heldout_fraction > 0
+    assert pipeline.stage("evaluate").loaded.recipe.evaluate.data_tasks["heldout_ppl"].data == heldout
+    assert pipeline.stage("bench").loaded.recipe.bench.quality.text == heldout
+    assert pipeline.stage("evaluate").loaded.recipe.evaluate.tasks == ["heldout_ppl", "reverse_words"]
     assert pipeline.stage("report").needs[-1] == "bench"
     # dedup reads as many shards as the filter stage writes (its array size)
     assert pipeline.stage("dedup").plan.job("signatures").num_tasks == pipeline.stage("filter").plan.job("filter").num_tasks

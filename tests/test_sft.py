@@ -218,6 +218,21 @@ def test_finetuned_model_answers_held_out_prompts(tmp_path, task, pretrained):
     assert after >= 0.8, f"held-out accuracy after SFT {after}: {samples}"
     assert result["data"]["chat_template"] == "default" and result["data"]["valid_conversations"] > 0
     assert result["val_loss"] < 0.2
+    # the same skill measured by lm-eval: a `chat` data task on words neither SFT nor distillation sees
+    scores = {name: lm_eval_exact_match(tmp_path / name, ckpt, task)
+              for name, ckpt in (("pretrained", pretrained), ("sft", run.run.task_dir("train", 0) / "checkpoints"))}
+    assert scores["pretrained"] <= 0.05 and scores["sft"] >= 0.8, scores
+
+
+def lm_eval_exact_match(work: Path, checkpoint: Path, task: dict) -> float:
+    from aistack.eval.evaluator import evaluate_pair
+    from aistack.kinds.evaluate import EvaluateConfig
+    from aistack.post.reverse_task import eval_words
+
+    data = pf.write_jsonl(work / "eval.jsonl", [pf.record(w) for w in eval_words()[:60]])
+    cfg = EvaluateConfig(checkpoints=[str(checkpoint)], tasks=["reverse_words"], tokenizer=str(task["tokenizer"]),
+                         data_tasks={"reverse_words": {"type": "chat", "data": str(data), "max_gen_toks": 8}})
+    return evaluate_pair(cfg, cfg.checkpoints[0], "reverse_words", work / "eval")["metrics"]["reverse_words"]["exact_match"]
 
 
 # --- where SFT starts: an HF folder, another TP layout; and its export ------------------------

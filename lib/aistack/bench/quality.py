@@ -26,10 +26,13 @@ def read_texts(path: str | Path, max_docs: int) -> list[str]:
 @torch.inference_mode()
 def perplexity(model, tokenizer, texts: list[str], max_len: int, eos_id: int | None) -> dict[str, float]:
     """Token-weighted perplexity: each document is scored from an end-of-text token, in
-    windows of at most max_len tokens (a model cannot look further)."""
+    windows of at most max_len tokens (a model cannot look further); and bits per byte (every
+    token of the document scored, over its UTF-8 bytes: independent of the tokenizer, as
+    lm-eval's bits_per_byte)."""
     device = next(model.parameters()).device
-    nll, count = 0.0, 0
+    nll, count, size = 0.0, 0, 0
     for text in texts:
+        size += len(text.encode("utf-8"))
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         seq = ([eos_id] if eos_id is not None else []) + ids
         for start in range(0, len(seq) - 1, max_len):
@@ -40,7 +43,7 @@ def perplexity(model, tokenizer, texts: list[str], max_len: int, eos_id: int | N
             nll += float(F.cross_entropy(logits[0], window[0, 1:], reduction="sum"))
             count += window.shape[1] - 1
     mean = nll / max(count, 1)
-    return {"nll": mean, "perplexity": math.exp(mean), "tokens": count}
+    return {"nll": mean, "perplexity": math.exp(mean), "bits_per_byte": nll / math.log(2) / max(size, 1), "tokens": count}
 
 
 def task_score(model, tokenizer, task: str, limit: int | None, batch_size: int = 16, seed: int = 1234) -> dict[str, float]:
@@ -69,9 +72,9 @@ def deltas(bf16: dict[str, float], fp8: dict[str, float]) -> dict[str, float]:
 
 def quality_of(models: dict[str, Any], tokenizer, cfg: Any, max_len: int, eos_id: int | None) -> dict[str, Any]:
     """{precision: {perplexity..., task metrics}} and the FP8 - BF16 deltas."""
-    from aistack.eval.tasks import PROJECT_TASKS
+    from aistack.eval.tasks import project_tasks
 
-    text = cfg.text or str(PROJECT_TASKS / "tinylang" / "ppl.jsonl")
+    text = cfg.text or str(project_tasks() / "tinylang" / "ppl.jsonl")
     texts = read_texts(text, cfg.max_docs)
     out: dict[str, Any] = {"text": text, "task": cfg.task}
     for precision, model in models.items():

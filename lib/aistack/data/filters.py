@@ -1,6 +1,6 @@
 """The FineWeb filter pipeline of one task, built from datatrove's own blocks.
 
-reader -> URL filter -> trafilatura -> language id -> Gopher repetition -> Gopher
+reader -> URL filter -> trafilatura -> language id -> C4 bad words -> Gopher repetition -> Gopher
 quality -> C4 quality -> FineWeb quality -> PII scrubbing -> writers. Each step can be
 switched off in the recipe; thresholds default to FineWeb's.
 """
@@ -64,6 +64,12 @@ def build_filter_pipeline(cfg, data_folder: str, paths_file: str, out_dir: Path,
     if lang.enabled:
         steps.append(OfflineLanguageFilter(lang.languages, lang.threshold, lang.backend, lang.model_file, exclusion_writer=excluded("language")))
     language = lang.languages[0] if lang.enabled else "en"
+    bad = cfg.badwords
+    if bad.enabled:
+        from aistack.data.badwords import OfflineC4BadWordsFilter
+
+        steps.append(OfflineC4BadWordsFilter(bad.lists, bad.keep_fraction, bad.fail_on_missing_language, bad.seed,
+                                             default_language=language, exclusion_writer=excluded("badwords")))
     g = cfg.gopher_repetition
     if g.enabled:
         steps.append(GopherRepetitionFilter(

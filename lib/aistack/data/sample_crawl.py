@@ -13,6 +13,8 @@ the tests can look up in `Corpus.kinds`:
   boilerplate   real documentation pages with their main content cut out (menus only)
   near_dup      real pages copied to a mirror site with a banner and a few words changed,
                 each in another shard than its original (`Corpus.pairs`)
+  toxic         real pages copied to a forum with a reader's comment holding words of the
+                English bad-words list shipped with the recipes (recipes/data/badwords/en.txt)
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ MAN_ROOT = Path("/usr/share/man")
 DOC_URL = "https://docs.python.org/3.11/"
 MIRROR_URL = "https://python-docs-mirror.example-mirror.org/3.11/"
 BLOCKED = ("https://www.casino-bonus-online.com/docs/", "https://files.example-host.net/xxx/")
+TOXIC_URL = "https://forum.example-board.org/threads/"
+# Bumped when the pages change: `main` rewrites a crawl written by an older version.
+VERSION = 2
 MAN_PAGES = [(lang, page) for lang in ("de", "fr", "es", "it") for page in ("apt-get.8", "apt-cache.8", "apt.8")]
 
 
@@ -108,7 +113,24 @@ def near_duplicate(html: str, rng: random.Random) -> str:
     return html
 
 
-def build_corpus(out_dir: Path, shards: int = 4, real: int = 120, blocked: int = 4, boilerplate: int = 6, near_dups: int = 14, seed: int = 0) -> Corpus:
+def toxic_copy(html: str, words: list[str]) -> str:
+    """The page with a reader's comment holding `words` on top of its main content."""
+    comment = (f"<p>Comment from a reader: honestly this whole page is {words[0]} and the examples are {words[1]}, "
+               f"whoever wrote the last section is a {words[2]} and should read it again.</p>")
+    return html.replace('<div class="body" role="main">', '<div class="body" role="main">' + comment, 1)
+
+
+def toxic_words(rng: random.Random, count: int = 3) -> list[str]:
+    """Single words (letters only) of the shipped English bad-words list."""
+    from aistack.assets import shipped
+    from aistack.data.badwords import read_words
+
+    words = sorted(w for w in read_words(shipped("data", "badwords", "en.txt")) if w.isalpha() and len(w) >= 4)
+    return rng.sample(words, count)
+
+
+def build_corpus(out_dir: Path, shards: int = 4, real: int = 120, blocked: int = 4, boilerplate: int = 6, near_dups: int = 14,
+                 toxic: int = 4, seed: int = 0) -> Corpus:
     rng = random.Random(seed)
     pages = real_pages(real)
     docs: list[tuple[str, str, str]] = []  # (url, html, kind)
@@ -129,6 +151,10 @@ def build_corpus(out_dir: Path, shards: int = 4, real: int = 120, blocked: int =
         dup_url = url.replace(DOC_URL, MIRROR_URL)
         docs.append((dup_url, near_duplicate(html, rng), "near_dup"))
         pairs.append((url, dup_url))
+    # another generator: the pages above stay what they were before toxic pages were added
+    toxic_rng = random.Random(seed + 1)
+    for url, html, _ in toxic_rng.sample([d for d in reals if d not in picks], toxic):
+        docs.append((TOXIC_URL + url.rsplit("/", 1)[1], toxic_copy(html, toxic_words(toxic_rng)), "toxic"))
     rng.shuffle(docs)
     # A near-duplicate goes to another shard than its original, so dedup works across shards.
     shard_of: dict[str, int] = {}
@@ -184,11 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--near-dups", type=int, default=10)
     args = parser.parse_args(argv)
     done = args.out_dir / "COMPLETE"
-    if done.exists():  # written once; rerunning the demo keeps the same input (and run hashes)
+    if done.exists() and f"version {VERSION}" in done.read_text().splitlines():
+        # written once; rerunning the demo keeps the same input (and run hashes)
         print(f"sample crawl already in {args.out_dir}")
         return
+    for old in args.out_dir.glob("crawl-*.warc.gz"):  # an older version's shards
+        old.unlink()
     corpus = build_corpus(args.out_dir, shards=args.shards, real=args.pages, near_dups=args.near_dups)
-    done.write_text(f"{len(corpus.kinds)} pages\n")
+    done.write_text(f"{len(corpus.kinds)} pages\nversion {VERSION}\n")
     print(f"sample crawl: {len(corpus.kinds)} pages in {len(corpus.shards)} WARC shards under {args.out_dir}")
 
 

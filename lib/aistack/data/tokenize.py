@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -49,6 +51,56 @@ def copy_tokenizer(src: str, out: Path) -> Path:
     shutil.copyfile(src, tmp)
     tmp.replace(out)
     return out
+
+
+def is_held_out(doc_id: str, fraction: float) -> bool:
+    """Whether a document belongs to the held-out split: a pure function of its id, so every
+    task, the tokenizer trainer and a rerun agree without sharing any state."""
+    if fraction <= 0:
+        return False
+    bucket = int.from_bytes(hashlib.sha256(str(doc_id).encode()).digest()[:8], "big") / 2**64
+    return bucket < fraction
+
+
+class HeldOutSplit(PipelineStep):
+    """Keeps a deterministic fraction of the documents (by a hash of their id) out of training:
+    they are written as jsonl ({"id", "text"}) to `path` and not forwarded to the token writer;
+    the funnel counts them as `dropped_held_out`."""
+
+    type = "🔻 - FILTER"
+    name = "Held-out split"
+
+    def __init__(self, fraction: float, path: str):
+        super().__init__()
+        self.fraction = fraction
+        self.path = path
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        out = Path(self.path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w") as handle:
+            for doc in data or []:
+                self.stat_update("total")
+                if is_held_out(doc.id, self.fraction):
+                    handle.write(json.dumps({"id": doc.id, "text": doc.text}) + "\n")
+                    self.stat_update("dropped_held_out")
+                    continue
+                self.stat_update("forwarded")
+                yield doc
+
+
+def merge_held_out(shards: list[Path], out: Path) -> int:
+    """The shards' held-out documents, in shard order, as one jsonl (written atomically)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    count = 0
+    with open(tmp, "w") as handle:
+        for shard in shards:
+            for line in shard.read_text().splitlines():
+                if line.strip():
+                    handle.write(line + "\n")
+                    count += 1
+    tmp.replace(out)
+    return count
 
 
 class MegatronTokenWriter(PipelineStep):

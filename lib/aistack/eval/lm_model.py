@@ -125,6 +125,9 @@ class AistackLM(TemplateLM):
             kwargs = dict(gen_kwargs or {})
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
+            # a stop string that is one token of the vocabulary (a chat template's end of turn):
+            # decoding drops special tokens, so it is caught by its id
+            stop_ids = {self.tokenizer.token_to_id(u) for u in until} - {None}
             max_new = int(kwargs.get("max_gen_toks", 256))
             tokens = self.tok_encode(context)[-max(self.max_length - max_new, 1):]
             generated: list[int] = []
@@ -132,7 +135,7 @@ class AistackLM(TemplateLM):
             for _ in range(max_new):
                 window = (tokens + generated)[-self.max_length:]
                 next_id = int(self.logits([window])[0, -1].argmax())
-                if next_id == self._eot:
+                if next_id == self._eot or next_id in stop_ids:
                     break
                 generated.append(next_id)
                 text = self.tok_decode(generated)

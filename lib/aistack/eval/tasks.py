@@ -19,8 +19,14 @@ from typing import Any
 
 import yaml
 
-PROJECT_TASKS = Path(__file__).resolve().parents[3] / "recipes" / "eval" / "tasks"
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}
+
+
+def project_tasks() -> Path:
+    """The project's local task folder (recipes/eval/tasks, found by aistack.assets)."""
+    from aistack.assets import shipped
+
+    return shipped("eval", "tasks")
 
 
 class MissingDataset(RuntimeError):
@@ -127,7 +133,7 @@ def task_manager(extra_folders: list[str | Path], work_dir: str | Path, needed: 
     lm-eval's built-in tasks are indexed only when a needed task is not local (~10 s saved)."""
     from lm_eval.tasks import TaskManager
 
-    folders = [PROJECT_TASKS, *extra_folders]
+    folders = [project_tasks(), *extra_folders]
     staged = stage_task_dirs(folders, Path(work_dir) / "lm_eval_tasks")
     local = local_task_names(folders)
     return TaskManager(include_path=str(staged), include_defaults=not set(needed) <= local)

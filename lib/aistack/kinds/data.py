@@ -35,7 +35,9 @@ DEFAULT_BLOCKLIST = "default"
 
 
 def _repo_blocklists() -> Path:
-    return Path(__file__).resolve().parents[3] / "recipes" / "data" / "blocklists"
+    from aistack.assets import shipped
+
+    return shipped("data", "blocklists")
 
 
 def _existing_file(value: str) -> str:
@@ -140,6 +142,33 @@ class LanguageCfg(StrictModel):
         return value
 
 
+def _badwords_list(value: str, language: str) -> str:
+    if value == DEFAULT_BLOCKLIST:
+        from aistack.assets import shipped
+
+        value = str(shipped("data", "badwords", f"{language}.txt"))
+        if not Path(value).is_file():
+            raise ValueError(f"a bad-words list for '{language}': none ships with aistack ({value}); give a file")
+    return _existing_file(value)
+
+
+class BadWordsCfg(StrictModel):
+    """C4's bad-words filter (aistack.data.badwords) from local word lists, after language id."""
+
+    enabled: bool = False
+    # language -> word list; `default`: the list shipped in recipes/data/badwords/<language>.txt
+    lists: dict[str, str] = Field(default_factory=lambda: {"en": DEFAULT_BLOCKLIST})
+    keep_fraction: float = Field(default=0.0, ge=0, le=1, description="fraction of pages with bad words kept anyway")
+    fail_on_missing_language: bool = Field(default=False, description="a page in a language without a list: fail (true) or keep it")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _lists_exist(self) -> "BadWordsCfg":
+        if self.enabled:  # the lists are read only by an enabled filter
+            self.lists = {lang: _badwords_list(path, lang) for lang, path in self.lists.items()}
+        return self
+
+
 class GopherRepetitionCfg(StrictModel):
     enabled: bool = True
     dup_line_frac: float = 0.3
@@ -206,6 +235,7 @@ class FilterConfig(ShardedStage):
     url: UrlFilterCfg = Field(default_factory=UrlFilterCfg)
     extract: ExtractCfg = Field(default_factory=ExtractCfg)
     language: LanguageCfg = Field(default_factory=lambda: LanguageCfg(backend="py3langid"))
+    badwords: BadWordsCfg = Field(default_factory=BadWordsCfg)
     gopher_repetition: GopherRepetitionCfg = Field(default_factory=GopherRepetitionCfg)
     gopher_quality: GopherQualityCfg = Field(default_factory=GopherQualityCfg)
     c4_quality: C4QualityCfg = Field(default_factory=C4QualityCfg)
@@ -276,6 +306,9 @@ class TokenizeConfig(ShardedStage):
     input: InputBlock
     tokenizer: TokenizerCfg = Field(default_factory=TokenizerCfg)
     batch_size: int = Field(default=256, ge=1, description="documents per tokenizer batch")
+    # A deterministic split (by a hash of each document's id) kept out of the tokenizer and the
+    # dataset, written to output/tokenize/heldout.jsonl for evaluation; 0: every document is trained on.
+    heldout_fraction: float = Field(default=0.0, ge=0, lt=1, description="fraction of documents held out of training")
 
 
 class TokenizeRecipe(Recipe):
@@ -349,5 +382,6 @@ SPECS = (
     KindSpec("dedup", DedupRecipe, plan_dedup, outputs={"output": "output/dedup/documents"},
              sharded_by="filter", report="data"),
     KindSpec("tokenize", TokenizeRecipe, plan_tokenize,
-             outputs={"output": "output/tokenize/data", "tokenizer": "output/tokenize/tokenizer.json"}, report="data"),
+             outputs={"output": "output/tokenize/data", "tokenizer": "output/tokenize/tokenizer.json",
+                      "heldout": "output/tokenize/heldout.jsonl"}, report="data"),
 )

@@ -4,6 +4,8 @@
       checkpoints: [runs/gpt-tiny-abc]   # pretrain runs, checkpoints roots, step_* dirs or HF folders
       all_steps: true                    # every saved step of each (metrics vs training step)
       tasks: [tinylang_mc, tinylang_ppl] # lm-eval task names: the project's local ones or any lm-eval task
+      data_tasks:                        # tasks built at run time from local jsonl files (aistack.eval.data_tasks)
+        heldout_ppl: {type: perplexity, data: runs/tokenize-abc/output/tokenize/heldout.jsonl}
 
 Checkpoints are resolved to their step directories when the recipe is validated: the
 run's identity (and its directory) names exactly the weights it evaluates, and every
@@ -80,10 +82,21 @@ def expand_checkpoints(spec: str, all_steps: bool) -> list[str]:
     return [str(latest)]
 
 
+class DataTask(StrictModel):
+    """An lm-eval task built when the job runs from a local jsonl (aistack.eval.data_tasks)."""
+
+    type: Literal["perplexity", "chat"] = Field(description="perplexity: documents {text}; chat: conversations {messages}, "
+                                                            "the last assistant turn generated and exact-matched")
+    data: ExistingFile = Field(description="the jsonl file (an earlier stage's output in a pipeline)")
+    max_docs: int | None = Field(default=None, ge=1, description="the first N records; null: all")
+    max_gen_toks: int = Field(default=32, ge=1, description="chat: tokens generated at most")
+
+
 class EvaluateConfig(StrictModel):
     all_steps: bool = Field(default=False, description="every saved step of each checkpoints root, not only the latest")
     checkpoints: list[str] = Field(min_length=1, description="pretrain runs, checkpoints roots, step_* dirs or HF model folders")
     tasks: list[TaskName] = Field(min_length=1, description="lm-eval task (or group) names")
+    data_tasks: dict[TaskName, DataTask] = Field(default_factory=dict, description="tasks built from local jsonl files, by name")
     task_paths: list[ExistingDir] = Field(default_factory=list, description="more folders of lm-eval task YAMLs (recipes/eval/tasks is always included)")
     backend: Literal["aistack", "hf"] = Field(default="aistack", description="aistack: the registered megatron model; hf: export to HF, lm-eval's `hf` model")
     model: ModelConfig | None = Field(default=None, description="null: the model block of the pretrain run the checkpoint is in")

@@ -37,7 +37,7 @@ def build(title: str, stages: list[dict[str, str]], out_dir: Path) -> dict[str, 
     sections += [_data_section(s) for s in feeds["data"]]
     if feeds["training"]:
         sections.append(_training_section(feeds["training"], out_dir))
-    sections += [_eval_section(s) for s in feeds["evaluation"]]
+    sections += [_eval_section(s, stages) for s in feeds["evaluation"]]
     sections += [_bench_section(s) for s in feeds["benchmark"]]
     images = _copy_images(sections, out_dir)
     md = out_dir / "report.md"
@@ -129,15 +129,66 @@ def _training_section(stages: list[dict[str, str]], out_dir: Path) -> Section:
     return section
 
 
-def _eval_section(stage: dict[str, str]) -> Section:
+def _eval_section(stage: dict[str, str], stages: list[dict[str, str]] | None = None) -> Section:
+    """A pivot: one row per evaluated model (its stage's name), one column per task and metric,
+    the best value of each column in bold."""
     section = Section(f"Evaluation: {stage['name']}")
     rows = _csv_rows(Path(stage["run"]) / "results.csv")
     if rows is None:
         section.text.append("no results.csv: the evaluation has not finished")
         return section
-    keep = ["run", "step", "task", "metric", "value"]
-    section.tables.append([keep] + [[r[k] if k != "value" else _fmt(_num(r[k])) for k in keep] for r in rows])
+    section.tables.append(eval_pivot(rows, model_labels(stages or [])))
+    section.text.append("one row per model, one column per task and metric; bold: the best of each column "
+                        "(higher is better for accuracy and exact match, lower for perplexity and bits per byte)")
     return section
+
+
+def model_labels(stages: list[dict[str, str]]) -> dict[str, str]:
+    """Run directory name -> the stage's name; a distilled student says whose student it is."""
+    labels = {Path(s["run"]).name: s["name"] for s in stages}
+    for s in stages:
+        if s["kind"] != "distill":
+            continue
+        recipe = read_yaml(Path(s["run"]) / "recipe.yaml")
+        teacher = str((recipe.get("teacher") or {}).get("checkpoint") or "")
+        for other in stages:
+            if other is not s and teacher and (teacher + "/").startswith(str(Path(other["run"])) + "/"):
+                labels[Path(s["run"]).name] = f"{s['name']} (student of {other['name']})"
+    return labels
+
+
+def higher_is_better(metric: str) -> bool | None:
+    name = metric.split("/")[0]
+    if "perplexity" in name or name in ("bits_per_byte", "loss", "nll"):
+        return False
+    if name.startswith(("acc", "exact_match", "f1", "mcc", "bleu", "rouge")):
+        return True
+    return None
+
+
+def eval_pivot(rows: list[dict[str, str]], labels: dict[str, str]) -> list[list[str]]:
+    """results.csv rows (run, step, task, metric, value) -> [header, *one row per model]."""
+    columns = sorted({(r["task"], r["metric"]) for r in rows})
+    models: dict[tuple[str, str], dict[tuple[str, str], float | None]] = {}
+    for r in rows:
+        models.setdefault((r["run"], r["step"]), {})[(r["task"], r["metric"])] = _num(r["value"])
+    best: dict[tuple[str, str], float] = {}
+    for col in columns:
+        direction = higher_is_better(col[1])
+        values = [v[col] for v in models.values() if v.get(col) is not None]
+        if direction is not None and len(values) > 1:
+            best[col] = max(values) if direction else min(values)
+    table = [["model", "step", *(f"{task} {metric}" for task, metric in columns)]]
+    order = {run: i for i, run in enumerate(labels)}  # the pipeline's stage order
+    for (run, step), values in sorted(models.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][0],
+                                                                     _num(kv[0][1]) or 0)):
+        cells = []
+        for col in columns:
+            value = values.get(col)
+            text = _fmt(value)
+            cells.append(f"**{text}**" if value is not None and best.get(col) == value else text)
+        table.append([labels.get(run, run), step or "-", *cells])
+    return table
 
 
 def _bench_section(stage: dict[str, str]) -> Section:
@@ -206,11 +257,26 @@ def _html(title: str, sections: list[Section], images: dict[Path, str]) -> str:
         parts += [f"<p>{e(t)}</p>" for t in s.text]
         for table in s.tables:
             head = "".join(f"<th>{e(c)}</th>" for c in table[0])
-            body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table[1:])
+            body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in table[1:])
             parts.append(f"<table><tr>{head}</tr>{body}</table>")
         parts += [f"<img src='{e(images[i])}' alt='{e(s.title)}'>" for i in s.images if i in images]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _html_cell(cell: str) -> str:
+    if len(cell) > 4 and cell.startswith("**") and cell.endswith("**"):  # the markdown's bold: the best value
+        return f"<td><b>{html.escape(cell[2:-2])}</b></td>"
+    return f"<td>{html.escape(cell)}</td>"
+
+
+def read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]] | None:

@@ -1,0 +1,29 @@
+"""The report's evaluation table: models as rows, task/metric as columns, the best of each in bold."""
+
+from __future__ import annotations
+
+from aistack.pipeline.report_page import _html, _markdown, Section, eval_pivot, model_labels
+
+
+def row(run, step, task, metric, value):
+    return {"run": run, "step": str(step), "task": task, "metric": metric, "value": str(value)}
+
+
+def test_pivot_has_one_row_per_model_and_marks_the_best_of_each_column(tmp_path):
+    distill = tmp_path / "distill-c"
+    distill.mkdir()
+    (distill / "recipe.yaml").write_text(f"teacher:\n  checkpoint: {tmp_path}/sft-b/jobs/train/tasks/00000/checkpoints\n")
+    stages = [{"name": "pretrain", "kind": "pretrain", "run": str(tmp_path / "pretrain-a")},
+              {"name": "sft", "kind": "sft", "run": str(tmp_path / "sft-b")},
+              {"name": "distill", "kind": "distill", "run": str(distill)}]
+    rows = [row("sft-b", 300, "reverse_words", "exact_match", 0.96), row("distill-c", 60, "reverse_words", "exact_match", 0.4),
+            row("pretrain-a", 60, "reverse_words", "exact_match", 0.0),
+            row("sft-b", 300, "heldout_ppl", "bits_per_byte", 3.1), row("pretrain-a", 60, "heldout_ppl", "bits_per_byte", 2.7),
+            row("distill-c", 60, "heldout_ppl", "bits_per_byte", 4.0)]
+    table = eval_pivot(rows, model_labels(stages))
+    assert table[0] == ["model", "step", "heldout_ppl bits_per_byte", "reverse_words exact_match"]
+    assert table[1:] == [["pretrain", "60", "**2.7**", "0"], ["sft", "300", "3.1", "**0.96**"],
+                         ["distill (student of sft)", "60", "4", "0.4"]]
+    page = _html("t", [Section("Evaluation", tables=[table])], {})
+    assert "<td><b>2.7</b></td>" in page and "<td><b>0.96</b></td>" in page and "**" not in page
+    assert "| pretrain | 60 | **2.7** | 0 |" in _markdown("t", [Section("Evaluation", tables=[table])], {})
