@@ -265,3 +265,36 @@ def test_failed_stage_stops_its_dependents_on_the_local_executor(runs_root, tmp_
     assert main(["run", str(fixed), "--on", "local"]) == 0
     assert third.is_done("reduce", 0) and done_markers(first) == first_done
     assert (pipeline.dir.path / "report.md").exists()
+
+
+WAVED = """
+kind: pipeline
+name: waved
+output: {{root: {root}}}
+tracking: {{mode: disabled}}
+stages:
+  wide:
+    recipe: {smoke}
+    overrides: {{smoke: {{tasks: 100, steps: 1, step_seconds: 0}}, resources: {{qos: limited}}}}
+  after:
+    recipe: {smoke}
+    after: [wide]
+    overrides: {{smoke: {{tasks: 2, steps: 1, step_seconds: 0}}}}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_stage_after_a_waved_stage_waits_for_its_last_wave(runs_root, tmp_path):
+    # QOS `limited` (MaxSubmitJobsPerUser=60): `wide` goes in waves, its follow-ups submit
+    # the rest and then `after`, which must start only once every task of `wide` is done.
+    smoke = RECIPES / "examples" / "smoke.yaml"
+    recipe = write_recipe(tmp_path / "waved.yaml", WAVED.format(root=runs_root, smoke=smoke))
+    assert main(["run", str(recipe), "--on", "slurm", "--wait"]) == 0
+    pipeline = resolve(load_recipe(recipe))
+    states = stage_states(stage_runs(pipeline.dir))
+    assert all(s.state == "COMPLETED" for s in states), describe_unfinished(states)
+    wide, after = pipeline.stage("wide").run, pipeline.stage("after").run
+    waves = [r for r in wide.submissions() if r["job"] == "map"]
+    assert len(waves) >= 2 and sorted(t for w in waves for t in w["task_ids"]) == list(range(100))
+    assert task_times(after)[0] >= task_times(wide)[1]  # started after the last task of the last wave

@@ -46,6 +46,8 @@ def submit_stages(pipeline: Pipeline, executor: Executor, dry_run: bool = False,
             failed.add(stage.name)
             continue
         if any(n in deferred for n in stage.needs):  # the follow-up submits it after the last wave
+            if not dry_run:
+                prepare_stage(stage, executor.profile.name)
             for job in stage.plan.jobs:
                 left = len(stage.run.pending_tasks(job.name, job.num_tasks))
                 if left:
