@@ -14,4 +14,5 @@ def run(ctx: TaskContext) -> dict:
     data_folder, paths_file = paths_file_for(ctx, files)
     clusters = work_dir(ctx.run.path, "dedup/clusters")
     return run_shard_task(ctx, lambda staging: filter_pipeline(cfg, data_folder, paths_file, clusters, staging),
-                         output_dir(ctx.run.path, "dedup"), files, outputs_under="/documents/")
+                         output_dir(ctx.run.path, "dedup"), files, outputs_under="/documents/",
+                         documents_to=cfg.output_path)

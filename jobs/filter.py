@@ -18,4 +18,5 @@ def run(ctx: TaskContext) -> dict:
         removed = staging / "removed" if cfg.output.keep_removed else None
         return build_filter_pipeline(cfg, data_folder, paths_file, staging / "documents", removed, kill=kill)
 
-    return run_shard_task(ctx, build, output_dir(ctx.run.path, "filter"), files, outputs_under="/documents/")
+    return run_shard_task(ctx, build, output_dir(ctx.run.path, "filter"), files, outputs_under="/documents/",
+                          documents_to=cfg.output.path)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from aistack.data.remote import common_root, relative
 
 from aistack.launch.rundir import atomic_write_text
 
@@ -16,8 +17,8 @@ def write_paths_file(files: list[str], path: Path) -> tuple[str, Path]:
     """
     if not files:
         raise ValueError("no input files")
-    root = os.path.commonpath([os.path.dirname(f) for f in files])
-    atomic_write_text(path, "".join(os.path.relpath(f, root) + "\n" for f in files))
+    root = common_root(files)  # a folder, or a URL prefix (s3://bucket/crawl) read through fsspec
+    atomic_write_text(path, "".join(relative(f, root) + "\n" for f in files))
     return root, path
 
 

@@ -23,6 +23,8 @@ from typing import Callable
 
 from datatrove.executor import LocalPipelineExecutor
 
+from aistack.data import remote
+
 
 def rank_completed(logging_dir: Path, rank: int) -> bool:
     return (logging_dir / "completions" / f"{rank:05d}").exists()
@@ -34,13 +36,28 @@ def read_step_stats(logging_dir: Path, rank: int) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def publish(staging: Path, final: Path) -> list[str]:
-    """Move every file under staging to the same relative path under final."""
+def publish(staging: Path, final: Path, documents_to: str | None = None) -> list[str]:
+    """Move every file under staging to the same relative path under final.
+
+    `documents_to`: where the files under staging/documents/ go instead (a folder, or an
+    fsspec URL such as s3://bucket/prefix: uploaded, one object per file, then removed here).
+    """
     moved = []
     if not staging.exists():
         return moved
     for src in sorted(p for p in staging.rglob("*") if p.is_file()):
-        dst = final / src.relative_to(staging)
+        rel = src.relative_to(staging)
+        if documents_to and rel.parts[0] == "documents":
+            dst = remote.join(documents_to, "/".join(rel.parts[1:]))
+            if remote.is_url(dst):
+                remote.upload(str(src), dst)
+                src.unlink()
+            else:
+                Path(dst).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(src, dst)
+            moved.append(dst)
+            continue
+        dst = final / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
         moved.append(str(dst))
@@ -56,6 +73,7 @@ def run_staged(
     logging_dir: Path,
     staging: Path,
     final: Path,
+    documents_to: str | None = None,
 ) -> dict:
     """build(staging) -> the pipeline; runs it for `rank` unless datatrove says it is done.
 
@@ -74,5 +92,5 @@ def run_staged(
         ran = True
         if not rank_completed(logging_dir, rank):
             raise RuntimeError(f"datatrove did not complete rank {rank} (see {logging_dir}/logs)")
-    published = publish(staging, final)
+    published = publish(staging, final, documents_to)
     return {"steps": read_step_stats(logging_dir, rank), "seconds": time.time() - start, "ran": ran, "published": published}

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from aistack.data import remote
 from aistack.launch.rundir import atomic_write_json, atomic_write_text
 
 # datatrove filters count drops as `dropped_<reason>`; these count documents (or
@@ -168,7 +169,8 @@ def task_warnings(task_id: int, rows: list[dict], inputs: list[str]) -> list[str
 def task_result(task_id: int, rows: list[dict], seconds: float, inputs: list[str], outputs: list[str]) -> dict:
     """What a data task returns (its DONE result): the gather job reads these."""
     kept = funnel_points(rows)
-    size = lambda paths: sum(Path(p).stat().st_size for p in paths if Path(p).exists())  # noqa: E731
+    size = lambda paths: sum(remote.size(p) if remote.is_url(p) else Path(p).stat().st_size  # noqa: E731
+                             for p in paths if remote.is_url(p) or Path(p).exists())
     return {
         "task": task_id,
         "documents_in": rows[0]["documents_out"] if rows else 0,

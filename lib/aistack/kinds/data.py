@@ -20,7 +20,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from aistack.kinds.spec import JobSpec, KindSpec, single_node
-from aistack.recipe.deferred import defer_missing, expected_shards, is_deferred
+from aistack.data.remote import check_no_credentials, expand_remote, is_listing, is_url, read_listing
+from aistack.recipe.deferred import defer_missing, defer_remote, expected_shards, is_deferred
 from aistack.recipe.errors import RecipeError
 from aistack.recipe.load import LoadedRecipe
 from aistack.recipe.schema import Recipe, StrictModel, TaskCount
@@ -57,14 +58,21 @@ ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 BlocklistFile = Annotated[str, AfterValidator(_blocklist_path)]
 
 
-def expand_inputs(specs: list[str], fmt: str) -> list[str]:
-    """Files, directories (searched recursively for `fmt` files) and globs -> sorted absolute paths.
+def expand_inputs(specs: list[str], fmt: str, paths_base: str | None = None) -> list[str]:
+    """Files, directories (searched recursively for `fmt` files), globs and `*.paths[.gz]`
+    listings, local or fsspec URLs (s3://...) -> sorted absolute paths / URLs.
 
     The order is the sharding order: the planner and every task compute the same list.
     """
     suffixes = INPUT_SUFFIXES[fmt]
     found: set[str] = set()
     for spec in specs:
+        if is_listing(spec):
+            found.update(read_listing(spec, paths_base))
+            continue
+        if is_url(spec):
+            found.update(expand_remote(spec, suffixes))
+            continue
         path = Path(spec).expanduser()
         if path.is_dir():
             found.update(str(p.absolute()) for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
@@ -75,8 +83,40 @@ def expand_inputs(specs: list[str], fmt: str) -> list[str]:
     return sorted(found)
 
 
+def _remote_input_found(spec: str, fmt: str, paths_base: str | None) -> bool:
+    """One fsspec listing of a remote input (or a read of a listing file); an unreachable
+    store counts as not found, and is a warning in plan / dry-run like any missing input."""
+    try:
+        return bool(expand_inputs([spec], fmt, paths_base))
+    except Exception:  # noqa: BLE001 - no network, no credentials, no bucket: all "not reachable"
+        return False
+
+
+def _listable(spec: str, block: "InputBlock") -> bool:
+    if is_url(spec) or is_listing(spec):
+        return _remote_input_found(spec, block.format, block.paths_base)
+    return bool(expand_inputs([spec], block.format, block.paths_base))
+
+
+def _found(spec: str, fmt: str, paths_base: str | None) -> bool:
+    if is_url(spec) or (is_listing(spec) and is_url(paths_base or "")):
+        return _remote_input_found(spec, fmt, paths_base) or defer_remote(spec)
+    if is_listing(spec):
+        if not Path(spec).expanduser().is_file():
+            return defer_missing(spec)
+        return True  # the files it lists are remote or checked by the job that reads them
+    return bool(expand_inputs([spec], fmt)) or defer_missing(spec)
+
+
+def _absolute(spec: str) -> str:
+    return spec if is_url(spec) else str(Path(spec).expanduser().absolute())
+
+
 class InputBlock(StrictModel):
-    paths: list[str] = Field(min_length=1, description="files, directories or globs")
+    paths: list[str] = Field(min_length=1, description="files, directories, globs or *.paths[.gz] listings; local or s3:// (fsspec) URLs")
+    # The folder or URL the keys of a *.paths[.gz] listing are relative to (Common Crawl:
+    # s3://commoncrawl/ or https://data.commoncrawl.org/); default: the listing's own folder.
+    paths_base: str | None = None
     format: Literal["warc", "jsonl", "parquet"] = "warc"
     text_key: str = "text"
     id_key: str = "id"
@@ -84,17 +124,29 @@ class InputBlock(StrictModel):
     # naming the file (fail), or count it under `bad_files` and go on with the shard (skip).
     on_bad_file: Literal["fail", "skip"] = "fail"
 
+    @field_validator("paths")
+    @classmethod
+    def _no_credentials_in_paths(cls, value: list[str]) -> list[str]:
+        for p in value:
+            check_no_credentials(p)
+        return value
+
+    @field_validator("paths_base")
+    @classmethod
+    def _no_credentials_in_base(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(check_no_credentials(value))
+
     @model_validator(mode="after")
     def _paths_exist(self) -> "InputBlock":
-        missing = [p for p in self.paths if not is_deferred(p) and not expand_inputs([p], self.format) and not defer_missing(p)]
+        missing = [p for p in self.paths if not is_deferred(p) and not _found(p, self.format, self.paths_base)]
         if missing:
             raise ValueError(f"input paths matching at least one {self.format} file; nothing found for {missing}")
-        self.paths = [str(Path(p).expanduser().absolute()) for p in self.paths]
+        self.paths = [_absolute(p) for p in self.paths]
         return self
 
     def files(self) -> list[str]:
         """The input files; while a pipeline is planned, without those an upstream stage will write."""
-        return expand_inputs([p for p in self.paths if not is_deferred(p)], self.format)
+        return expand_inputs([p for p in self.paths if not is_deferred(p)], self.format, self.paths_base)
 
 
 class ShardedStage(StrictModel):
@@ -225,8 +277,19 @@ class PiiCfg(StrictModel):
     only_remove_public_ips: bool = True
 
 
+def _output_location(value: str | None) -> str | None:
+    """A folder or an fsspec URL (s3://bucket/prefix) for the documents; never credentials."""
+    return None if value is None else _absolute(check_no_credentials(value))
+
+
+OutputLocation = Annotated[str | None, AfterValidator(_output_location)]
+
+
 class FilterOutputCfg(StrictModel):
     formats: list[Literal["parquet", "jsonl.gz"]] = Field(default_factory=lambda: ["parquet"], min_length=1)
+    # Where the documents go instead of <run>/output/filter/documents: a folder or an
+    # s3:// (fsspec) URL; the run directory (logs, stats, staging) stays where it is.
+    path: OutputLocation = None
     keep_removed: bool = Field(default=False, description="also write each filter's removed documents (jsonl.gz)")
 
 
@@ -273,6 +336,8 @@ class DedupConfig(ShardedStage):
     bucket_workers: int = Field(default=1, ge=1, description="array tasks per bucket in the buckets stage")
     language: str = "en"
     output_format: Literal["parquet", "jsonl.gz"] = "parquet"
+    # Where the documents go instead of <run>/output/dedup/documents (a folder or s3:// URL).
+    output_path: OutputLocation = None
     keep_removed: bool = False
 
 
@@ -328,8 +393,9 @@ class TokenizeRecipe(Recipe):
 
 def _shards(loaded: LoadedRecipe, block: str) -> int:
     cfg = getattr(loaded.recipe, block)
-    files = cfg.input.files()
-    deferred = [p for p in cfg.input.paths if is_deferred(p) or not expand_inputs([p], cfg.input.format)]
+    files = expand_inputs([p for p in cfg.input.paths if not is_deferred(p) and _listable(p, cfg.input)],
+                          cfg.input.format, cfg.input.paths_base)
+    deferred = [p for p in cfg.input.paths if is_deferred(p) or not _listable(p, cfg.input)]
     if deferred and not cfg.tasks:
         # Inputs an upstream stage writes: as many shards as it has array tasks.
         expected = expected_shards(deferred)

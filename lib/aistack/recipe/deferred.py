@@ -71,6 +71,15 @@ def defer_missing(path: str) -> bool:
     return True
 
 
+def defer_remote(url: str) -> bool:
+    """In plan/dry-run mode, note a remote input (s3://...) that could not be listed from here."""
+    deferral = _current.get()
+    if deferral is None or not deferral.allow_missing:
+        return False
+    deferral.missing.append(url)
+    return True
+
+
 def expected_shards(paths: list[str]) -> int | None:
     """Shards that deferred inputs will hold: the upstream stages' array sizes, when known."""
     deferral = _current.get()

@@ -47,3 +47,15 @@ def _short_repr(value: object, limit: int = 80) -> str:
 
 
 MISSING = _MISSING
+
+
+class SecretValue(ValueError):
+    """A validator's refusal of a value holding credentials: the value is never shown."""
+
+
+class _Redacted:
+    def __repr__(self) -> str:
+        return "(not shown: it holds credentials)"
+
+
+REDACTED = _Redacted()

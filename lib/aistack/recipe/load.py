@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from aistack.recipe.errors import MISSING, RecipeError
+from aistack.recipe.errors import MISSING, REDACTED, RecipeError, SecretValue
 from aistack.recipe.schema import Recipe
 
 OVERRIDES_SOURCE = "command-line override"
@@ -162,6 +162,8 @@ def validate(data: dict[str, Any], sources: dict[str, str], file: str) -> Recipe
             key = ".".join(str(p) for p in item["loc"])
             # a check of the whole recipe names its keys itself: no need to print the recipe
             value = item.get("input", MISSING) if item["type"] != "missing" and key else MISSING
+            if isinstance((item.get("ctx") or {}).get("error"), SecretValue):
+                value = REDACTED
             expected = _describe(item)
             owner = _owner(key, sources, file)
             if owner != file:
