@@ -10,12 +10,15 @@ position on resume is just the step number, and TP/PP layouts see the same token
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from aistack.launch.rundir import atomic_write_text
 
 
 @dataclass
@@ -84,7 +87,16 @@ def build_datasets(data_cfg: Any, seq_length: int, seed: int, num_train: int, nu
         create_attention_mask=False,  # causal attention comes from the mask type
         mid_level_dataset_surplus=0.005,
     )
+    # megatron trusts any index files it finds in the cache and writes them in place: a task
+    # killed while it wrote them would fail on every rerun (a truncated .npy). Rank 0 (which
+    # builds first, the others read after a barrier) starts over unless a build completed.
+    complete = Path(cache_dir) / "COMPLETE"
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    if rank0 and not complete.exists():
+        shutil.rmtree(cache_dir, ignore_errors=True)
     train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_train, num_valid, 0], lambda: True, config).build()
+    if rank0:
+        atomic_write_text(complete, "")
     if valid is None:
         raise ValueError(f"data.split {data_cfg.split!r} leaves no validation documents")
     return train, valid

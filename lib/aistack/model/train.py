@@ -140,6 +140,10 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
             checkpoint.load(source, model, restore_rng=False)
             optimizer.reload_model_params()  # mixed precision keeps fp32 main copies: refresh them
         _print(layout, f"loaded {source} (optimizer: {ck.load_optimizer}); starting at step {step}")
+    if resume is None:
+        # Starting over (an earlier attempt of this task, killed before its first checkpoint,
+        # may have logged steps): drop its records, every step is logged again from here.
+        ctx.resumed_at(step - 1)
 
     def save(at: int) -> None:
         checkpoint.save(ckpt_dir, at, model, optimizer, scheduler, extra={"tokens": at * t.global_batch_size * m.seq_length}, keep=ck.keep)
