@@ -115,6 +115,31 @@ def test_perplexity_task_built_from_a_local_file_scores_as_a_shipped_task(tmp_pa
     assert (tmp_path / "aistack-heldout_ppl" / "data_tasks" / "heldout_ppl" / "heldout_ppl.yaml").exists()
 
 
+def test_untrained_baseline_is_the_runs_model_at_step_0(tmp_path, runs):
+    """evaluate.untrained: the run's model block freshly initialised with its seed, evaluated as step 0
+    (the same numbers as the run's own first weights), labelled as such in the report's pivot."""
+    from aistack.eval.evaluator import evaluate_pair
+    from aistack.kinds.evaluate import EvaluateConfig
+    from aistack.pipeline.report_page import eval_pivot
+
+    cfg = EvaluateConfig(checkpoints=[str(runs["trained"])], untrained=[str(runs["trained"])], tasks=["tinylang_ppl"],
+                         batch_size=16)
+    pairs = cfg.pairs()
+    assert [c.startswith("untrained:") for c, _ in pairs] == [True, False]
+    results = [evaluate_pair(cfg, c, t, tmp_path / f"pair{i}") for i, (c, t) in enumerate(pairs)]
+    base, trained = (r["metrics"]["tinylang_ppl"]["bits_per_byte"] for r in results)
+    assert results[0]["step"] == 0 and results[1]["step"] == 40
+    assert base > 1.5 * trained, (base, trained)
+    # a learning rate of 1e-9 for one step: the run's first weights, with the same seed
+    first = evaluate(tmp_path, runs["random"], "tinylang_ppl")["bits_per_byte"]
+    assert base == pytest.approx(first, rel=1e-5), (base, first)
+    rows = [{"run": r["run"], "step": str(r["step"]), "checkpoint": r["checkpoint"], "task": "tinylang_ppl",
+             "metric": "bits_per_byte", "value": str(r["metrics"]["tinylang_ppl"]["bits_per_byte"])} for r in results]
+    table = eval_pivot(rows, {runs["trained"].name: "pretrain"})
+    assert [r[:2] for r in table[1:]] == [["pretrain (untrained, step 0)", "0"], ["pretrain", "40"]]
+    assert table[2][2].startswith("**"), "the trained model is the best"
+
+
 def test_chat_task_prompts_with_the_template_and_stops_at_the_end_of_turn(tmp_path):
     """A `chat` data task: each record's last assistant turn is the target; the prompt is the
     conversation before it with the generation prompt, rendered by the tokenizer's template."""

@@ -4,6 +4,8 @@ its dependencies, reruns and changes, and a failure that stops what depends on i
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ from aistack.pipeline.status import stage_states
 from aistack.pipeline.stages import resolve
 from aistack.post.reverse_task import write_task
 from aistack.recipe import RecipeError, load_recipe
-from conftest import REPO, RECIPES, describe_unfinished, write_recipe
+from aistack.track.metrics import read_metrics
+from conftest import REPO, RECIPES, describe_unfinished, wait_until, write_recipe
 
 TINY = RECIPES / "pipelines" / "tiny-end-to-end.yaml"
 BIG = RECIPES / "pipelines" / "fineweb-llama-8b-1024gpu.yaml"
@@ -71,6 +74,11 @@ def test_references_resolve_to_upstream_outputs(tiny_env):
     assert pipeline.stage("evaluate").loaded.recipe.evaluate.data_tasks["heldout_ppl"].data == heldout
     assert pipeline.stage("bench").loaded.recipe.bench.quality.text == heldout
     assert pipeline.stage("evaluate").loaded.recipe.evaluate.tasks == ["heldout_ppl", "reverse_words"]
+    # the pretrained model's untrained baseline; the benchmark measures the SFT model on the evaluation's chat task
+    evaluate, bench = pipeline.stage("evaluate").loaded.recipe.evaluate, pipeline.stage("bench").loaded.recipe.bench
+    assert evaluate.untrained == [sft.loaded.recipe.checkpoint.load]
+    assert bench.model == str(sft.run.path / "jobs" / "train" / "tasks" / "00000" / "checkpoints")
+    assert bench.quality.task == "reverse_words" and bench.quality.data_tasks["reverse_words"] == evaluate.data_tasks["reverse_words"]
     assert pipeline.stage("report").needs[-1] == "bench"
     # dedup reads as many shards as the filter stage writes (its array size)
     assert pipeline.stage("dedup").plan.job("signatures").num_tasks == pipeline.stage("filter").plan.job("filter").num_tasks
@@ -168,14 +176,61 @@ def done_markers(run) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in run.path.glob("jobs/*/tasks/*/DONE")}
 
 
+# The cluster in miniature: GPU-kind stages ask for a (fake) GPU and go to `gpu`, the data
+# stages and the report to `cpu`; every job runs under QOS `limited` (MaxSubmitJobsPerUser=60).
+GPU_STAGES = ("pretrain", "sft", "distill", "evaluate", "bench")
+ON_GPUS = [f"stages.{name}.overrides.resources.gpus_per_node=1" for name in GPU_STAGES]
+
+
+def limited_profile(tmp_path: Path) -> Path:
+    text = (REPO / "slurm" / "clusters" / "local.yaml").read_text()
+    text = re.sub(r"(?m)^qos: null.*$", "qos: limited", text).replace("name: local\n", "name: local-limited\n")
+    profile = tmp_path / "local-limited.yaml"
+    profile.write_text(text + "  qos: limited\n")  # the `cpu:` block is the file's last
+    return profile
+
+
+def stage_jobs(run) -> dict[str, tuple[str, str]]:
+    """{Slurm job id: (partition, QOS)} of a stage's jobs, from accounting."""
+    ids = sorted({r["job_id"] for r in run.submissions()})
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,Partition,QOS", "-j", ",".join(ids)],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split("|") for line in out.splitlines() if line.strip()]
+    return {jid: (partition, qos) for jid, partition, qos in rows if jid in ids}
+
+
 @pytest.mark.slurm
-@pytest.mark.timeout(1800)  # two pipeline runs: ~9 min on 2 cores
+@pytest.mark.timeout(1800)  # two pipeline runs: ~10 min on 2 cores
 @pytest.mark.usefixtures("slurm_cluster")
-def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env):
-    assert main(["run", str(TINY), "--on", "slurm", "--wait"]) == 0
-    pipeline = resolve(load_recipe(TINY))
-    states = stage_states(stage_runs(pipeline.dir))
+def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tmp_path):
+    from aistack.cli import _follow_pipeline
+    from test_preemption import preempt, sacct_states
+
+    profile_path = limited_profile(tmp_path)
+    assert main(["run", str(TINY), *ON_GPUS, "--on", str(profile_path)]) == 0
+    pipeline = resolve(load_recipe(TINY, ON_GPUS))
+    # one preemption in the middle: an `urgent` job takes the node SFT trains on as soon as
+    # SFT starts (its whole run is ~20 s of imports and 300 short steps; Slurm decides in ~10 s)
+    sft = pipeline.stage("sft").run
+    sft_metrics = sft.task_dir("train", 0) / "metrics.jsonl"
+    sft_job = sft.submissions()[0]["job_id"]
+
+    def running() -> bool:
+        return subprocess.run(["squeue", "-h", "-j", sft_job, "-o", "%T"], capture_output=True, text=True).stdout.strip() == "RUNNING"
+
+    wait_until(running, timeout=900, interval=0.5, what="SFT running")
+    preempt(sft_job)
+    states = _follow_pipeline(pipeline.dir, poll_s=3)
     assert {s.name: s.state for s in states} == {s.name: "COMPLETED" for s in pipeline.stages}, describe_unfinished(states)
+    assert "PREEMPTED" in sacct_states(sft_job)
+    steps = [r["step"] for r in read_metrics(sft_metrics) if "loss" in r]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 300  # every step once, after the requeue
+    for stage in pipeline.stages:  # a job that asks for GPUs to `gpu`, any other (a gather, a report) to `cpu`
+        wants = {job.name: "gpu" if job.resources.gpus_per_node else "cpu" for job in stage.plan.jobs}
+        placed = stage_jobs(stage.run)
+        for record in stage.run.submissions():
+            assert placed[record["job_id"]] == (wants[record["job"]], "limited"), (stage.name, record["job"])
+        assert stage.name not in GPU_STAGES or "gpu" in wants.values(), stage.name
     # no stage started before every stage it reads had finished
     for stage in pipeline.stages:
         start, _ = task_times(stage.run)
@@ -187,16 +242,15 @@ def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env):
     assert (pipeline.dir.path / "report.html").exists() and (pipeline.dir.path / "loss.png").exists()
 
     # an unchanged rerun submits nothing
-    profile = load_profile("slurm")
-    outcomes = submit_stages(resolve(load_recipe(TINY)), executor_for(profile))
+    profile = load_profile(str(profile_path))
+    outcomes = submit_stages(resolve(load_recipe(TINY, ON_GPUS)), executor_for(profile))
     assert [o.stage for o in outcomes if o.submitted or o.in_flight] == []
 
     # a new SFT learning rate reruns SFT and everything after it, nothing before
     before = {s.name: done_markers(s.run) for s in pipeline.stages}
-    changed = resolve(load_recipe(TINY, ["stages.sft.overrides.train.lr=1e-3"]))
+    changed = resolve(load_recipe(TINY, [*ON_GPUS, "stages.sft.overrides.train.lr=1e-3"]))
     outcomes = submit_stages(changed, executor_for(profile))
     assert {o.stage for o in outcomes if o.submitted} == DOWNSTREAM_OF_SFT
-    from aistack.cli import _follow_pipeline
 
     final = _follow_pipeline(changed.dir, poll_s=3)
     assert all(s.state == "COMPLETED" for s in final), describe_unfinished(final)

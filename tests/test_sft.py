@@ -222,17 +222,44 @@ def test_finetuned_model_answers_held_out_prompts(tmp_path, task, pretrained):
     scores = {name: lm_eval_exact_match(tmp_path / name, ckpt, task)
               for name, ckpt in (("pretrained", pretrained), ("sft", run.run.task_dir("train", 0) / "checkpoints"))}
     assert scores["pretrained"] <= 0.05 and scores["sft"] >= 0.8, scores
+    # the benchmark's quality task (bench.quality.data_tasks): the same task through lm-eval's `hf`
+    # model on the HF export, in batches, stopping at the end-of-turn token: the same figure
+    bench = bench_exact_match(tmp_path / "bench", run.run.task_dir("train", 0) / "checkpoints", task)
+    assert bench == scores["sft"], (bench, scores)
+
+
+def _reverse_words(work: Path) -> dict:
+    from aistack.post.reverse_task import eval_words
+
+    data = pf.write_jsonl(work / "eval.jsonl", [pf.record(w) for w in eval_words()[:60]])
+    return {"reverse_words": {"type": "chat", "data": str(data), "max_gen_toks": 8}}
 
 
 def lm_eval_exact_match(work: Path, checkpoint: Path, task: dict) -> float:
     from aistack.eval.evaluator import evaluate_pair
     from aistack.kinds.evaluate import EvaluateConfig
-    from aistack.post.reverse_task import eval_words
 
-    data = pf.write_jsonl(work / "eval.jsonl", [pf.record(w) for w in eval_words()[:60]])
     cfg = EvaluateConfig(checkpoints=[str(checkpoint)], tasks=["reverse_words"], tokenizer=str(task["tokenizer"]),
-                         data_tasks={"reverse_words": {"type": "chat", "data": str(data), "max_gen_toks": 8}})
+                         data_tasks=_reverse_words(work))
     return evaluate_pair(cfg, cfg.checkpoints[0], "reverse_words", work / "eval")["metrics"]["reverse_words"]["exact_match"]
+
+
+def bench_exact_match(work: Path, checkpoint: Path, task: dict) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aistack.bench.quality import task_score
+    from aistack.eval.evaluator import export_for_hf
+    from aistack.eval.source import checkpoint_dirs, describe
+    from aistack.kinds.bench import QualityConfig
+
+    source = describe(checkpoint_dirs(checkpoint)[0], tokenizer=str(task["tokenizer"]))
+    folder = export_for_hf(source, work / "hf")
+    cfg = QualityConfig(task="reverse_words", data_tasks=_reverse_words(work))
+    model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()  # float32, as the evaluation
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return task_score(model, tokenizer, cfg.task, None, data_tasks=cfg.data_tasks,
+                      chat_tokenizer=source.tokenizer)["exact_match"]
 
 
 # --- where SFT starts: an HF folder, another TP layout; and its export ------------------------

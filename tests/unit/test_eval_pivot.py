@@ -27,3 +27,11 @@ def test_pivot_has_one_row_per_model_and_marks_the_best_of_each_column(tmp_path)
     page = _html("t", [Section("Evaluation", tables=[table])], {})
     assert "<td><b>2.7</b></td>" in page and "<td><b>0.96</b></td>" in page and "**" not in page
     assert "| pretrain | 60 | **2.7** | 0 |" in _markdown("t", [Section("Evaluation", tables=[table])], {})
+
+
+def test_an_untrained_baseline_is_labelled_and_sorted_before_its_trained_model():
+    rows = [row("pretrain-a", 60, "heldout_ppl", "bits_per_byte", 3.1),
+            {**row("pretrain-a", 0, "heldout_ppl", "bits_per_byte", 10.0), "checkpoint": "untrained:/r/pretrain-a/step_000060"},
+            {**row("sft-b", 300, "heldout_ppl", "bits_per_byte", 7.3), "checkpoint": "/r/sft-b/step_000300"}]
+    table = eval_pivot(rows, {"pretrain-a": "pretrain", "sft-b": "sft"})
+    assert table[1:] == [["pretrain (untrained, step 0)", "0", "10"], ["pretrain", "60", "**3.1**"], ["sft", "300", "7.3"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,11 @@ def perplexity(model, tokenizer, texts: list[str], max_len: int, eos_id: int | N
     return {"nll": mean, "perplexity": math.exp(mean), "bits_per_byte": nll / math.log(2) / max(size, 1), "tokens": count}
 
 
-def task_score(model, tokenizer, task: str, limit: int | None, batch_size: int = 16, seed: int = 1234) -> dict[str, float]:
-    """One lm-eval task on an in-memory transformers model (lm-eval's `hf` model)."""
+def task_score(model, tokenizer, task: str, limit: int | None, batch_size: int = 16, seed: int = 1234,
+               data_tasks: dict[str, Any] | None = None, chat_tokenizer: Path | None = None) -> dict[str, float]:
+    """One lm-eval task on an in-memory transformers model (lm-eval's `hf` model). A task of
+    `data_tasks` is built as the evaluation builds it (aistack.eval.data_tasks: a chat task's
+    prompts rendered with `chat_tokenizer`'s chat template)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -56,22 +60,54 @@ def task_score(model, tokenizer, task: str, limit: int | None, batch_size: int =
 
     import tempfile
 
+    spec = (data_tasks or {}).get(task)
     with tempfile.TemporaryDirectory() as work:
-        manager = task_lib.task_manager([], work, [task])
+        folders = []
+        if spec is not None:
+            from aistack.eval.data_tasks import write_data_tasks
+
+            folders.append(write_data_tasks({task: spec}, Path(work) / "data_tasks", chat_tokenizer))
+        manager = task_lib.task_manager(folders, work, [task])
         task_lib.load_task(task, manager)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings
                   if hasattr(model.config, "max_position_embeddings") else None)
-        out = simple_evaluate(lm, tasks=[task], task_manager=manager, limit=limit, log_samples=False, bootstrap_iters=0,
-                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+        with _stop_at_end_of_turn(model, spec, chat_tokenizer):
+            out = simple_evaluate(lm, tasks=[task], task_manager=manager, limit=limit, log_samples=False, bootstrap_iters=0,
+                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
     return metrics_of(out["results"]).get(task, {})
+
+
+@contextmanager
+def _stop_at_end_of_turn(model, spec: Any, chat_tokenizer: Path | None):
+    """A chat task stops at the end-of-turn token, a special token: HFLM decodes its answers
+    skipping special tokens, so its stop string never shows in the text, and a row of a batch
+    that ended its turn would go on generating until the whole batch stops. As the evaluation's
+    model (aistack.eval.lm_model) catches it by id, the end-of-turn id is made an end of
+    sequence of `generate` for the task: the row stops there (padded after it, and the padding
+    is skipped on decoding)."""
+    config = getattr(model, "generation_config", None)
+    if spec is None or spec.type != "chat" or config is None or chat_tokenizer is None:
+        yield
+        return
+    from aistack.post.chat import load_chat_tokenizer
+
+    before = config.eos_token_id
+    ids = [before] if isinstance(before, int) else list(before or [])
+    config.eos_token_id = [*ids, load_chat_tokenizer(chat_tokenizer).end_of_turn_id]
+    try:
+        yield
+    finally:
+        config.eos_token_id = before
 
 
 def deltas(bf16: dict[str, float], fp8: dict[str, float]) -> dict[str, float]:
     return {k: fp8[k] - bf16[k] for k in bf16 if k in fp8 and isinstance(bf16[k], (int, float))}
 
 
-def quality_of(models: dict[str, Any], tokenizer, cfg: Any, max_len: int, eos_id: int | None) -> dict[str, Any]:
-    """{precision: {perplexity..., task metrics}} and the FP8 - BF16 deltas."""
+def quality_of(models: dict[str, Any], tokenizer, cfg: Any, max_len: int, eos_id: int | None,
+               chat_tokenizer: Path | None = None) -> dict[str, Any]:
+    """{precision: {perplexity..., task metrics}} and the FP8 - BF16 deltas. `chat_tokenizer`: the
+    tokenizer.json whose chat template renders a chat data task's prompts."""
     from aistack.eval.tasks import project_tasks
 
     text = cfg.text or str(project_tasks() / "tinylang" / "ppl.jsonl")
@@ -80,7 +116,8 @@ def quality_of(models: dict[str, Any], tokenizer, cfg: Any, max_len: int, eos_id
     for precision, model in models.items():
         row = {f"text_{k}": v for k, v in perplexity(model, tokenizer, texts, max_len, eos_id).items()}
         if cfg.task:
-            row.update({f"{cfg.task}/{k}": v for k, v in task_score(model, tokenizer, cfg.task, cfg.limit).items()})
+            row.update({f"{cfg.task}/{k}": v for k, v in task_score(model, tokenizer, cfg.task, cfg.limit, data_tasks=cfg.data_tasks,
+                                                                   chat_tokenizer=chat_tokenizer).items()})
         out[precision] = row
     if "bf16" in out and "fp8" in out:
         out["delta_fp8_minus_bf16"] = deltas(out["bf16"], out["fp8"])

@@ -29,11 +29,23 @@ def pick_device(requested: str) -> torch.device:
 
 def hf_folder(cfg: Any, work_dir: Path) -> Path:
     from aistack.eval.evaluator import export_for_hf
+
+    source = _source(cfg)
+    return source.path if source.format == "hf" else export_for_hf(source, work_dir / "hf")
+
+
+def _source(cfg: Any):
     from aistack.eval.source import describe
 
     model = cfg.model_block.model_dump() if cfg.model_block is not None else None
-    source = describe(cfg.model, model=model, tokenizer=cfg.tokenizer)
-    return source.path if source.format == "hf" else export_for_hf(source, work_dir / "hf")
+    return describe(cfg.model, model=model, tokenizer=cfg.tokenizer)
+
+
+def chat_tokenizer(cfg: Any, folder: Path) -> Path | None:
+    """The tokenizer whose chat template renders a chat data task's prompts: the one the
+    evaluation uses (bench.tokenizer, else the run's), else the model folder's."""
+    tok = _source(cfg).tokenizer
+    return tok if tok is not None else (folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else None)
 
 
 def load(folder: Path, cfg: Any, device: torch.device):
@@ -75,7 +87,7 @@ def run_bench(cfg: Any, work_dir: str | Path, out_dir: str | Path, log: Callable
         if p["prompt_len"] + p["gen_len"] > max_len:
             raise ValueError(f"bench: prompt_len {p['prompt_len']} + gen_len {p['gen_len']} exceeds the model's {max_len} positions")
 
-    quality = quality_of(models, tokenizer, cfg.quality, max_len, tokenizer.eos_token_id)
+    quality = quality_of(models, tokenizer, cfg.quality, max_len, tokenizer.eos_token_id, chat_tokenizer(cfg, folder))
 
     spec = device_spec()
     shape = ModelShape.of_hf(base)

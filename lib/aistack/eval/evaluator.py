@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from aistack.eval import tasks as task_lib
-from aistack.eval.source import Source, describe
+from aistack.eval.source import UNTRAINED, Source, describe, untrained
 
 
 def source_of(cfg: Any, checkpoint: str) -> Source:
+    """`checkpoint` is a pairs() entry: a checkpoint, or UNTRAINED + a checkpoint (its run's fresh init)."""
     model = cfg.model.model_dump() if cfg.model is not None else None
+    if checkpoint.startswith(UNTRAINED):
+        return untrained(describe(checkpoint[len(UNTRAINED):], model=model, tokenizer=cfg.tokenizer))
     return describe(checkpoint, model=model, tokenizer=cfg.tokenizer)
 
 
@@ -39,7 +42,7 @@ def export_for_hf(source: Source, out_dir: Path) -> Path:
 
     if (out_dir / "config.json").exists():
         return out_dir
-    model = load_gpt(source)
+    model = load_gpt(source)  # (a fresh init when source.init_seed is set)
     vocab = source.model_cfg.vocab_size or Tokenizer.from_file(source.tokenizer).vocab_size
     export_hf(model.state_dict(), source.model_cfg, vocab, out_dir, tokenizer_json=str(source.tokenizer) if source.tokenizer else None)
     (out_dir / "aistack_export.json").write_text(json.dumps({"checkpoint": str(source.path), "step": source.step}))
@@ -74,7 +77,9 @@ def evaluate_pair(cfg: Any, checkpoint: str, task: str, work_dir: str | Path) ->
                           random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
                           fewshot_random_seed=cfg.seed)
     row = {
-        "checkpoint": str(source.path), "run": source.run, "step": source.step, "task": task,
+        # an untrained baseline keeps its marker: the tables label it as such
+        "checkpoint": (UNTRAINED if source.init_seed is not None else "") + str(source.path),
+        "run": source.run, "step": source.step, "task": task,
         "backend": "hf" if source.format == "hf" else cfg.backend,
         "metrics": metrics_of(out["results"]), "samples": {k: v.get("effective", v.get("original"))
                                                           for k, v in (out.get("n-samples") or {}).items()},

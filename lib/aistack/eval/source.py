@@ -27,6 +27,23 @@ class Source:
     model_cfg: Any  # aistack.kinds.pretrain.ModelConfig (None for hf)
     tokenizer: Path | None
     run: str = ""  # the run directory it came from (for tables and plots)
+    init_seed: int | None = None  # set: not these weights, a fresh init of the same model with this seed (step 0)
+
+
+UNTRAINED = "untrained:"  # a checkpoints entry evaluated as its run's untrained model (evaluate.untrained)
+
+
+def untrained(source: Source) -> Source:
+    """The same model untrained: the run's model block, freshly initialised with the run's
+    train.seed (the pretraining's step 0, up to the layer implementation: evaluated at TP 1 x PP 1
+    with megatron's local layers), its tokenizer; the weights at `source.path` are not read."""
+    from dataclasses import replace
+
+    if source.format != "aistack":
+        raise ValueError(f"{source.path}: an untrained baseline needs an aistack run (its model block and seed), not an HF folder")
+    found = recipe_above(source.path)
+    seed = ((found[1] if found else {}).get("train") or {}).get("seed", 1234)
+    return replace(source, step=0, init_seed=int(seed))
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -117,11 +134,28 @@ def load_gpt(source: Source, device: str | None = None, dtype: Any = None):
         raise ValueError(f"{source.path}: no tokenizer and no model.vocab_size: the vocabulary size is unknown")
     _import_transformers_before_cpu_compat()
     vocab = source.model_cfg.vocab_size or Tokenizer.from_file(source.tokenizer).vocab_size
-    model = checkpoint.load_model_alone(source.path, source.model_cfg, vocab)
+    if source.init_seed is not None:
+        model = fresh_model(source.model_cfg, vocab, source.init_seed)
+    else:
+        model = checkpoint.load_model_alone(source.path, source.model_cfg, vocab)
     model.eval()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device=device, dtype=dtype or torch.float32)
     return model
+
+
+def fresh_model(model_cfg: Any, vocab_size: int, seed: int):
+    """An untrained TP=1 PP=1 fp32 GPTModel (megatron's local layers), initialised with `seed`."""
+    from aistack.dist.megatron import init_model_parallel, set_seeds
+    from aistack.kinds.pretrain import ParallelConfig
+    from aistack.model import cpu_compat, gpt
+    from aistack.model.layout import padded_vocab_size
+
+    init_model_parallel(1, 1)
+    set_seeds(seed)
+    with cpu_compat.device_scope():
+        return gpt.build_gpt(model_cfg, ParallelConfig(tensor=1), True, True, padded_vocab_size(vocab_size, model_cfg, 1),
+                             "fp32", use_te=False)
 
 
 def _import_transformers_before_cpu_compat() -> None:

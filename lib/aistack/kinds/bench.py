@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from aistack.kinds.evaluate import ExistingFile, TaskName, expand_checkpoints
+from aistack.kinds.evaluate import DataTask, ExistingFile, TaskName, expand_checkpoints
 from aistack.kinds.pretrain import ModelConfig
 from aistack.kinds.spec import JobSpec, KindSpec
 from aistack.recipe.load import LoadedRecipe
@@ -43,7 +43,10 @@ class FP8Config(StrictModel):
 
 class QualityConfig(StrictModel):
     text: ExistingFile | None = Field(default=None, description="held-out text (.jsonl with a 'text' field, or .txt); null: tinylang's")
-    task: TaskName | None = Field(default="tinylang_mc", description="an lm-eval task scored in BF16 and FP8; null: none")
+    task: TaskName | None = Field(default="tinylang_mc", description="an lm-eval task scored in BF16 and FP8 (or a data_tasks "
+                                                                      "name); null: none")
+    data_tasks: dict[TaskName, DataTask] = Field(default_factory=dict, description="tasks built from local jsonl files, as "
+                                                 "evaluate.data_tasks (chat prompts with the checkpoint's chat template)")
     limit: int | None = Field(default=None, ge=1, description="documents of the task")
     max_docs: int = Field(default=200, ge=1, description="documents of held-out text")
 

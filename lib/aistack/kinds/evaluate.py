@@ -6,6 +6,7 @@
       tasks: [tinylang_mc, tinylang_ppl] # lm-eval task names: the project's local ones or any lm-eval task
       data_tasks:                        # tasks built at run time from local jsonl files (aistack.eval.data_tasks)
         heldout_ppl: {type: perplexity, data: runs/tokenize-abc/output/tokenize/heldout.jsonl}
+      untrained: [runs/gpt-tiny-abc]     # also each run's model untrained (a fresh init with its seed, step 0)
 
 Checkpoints are resolved to their step directories when the recipe is validated: the
 run's identity (and its directory) names exactly the weights it evaluates, and every
@@ -99,6 +100,8 @@ class EvaluateConfig(StrictModel):
     data_tasks: dict[TaskName, DataTask] = Field(default_factory=dict, description="tasks built from local jsonl files, by name")
     task_paths: list[ExistingDir] = Field(default_factory=list, description="more folders of lm-eval task YAMLs (recipes/eval/tasks is always included)")
     backend: Literal["aistack", "hf"] = Field(default="aistack", description="aistack: the registered megatron model; hf: export to HF, lm-eval's `hf` model")
+    untrained: list[str] = Field(default_factory=list, description="runs (or their checkpoints) whose model is also evaluated "
+                                 "untrained: the run's model block freshly initialised with its train.seed, as step 0")
     model: ModelConfig | None = Field(default=None, description="null: the model block of the pretrain run the checkpoint is in")
     tokenizer: ExistingFile | None = Field(default=None, description="tokenizer.json; null: the pretrain run's data.tokenizer")
     batch_size: int = Field(default=8, ge=1)
@@ -118,9 +121,18 @@ class EvaluateConfig(StrictModel):
             raise ValueError(f"checkpoints holding at least one complete checkpoint ({specs} hold none)")
         return resolved
 
+    @field_validator("untrained")
+    @classmethod
+    def _resolve_untrained(cls, specs: list[str]) -> list[str]:
+        return [expand_checkpoints(spec, all_steps=False)[0] for spec in specs]
+
     def pairs(self) -> list[tuple[str, str]]:
-        """Array task i -> (checkpoint, task): checkpoint-major, so one node reuses a loaded model's files."""
-        return [(c, t) for c in self.checkpoints for t in self.tasks]
+        """Array task i -> (checkpoint, task): checkpoint-major, so one node reuses a loaded model's files;
+        the untrained baselines first, as UNTRAINED + a checkpoint of their run."""
+        from aistack.eval.source import UNTRAINED
+
+        models = [UNTRAINED + c for c in self.untrained] + self.checkpoints
+        return [(c, t) for c in models for t in self.tasks]
 
 
 class EvaluateRecipe(Recipe):

@@ -170,8 +170,11 @@ def eval_pivot(rows: list[dict[str, str]], labels: dict[str, str]) -> list[list[
     """results.csv rows (run, step, task, metric, value) -> [header, *one row per model]."""
     columns = sorted({(r["task"], r["metric"]) for r in rows})
     models: dict[tuple[str, str], dict[tuple[str, str], float | None]] = {}
+    untrained = set()  # evaluate.untrained: a run's model freshly initialised (its checkpoint column says so)
     for r in rows:
         models.setdefault((r["run"], r["step"]), {})[(r["task"], r["metric"])] = _num(r["value"])
+        if (r.get("checkpoint") or "").startswith("untrained:"):
+            untrained.add((r["run"], r["step"]))
     best: dict[tuple[str, str], float] = {}
     for col in columns:
         direction = higher_is_better(col[1])
@@ -187,7 +190,8 @@ def eval_pivot(rows: list[dict[str, str]], labels: dict[str, str]) -> list[list[
             value = values.get(col)
             text = _fmt(value)
             cells.append(f"**{text}**" if value is not None and best.get(col) == value else text)
-        table.append([labels.get(run, run), step or "-", *cells])
+        label = labels.get(run, run) + (f" (untrained, step {step or 0})" if (run, step) in untrained else "")
+        table.append([label, step or "-", *cells])
     return table
 
 
