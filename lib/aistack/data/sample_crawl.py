@@ -43,6 +43,8 @@ class Corpus:
     shards: list[Path]
     kinds: dict[str, str] = field(default_factory=dict)  # url -> real | non_english | blocklisted | boilerplate | near_dup
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (original url, near-duplicate url)
+    # (original url, toxic copy url): a copy is a near-duplicate too when no bad-words filter drops it
+    toxic_pairs: list[tuple[str, str]] = field(default_factory=list)
     html: dict[str, str] = field(default_factory=dict)  # url -> the HTML served
 
     def urls(self, kind: str) -> set[str]:
@@ -153,8 +155,10 @@ def build_corpus(out_dir: Path, shards: int = 4, real: int = 120, blocked: int =
         pairs.append((url, dup_url))
     # another generator: the pages above stay what they were before toxic pages were added
     toxic_rng = random.Random(seed + 1)
+    toxic_pairs: list[tuple[str, str]] = []
     for url, html, _ in toxic_rng.sample([d for d in reals if d not in picks], toxic):
         docs.append((TOXIC_URL + url.rsplit("/", 1)[1], toxic_copy(html, toxic_words(toxic_rng)), "toxic"))
+        toxic_pairs.append((url, docs[-1][0]))
     rng.shuffle(docs)
     # A near-duplicate goes to another shard than its original, so dedup works across shards.
     shard_of: dict[str, int] = {}
@@ -168,7 +172,7 @@ def build_corpus(out_dir: Path, shards: int = 4, real: int = 120, blocked: int =
         buckets[target].append(doc)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [write_warc(out_dir / f"crawl-{i:05d}.warc.gz", bucket) for i, bucket in enumerate(buckets)]
-    return Corpus(paths, {u: k for u, _, k in docs}, pairs, {u: h for u, h, _ in docs})
+    return Corpus(paths, {u: k for u, _, k in docs}, pairs, toxic_pairs, {u: h for u, h, _ in docs})
 
 
 def record_id(url: str) -> str:
