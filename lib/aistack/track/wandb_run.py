@@ -259,9 +259,9 @@ def read_offline_run(run_path: Path) -> dict[str, Any]:
     import json
 
     files = list(Path(run_path).glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"no .wandb file in {run_path}")
     out: dict[str, Any] = {"id": None, "history": [], "config": {}, "artifacts": [], "finished": False}
+    if not files:  # an attempt killed (requeued, preempted) before wandb wrote its file: nothing logged
+        return out
     for record in read_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "run":
