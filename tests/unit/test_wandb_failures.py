@@ -42,3 +42,26 @@ def test_a_failing_finish_or_start_is_not_a_failure():
     started = WandbRun(cannot_start)
     started.log(1, {"loss": 1.0})
     assert started.error == "OSError: wandb-core did not start"
+
+
+def test_a_task_opens_its_own_wandb_service_not_one_named_by_its_submitter(tmp_path):
+    # wandb puts its service's address in WANDB_SERVICE of the process that started it, and
+    # sbatch exports the submitter's environment: a task would talk to a service on another
+    # host (or one long gone) and log nothing. The task starts its own.
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from pathlib import Path\n"
+        "from aistack.recipe.schema import Tracking\n"
+        "from aistack.track.wandb_run import start, offline_runs, read_offline_run\n"
+        "run = start(Tracking(mode='offline'), Path(r'%s'), 'r', 'smoke', 'map', 0, {})\n"
+        "run.log(1, {'loss': 2.0}); run.finish()\n"
+        "assert run.error is None, run.error\n"
+        "record = read_offline_run(offline_runs(Path(r'%s'))[0])\n"
+        "assert [row['loss'] for row in record['history']] == [2.0], record\n"
+    ) % (tmp_path, tmp_path)
+    env = {**os.environ, "WANDB_SERVICE": f"3-1-unix-{tmp_path / 'gone.sock'}"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

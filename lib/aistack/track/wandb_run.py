@@ -162,6 +162,8 @@ def start(
         return WandbRun(None)
     import wandb
 
+    _forget_inherited_service()
+
     return WandbRun(lambda: wandb.init(
         project=tracking.project,
         entity=tracking.entity,
@@ -176,6 +178,16 @@ def start(
         mode=mode,
         settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
     ))
+
+
+def _forget_inherited_service() -> None:
+    """wandb keeps the address of the service it started in WANDB_SERVICE ("3-<pid>-...")
+    and sbatch exports the submitter's environment: a task would connect to a service of
+    the login node's process (another host, or gone) and log nothing. A token made by
+    another process is dropped, so the task starts its own service."""
+    token = os.environ.get("WANDB_SERVICE", "")
+    if token and token.split("-")[1:2] != [str(os.getpid())]:
+        del os.environ["WANDB_SERVICE"]
 
 
 # --- reading offline run files back (tests, `aistack status`) ------------------------
