@@ -371,3 +371,44 @@ def test_an_sft_run_exports_to_hugging_face_with_the_same_logits(tmp_path, task,
     text = hf_tok.apply_chat_template(messages, tokenize=False)
     assert text == chat.render(messages) and "<|assistant|>" in text
     assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids.tolist()
+
+
+def test_nemo_sft_formats_train_on_the_same_tokens_as_messages(tmp_path, chat):
+    # NeMo's {"input", "output"} and {"system", "conversations": [{"from", "value"}]} records
+    # (jsonl and parquet) give exactly the tokens and loss mask of the same chat as `messages`.
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aistack.post.chat import ChatFormatError
+    from aistack.post.generate import read_prompts
+    from aistack.post.sft_data import read_records, tokenize_records
+
+    chats = [[{"role": "user", "content": "reverse: a b c"}, {"role": "assistant", "content": "c b a"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "reverse: x y"},
+              {"role": "assistant", "content": "y x"}, {"role": "user", "content": "reverse: p q"},
+              {"role": "assistant", "content": "q p"}]]
+    plain = [{"messages": m} for m in chats]
+    io = {"input": "reverse: a b c", "output": "c b a"}
+    conv = {"system": "Be brief.", "mask": "User", "type": "VALUE_TO_TEXT", "conversations": [
+        {"from": "User", "value": "reverse: x y"}, {"from": "Assistant", "value": "y x"},
+        {"from": "human", "value": "reverse: p q"}, {"from": "gpt", "value": "q p"}]}
+    (tmp_path / "nemo.jsonl").write_text(json.dumps(io) + "\n" + json.dumps(conv) + "\n")
+    pq.write_table(pa.Table.from_pylist([io, {"input": "reverse: x y", "output": "y x"}]), tmp_path / "io.parquet")
+
+    def tokens(records):
+        examples, _ = tokenize_records(records, chat, 64)
+        return [(e.tokens.tolist(), e.loss_mask.tolist()) for e in examples]
+
+    assert tokens(read_records([tmp_path / "nemo.jsonl"])) == tokens(plain)
+    io_chat = [{"messages": chats[0]}, {"messages": [chats[1][1], chats[1][2]]}]
+    assert tokens(read_records([tmp_path / "io.parquet"])) == tokens(io_chat)
+    assert list(read_prompts([str(tmp_path / "nemo.jsonl")]))[1] == chats[1][:-1]
+
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"conversations": [{"from": "Robot", "value": "hi"}]}) + "\n"
+                                        + json.dumps({"question": "q"}) + "\n")
+    with pytest.raises(ChatFormatError, match=r"bad.jsonl line 1: conversations\[0\] = .*Robot"):
+        tokenize_records(read_records([tmp_path / "bad.jsonl"]), chat, 64)
+    with pytest.raises(ChatFormatError, match=r"bad.jsonl line 2: no conversation.*keys: \['question'\]"):
+        tokenize_records(list(read_records([tmp_path / "bad.jsonl"]))[1:], chat, 64)

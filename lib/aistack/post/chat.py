@@ -1,6 +1,11 @@
 """Chat records -> token ids and a loss mask on the assistant's tokens.
 
-A record is `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`.
+A record is `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`, or
+one of NeMo's SFT formats (nemo/collections/llm/gpt/data/core.py, NeMo 2.7), read as messages:
+
+    {"input": str, "output": str}                         one user turn, one assistant turn
+    {"system": str, "conversations": [{"from": "User"|"Assistant", "value": str}, ...]}
+
 It is rendered with a Jinja chat template, the Hugging Face convention: the tokenizer's own
 (`chat_template` in the tokenizer_config.json next to its tokenizer.json) when it has one,
 else DEFAULT_TEMPLATE:
@@ -119,6 +124,36 @@ class ChatTokenizer:
 
 def _raise(message: str):
     raise ChatFormatError(message)
+
+
+# NeMo's speaker names (and ShareGPT's, which NeMo chat data often comes from) -> roles.
+_SPEAKERS = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+
+
+def record_messages(record: dict, where: str = "record") -> list[dict]:
+    """The conversation of one record, in whichever format it comes (see the module doc)."""
+    if "messages" in record:
+        messages = record["messages"]
+    elif "conversations" in record:
+        turns = record["conversations"]
+        if not isinstance(turns, list) or not turns:
+            raise ChatFormatError(f"{where}: 'conversations' must be a non-empty list of {{from, value}}")
+        messages = [{"role": "system", "content": record["system"]}] if record.get("system") else []
+        for i, turn in enumerate(turns):
+            speaker = turn.get("from") if isinstance(turn, dict) else None
+            role = _SPEAKERS.get(speaker.lower()) if isinstance(speaker, str) else None
+            if role is None or not isinstance(turn.get("value"), str):
+                raise ChatFormatError(f"{where}: conversations[{i}] = {turn!r}: expected {{'from': User or Assistant "
+                                      f"(or {', '.join(sorted(_SPEAKERS))}), 'value': str}}")
+            messages.append({"role": role, "content": turn["value"]})
+    elif "input" in record and "output" in record:
+        messages = [{"role": "user", "content": record["input"]}, {"role": "assistant", "content": record["output"]}]
+    else:
+        keys = sorted(k for k in record if not k.startswith("_"))
+        raise ChatFormatError(f"{where}: no conversation: expected 'messages', NeMo's 'conversations', or 'input' and "
+                              f"'output' (keys: {keys})")
+    validate_messages(messages, where)
+    return messages
 
 
 def validate_messages(messages: Any, where: str = "record") -> None:

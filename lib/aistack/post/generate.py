@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from aistack.model import cpu_compat
-from aistack.post.chat import ChatTokenizer, load_chat_tokenizer, validate_messages
+from aistack.post.chat import ChatTokenizer, load_chat_tokenizer, record_messages
 from aistack.post.sft_data import expand_paths, read_records
 
 GENERATED = "generated"
@@ -41,19 +41,20 @@ def generated_files(run_path: Path, shards: int) -> list[Path]:
 
 
 def read_prompts(patterns: list[str]) -> Iterator[list[dict]]:
+    """Each record's conversation without its trailing assistant answer: `messages`, NeMo's
+    `conversations` or `input` (its `output`, if any, dropped), or a bare `prompt` string."""
     for record in read_records(expand_paths(patterns, "sequence.prompts")):
         where = record.get("_where", "record")
-        if "messages" in record:
-            messages = list(record["messages"])
-            validate_messages(messages, where)
-            if messages[-1]["role"] == "assistant":
-                messages = messages[:-1]
-            if not messages:
-                raise ValueError(f"{where}: no prompt left once the assistant answer is dropped")
-        elif isinstance(record.get("prompt"), str):
-            messages = [{"role": "user", "content": record["prompt"]}]
-        else:
-            raise ValueError(f"{where}: a prompt record needs 'messages' or 'prompt'")
+        if isinstance(record.get("prompt"), str):
+            yield [{"role": "user", "content": record["prompt"]}]
+            continue
+        if "input" in record and "output" not in record:
+            record = {**record, "output": ""}
+        messages = record_messages(record, where)
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        if not messages:
+            raise ValueError(f"{where}: no prompt left once the assistant answer is dropped")
         yield messages
 
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from aistack.post.chat import ChatFormatError, ChatTokenizer, validate_messages
+from aistack.post.chat import ChatFormatError, ChatTokenizer, record_messages
 
 
 # --- records --------------------------------------------------------------------------
@@ -44,16 +44,17 @@ def expand_paths(patterns: Iterable[str], key: str) -> list[Path]:
 
 
 def read_records(files: Iterable[Path]) -> Iterator[dict[str, Any]]:
-    """Chat records from .jsonl (one JSON object a line) or .parquet (a `messages` column)."""
+    """Chat records from .jsonl (one JSON object a line) or .parquet (a column per key)."""
     for file in files:
         if file.suffix == ".parquet":
             import pyarrow.parquet as pq
 
             table = pq.read_table(file)
-            if "messages" not in table.column_names:
-                raise ChatFormatError(f"{file}: no 'messages' column (columns: {table.column_names})")
-            for i, messages in enumerate(table.column("messages").to_pylist()):
-                yield {"messages": messages, "_where": f"{file} row {i}"}
+            if not {"messages", "conversations", "input", "prompt"} & set(table.column_names):
+                raise ChatFormatError(f"{file}: no 'messages' column, nor NeMo's 'conversations' or 'input' and 'output' "
+                                      f"(columns: {table.column_names})")
+            for i, row in enumerate(table.to_pylist()):
+                yield {**row, "_where": f"{file} row {i}"}
         elif file.suffix in (".jsonl", ".json"):
             with open(file) as fh:
                 for i, line in enumerate(fh, 1):
@@ -85,8 +86,7 @@ def tokenize_records(records: Iterable[dict], chat: ChatTokenizer, seq_length: i
     out, truncated = [], 0
     for record in records:
         where = record.get("_where", "record")
-        messages = record.get("messages")
-        validate_messages(messages, where)
+        messages = record_messages(record, where)
         ids, mask = chat.encode_chat(messages)
         if len(ids) - 1 > seq_length:
             truncated += 1
