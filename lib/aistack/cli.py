@@ -81,10 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="a training run's last checkpoint as a Hugging Face transformers folder")
+    p = sub.add_parser("export", help="a training run's last checkpoint as a Hugging Face folder or a NeMo 2 checkpoint")
     p.add_argument("run", help="run directory, or its name under --root")
-    p.add_argument("--to", choices=["hf"], default="hf")
-    p.add_argument("--out", default=None, help="output folder (default: RUN/export-hf)")
+    p.add_argument("--to", choices=["hf", "nemo"], default="hf")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/export-hf or RUN/export-nemo)")
     p.add_argument("--root", default="runs")
     p.set_defaults(func=cmd_export)
 
@@ -514,6 +514,14 @@ def cmd_export(args) -> int:
         from aistack.post.chat import load_chat_tokenizer
 
         chat_template = load_chat_tokenizer(chat_data.tokenizer, chat_data.chat_template).template_source
+    if args.to == "nemo":
+        from aistack.model.checkpoint import load_run_model
+        from aistack.model.nemo import export_nemo
+
+        out = export_nemo(load_run_model(run.path), recipe.model, vocab, args.out or run.path / "export-nemo",
+                          tokenizer_json=tokenizer_file(recipe), chat_template=chat_template)
+        console.print(f"exported: {out}")
+        return 0
     state = load_full_state_dict(run.path)  # TP=1/PP=1 names, gathered from the run's latest checkpoint
     out = export_hf(state, recipe.model, vocab, args.out or run.path / "export-hf", tokenizer_json=tokenizer_file(recipe),
                     chat_template=chat_template)

@@ -498,8 +498,8 @@ def run_sharded_bench(cfg: Any, work_dir: str | Path, out_dir: str | Path,
     set_offline(cfg.offline)
     model = cfg.model_block.model_dump() if cfg.model_block is not None else None
     source = describe(cfg.model, model=model, tokenizer=cfg.tokenizer)
-    if source.format != "aistack":
-        raise ValueError(f"bench.parallel TP {tp} x PP {pp} loads an aistack checkpoint (any layout); "
+    if source.format == "hf":
+        raise ValueError(f"bench.parallel TP {tp} x PP {pp} loads an aistack or NeMo checkpoint (any layout); "
                          f"{source.path} is a Hugging Face folder")
     if source.tokenizer is None:
         raise ValueError(f"{source.path}: no tokenizer (set bench.tokenizer)")

@@ -3,7 +3,9 @@
 An aistack checkpoint (`step_000040/`, or a directory with a `latest` pointer, or a
 pretrain run directory) does not hold its architecture: the pretrain recipe does. It is
 found by walking up from the checkpoint to the run directory's recipe.yaml, so pointing
-an evaluation at a run is enough. A Hugging Face folder (config.json) is its own source.
+an evaluation at a run is enough. A Hugging Face folder (config.json) is its own source;
+so is a NeMo 2 checkpoint (weights/ + context/: the network from context/model.yaml, the
+tokenizer from context/nemo_tokenizer/).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ _STEP_RE = re.compile(r"^step_(\d{6,})$")
 @dataclass(frozen=True)
 class Source:
     path: Path  # a step_* directory (aistack) or a model folder (hf)
-    format: str  # "aistack" | "hf"
+    format: str  # "aistack" | "hf" | "nemo"
     step: int | None
     model_cfg: Any  # aistack.kinds.pretrain.ModelConfig (None for hf)
     tokenizer: Path | None
@@ -39,7 +41,7 @@ def untrained(source: Source) -> Source:
     with megatron's local layers), its tokenizer; the weights at `source.path` are not read."""
     from dataclasses import replace
 
-    if source.format != "aistack":
+    if source.format == "hf":
         raise ValueError(f"{source.path}: an untrained baseline needs an aistack run (its model block and seed), not an HF folder")
     found = recipe_above(source.path)
     seed = ((found[1] if found else {}).get("train") or {}).get("seed", 1234)
@@ -53,12 +55,12 @@ def is_hf_folder(path: Path) -> bool:
 def checkpoint_dirs(spec: str | Path, all_steps: bool = False) -> list[Path]:
     """A checkpoint, a checkpoints root (`latest`), a pretrain task or run directory, or
     an HF folder -> the step directories to evaluate (every complete one with all_steps)."""
-    from aistack.model import checkpoint
+    from aistack.model import checkpoint, nemo
 
     path = Path(spec).expanduser().absolute()
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint or run directory at {path}")
-    if is_hf_folder(path) or (path / "metadata.json").exists():
+    if is_hf_folder(path) or (path / "metadata.json").exists() or nemo.is_nemo_checkpoint(path):
         return [path]
     roots = [path] if (path / checkpoint.LATEST).exists() else sorted(path.glob("**/checkpoints"))
     roots = [r for r in roots if (r / checkpoint.LATEST).exists()]
@@ -84,8 +86,15 @@ def recipe_above(path: Path) -> tuple[Path, dict] | None:
 def describe(path: str | Path, model: dict | None = None, tokenizer: str | None = None) -> Source:
     """The Source of one checkpoint directory. `model` / `tokenizer` override the recipe's."""
     from aistack.kinds.pretrain import ModelConfig
+    from aistack.model import nemo
 
     path = Path(path).absolute()
+    if nemo.is_nemo_checkpoint(path):
+        cfg = ModelConfig.model_validate(model if model is not None else nemo.model_block(path))
+        if model is not None:
+            nemo.check_model(path, cfg)
+        tok = Path(tokenizer) if tokenizer else nemo.tokenizer_file(path)
+        return Source(path, "nemo", None, cfg, tok, run=path.name)
     if is_hf_folder(path):
         tok = Path(tokenizer) if tokenizer else (path / "tokenizer.json" if (path / "tokenizer.json").exists() else None)
         return Source(path, "hf", _hf_step(path), None, tok, run=path.name)
@@ -128,7 +137,7 @@ def load_gpt(source: Source, device: str | None = None, dtype: Any = None):
     from aistack.model import checkpoint
     from aistack.model.dataset import Tokenizer
 
-    if source.format != "aistack":
+    if source.format == "hf":
         raise ValueError(f"{source.path} is a Hugging Face folder, not an aistack checkpoint")
     if source.tokenizer is None and not source.model_cfg.vocab_size:
         raise ValueError(f"{source.path}: no tokenizer and no model.vocab_size: the vocabulary size is unknown")

@@ -38,8 +38,10 @@ def step_dir(root: Path, step: int) -> Path:
 
 def latest(root: str | Path) -> Path | None:
     """The newest complete checkpoint under root, or None. `root` may itself be a checkpoint."""
+    from aistack.model.nemo import is_nemo_checkpoint
+
     root = Path(root)
-    if (root / "metadata.json").exists():  # a checkpoint directory given directly
+    if (root / "metadata.json").exists() or is_nemo_checkpoint(root):  # a checkpoint directory given directly
         return root
     pointer = root / LATEST
     if pointer.exists():
@@ -54,11 +56,11 @@ def latest(root: str | Path) -> Path | None:
 
 
 def _sharded_state_dict(model_chunks: list, optimizer, scheduler, step: int, is_loading: bool,
-                        with_optimizer: bool = True) -> dict[str, Any]:
+                        with_optimizer: bool = True, prefix: str = "") -> dict[str, Any]:
     # One "model" key per chunk, as Megatron-LM names them, so its checkpoints and ours agree.
     state: dict[str, Any] = {}
     for i, chunk in enumerate(unwrap(model_chunks)):
-        state["model" if len(model_chunks) == 1 else f"model{i}"] = chunk.sharded_state_dict()
+        state["model" if len(model_chunks) == 1 else f"model{i}"] = chunk.sharded_state_dict(prefix=prefix)
     if with_optimizer and optimizer is not None:
         # The optimizer finds each param's sharding through the model entries (by identity).
         model_sd = dict(state)
@@ -114,18 +116,32 @@ def save(root: str | Path, step: int, model_chunks: list, optimizer, scheduler, 
 
 def load(path: str | Path, model_chunks: list, optimizer=None, scheduler=None, restore_rng: bool = True) -> dict[str, Any]:
     """Collective. Loads model (and optimizer/scheduler when given) from a checkpoint of any
-    TP/PP layout; returns {"step": ..., **extra saved}."""
+    TP/PP layout; returns {"step": ..., **extra saved}. A NeMo 2 checkpoint gives its weights."""
     from megatron.core import dist_checkpointing
 
-    path = Path(path)
+    from aistack.model import nemo
+
+    path, prefix = Path(path), ""
+    if nemo.is_nemo_checkpoint(path):
+        if optimizer is not None:
+            raise ValueError(f"{path} is a NeMo checkpoint: aistack reads its weights, not NeMo's optimizer state "
+                             "(set checkpoint.load_optimizer=false)")
+        path, prefix = path / nemo.WEIGHTS, nemo.PREFIX
     with cpu_compat.device_scope(), torch.no_grad():
         if optimizer is not None:
             _init_optimizer_state(optimizer)
-        state = _sharded_state_dict(model_chunks, optimizer, scheduler, 0, is_loading=True, with_optimizer=optimizer is not None)
+        state = _sharded_state_dict(model_chunks, optimizer, scheduler, 0, is_loading=True,
+                                    with_optimizer=optimizer is not None, prefix=prefix)
         state.pop("opt_param_scheduler", None)
+        if prefix:  # Transformer Engine's FP8 metadata (_extra_state) of another program: not needed, not read
+            state = nemo.without_extra_state(state)
         loaded = dist_checkpointing.load(state, str(path))
         for i, chunk in enumerate(unwrap(model_chunks)):
-            chunk.load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{i}"])
+            weights = {k[len(prefix):]: v for k, v in loaded["model" if len(model_chunks) == 1 else f"model{i}"].items()}
+            missing, unexpected = chunk.load_state_dict(weights, strict=False)
+            missing = [k for k in missing if not (prefix and k.endswith("_extra_state"))]
+            if missing or unexpected:
+                raise KeyError(f"{path}: the checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
         if optimizer is not None:
             optimizer.load_state_dict(loaded["optimizer"])
     meta = json.loads((path / "aistack.json").read_text()) if (path / "aistack.json").exists() else {}
@@ -216,9 +232,9 @@ def load_model_alone(path: str | Path, model_cfg: Any, vocab_size: int):
         return load_model(path, model_cfg, vocab_size, use_te=False)
 
 
-def load_full_state_dict(run_dir: str | Path, job: str = "train", task: int = 0) -> dict[str, Any]:
-    """The latest checkpoint of a run's training task as one full state dict (TP=1/PP=1 names),
-    whatever layout saved it: megatron's dist_checkpointing reshards on load."""
+def load_run_model(run_dir: str | Path, job: str = "train", task: int = 0):
+    """The latest checkpoint of a run's training task as one GPTModel in this process (TP=1/PP=1,
+    fp32), whatever layout saved it: megatron's dist_checkpointing reshards on load."""
     import yaml
 
     from aistack.kinds.pretrain import ModelConfig
@@ -232,5 +248,10 @@ def load_full_state_dict(run_dir: str | Path, job: str = "train", task: int = 0)
     if source is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint of job {job} task {task} to export")
     vocab = model_cfg.vocab_size or Tokenizer.from_file(recipe_tokenizer(data)).vocab_size
-    model = load_model_alone(source, model_cfg, vocab)
+    return load_model_alone(source, model_cfg, vocab)
+
+
+def load_full_state_dict(run_dir: str | Path, job: str = "train", task: int = 0) -> dict[str, Any]:
+    """load_run_model's weights as one full state dict (TP=1/PP=1 names)."""
+    model = load_run_model(run_dir, job, task)
     return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}

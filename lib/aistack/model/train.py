@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from aistack import hardware
 from aistack.dist.megatron import Layout, destroy_model_parallel, init_model_parallel, set_seeds
-from aistack.model import checkpoint, cpu_compat, dataset, gpt, import_hf, optim
+from aistack.model import checkpoint, cpu_compat, dataset, gpt, import_hf, nemo, optim
 from aistack.model.flops import step_flops
 from aistack.model.layout import check_layout, padded_vocab_size
 
@@ -107,6 +107,11 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
             raise ValueError(f"checkpoint.load {ck.load} is a Hugging Face folder: it has no optimizer state "
                              "to continue from (set checkpoint.load_optimizer=false)")
         import_hf.check_model(ck.load, m, unpadded_vocab)  # the model block must be config.json's network
+    if ck.load and nemo.is_nemo_checkpoint(ck.load):
+        if ck.load_optimizer:
+            raise ValueError(f"checkpoint.load {ck.load} is a NeMo checkpoint: aistack starts from its weights, not "
+                             "NeMo's optimizer state (set checkpoint.load_optimizer=false)")
+        nemo.check_model(ck.load, m)  # the model block must be context/model.yaml's network
     vocab = padded_vocab_size(unpadded_vocab, m, layout.tp)
     model = wrap_ddp(gpt.build_model_chunks(m, recipe.parallel, vocab, precision), recipe.parallel, precision)
     optimizer = optim.build_optimizer(t, recipe.parallel, model, precision)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from aistack.model import checkpoint, gpt
+from aistack.model import checkpoint, gpt, nemo
 from aistack.model.train import Objective, lm_forward_step
 from aistack.post.chat import ChatTokenizer, load_chat_tokenizer
 from aistack.post.distill_loss import KDLoss, gather_vocab, topk
@@ -144,6 +144,8 @@ def load_frozen(model_cfg: Any, path: str | Path, vocab_size: int, tensor: int =
     source = checkpoint.latest(path)
     if source is None:
         raise FileNotFoundError(f"{key}: no checkpoint at {path}")
+    if nemo.is_nemo_checkpoint(source):
+        nemo.check_model(source, model_cfg)
     model = checkpoint.load_model(source, model_cfg, vocab_size, tensor, precision)
     model.eval()
     for p in model.parameters():
