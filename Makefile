@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # Reinstall only when the dependency list or the pins change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: demo demo-data test venv slurm-install slurm-up slurm-down container-bundle clean gpu-wheels gpu-check
+.PHONY: demo demo-data test test-nemo venv slurm-install slurm-up slurm-down container-bundle clean gpu-wheels gpu-check
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
@@ -37,6 +37,12 @@ slurm-install:
 test: venv slurm-install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS) || [ $$? = 5 ]  # 5: PYTEST_ARGS selected none here
 	$(BIN)/python -m pytest tests --ignore=tests/unit $(PYTEST_ARGS)
+
+# aistack against the real nemo-toolkit 2.7.3, both ways (tests/test_nemo_interop.py). NeMo pins
+# numpy<2 and transformers 4.57: it gets a venv of its own, .venv-nemo (2-4 min, 2.9 GB).
+test-nemo: venv
+	PYTHON=$(PYTHON) bash nemo_interop/build-venv.sh
+	$(BIN)/python -m pytest tests/test_nemo.py tests/test_nemo_interop.py $(PYTEST_ARGS)
 
 slurm-up: slurm-install
 	bash slurm/up.sh

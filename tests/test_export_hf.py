@@ -106,6 +106,8 @@ def test_gpt2_tied_sharded_with_tokenizer_matches_megatron(tmp_path, megatron_st
     text = "the lazy fox"
     assert hf_tok(text)["input_ids"] == tok.encode(text).ids
     assert hf_tok.eos_token == "<|endoftext|>" and hf.config.eos_token_id == tok.token_to_id("<|endoftext|>")
+    # a class transformers 4 knows too (serving images, NeMo 2.7), not v5's TokenizersBackend
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
 
 
 def test_qkv_is_split_per_query_group_not_in_thirds():

@@ -106,25 +106,16 @@ def test_export_to_nemo_reads_back_bit_for_bit(tmp_path):
     reads it back with exactly the run's weights."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    from aistack.data.tokenize import train_bpe
     from aistack.eval.source import describe, load_gpt
-    from aistack.launch import launcher
     from aistack.model import checkpoint, nemo
-    from aistack.model.dataset import Tokenizer, make_tiny_dataset
-    from conftest import RECIPES
+    from aistack.model.dataset import Tokenizer
 
-    tok = train_bpe([f"document {i} of a tiny corpus, said twice." for i in range(50)], 300, 1, "<|endoftext|>", [],
-                    tmp_path / "tokenizer.json")
-    vocab = Tokenizer.from_file(tok).vocab_size
-    data = make_tiny_dataset(tmp_path / "data" / "tiny", vocab_size=vocab, num_docs=100)
-    result = launcher.launch(RECIPES / "pretrain" / "gpt-tiny.yaml", [
-        f"output.root={tmp_path / 'runs'}", f"data.paths=[{{path: {data}}}]", f"data.tokenizer={tok}",
-        f"model.vocab_size={vocab}", "model.ffn_hidden_size=96", "model.rotary_base=500000", "tracking.mode=disabled",
-        "train.steps=2"], on="local")
+    result_path = tiny_llama_run(tmp_path, steps=2, extra=["model.rotary_base=500000"])
+    vocab = Tokenizer.from_file(tmp_path / "tokenizer.json").vocab_size
     out = tmp_path / "nemo"
     # A process of its own, as on a login node (megatron's checkpoint writer keeps a helper
     # process for the life of the process that saved).
-    done = subprocess.run([sys.executable, "-m", "aistack.cli", "export", str(result.run.path), "--to", "nemo",
+    done = subprocess.run([sys.executable, "-m", "aistack.cli", "export", str(result_path), "--to", "nemo",
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "exported" in done.stdout, done.stderr[-3000:]
 
@@ -138,14 +129,32 @@ def test_export_to_nemo_reads_back_bit_for_bit(tmp_path):
     assert (out / "context" / "nemo_tokenizer" / "tokenizer.json").is_file()
 
     source = describe(out)
-    run_cfg = describe(checkpoint.latest(result.run.task_dir("train", 0) / "checkpoints")).model_cfg
+    run_cfg = describe(checkpoint.latest(result_path / "jobs" / "train" / "tasks" / "00000" / "checkpoints")).model_cfg
     same = ("arch", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_size", "rotary_base",
             "norm_epsilon", "tied_embeddings", "seq_length")
     assert [getattr(source.model_cfg, k) for k in same] == [getattr(run_cfg, k) for k in same]
-    want = checkpoint.load_full_state_dict(result.run.path)
+    want = checkpoint.load_full_state_dict(result_path)
     got = {k: v for k, v in load_gpt(source).state_dict().items() if not k.endswith("_extra_state")}
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def tiny_llama_run(root: Path, steps: int, extra: list[str] = ()) -> Path:
+    """A tiny Llama pretrain run (GQA, untied, ffn 96) with its own BPE tokenizer (root/tokenizer.json)."""
+    from aistack.data.tokenize import train_bpe
+    from aistack.launch import launcher
+    from aistack.model.dataset import Tokenizer, make_tiny_dataset
+    from conftest import RECIPES
+
+    tok = train_bpe([f"document {i} of a tiny corpus, said twice." for i in range(50)], 300, 1, "<|endoftext|>", [],
+                    root / "tokenizer.json")
+    vocab = Tokenizer.from_file(tok).vocab_size
+    data = make_tiny_dataset(root / "data" / "tiny", vocab_size=vocab, num_docs=100)
+    result = launcher.launch(RECIPES / "pretrain" / "gpt-tiny.yaml", [
+        f"output.root={root / 'runs'}", f"data.paths=[{{path: {data}}}]", f"data.tokenizer={tok}",
+        f"model.vocab_size={vocab}", "model.ffn_hidden_size=96", "tracking.mode=disabled", f"train.steps={steps}",
+        *extra], on="local")
+    return result.run.path
 
 
 def test_a_gpt2_run_is_not_written_as_a_llama():

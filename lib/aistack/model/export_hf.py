@@ -168,6 +168,12 @@ def _save_tokenizer(tokenizer_json: str | Path, out_dir: Path, chat_template: st
     if eos:
         tok.eos_token = eos
     tok.save_pretrained(str(out_dir))
+    # transformers 5 names its class TokenizersBackend, which transformers 4 (vLLM, NeMo 2.7, TGI
+    # images) cannot load; PreTrainedTokenizerFast is the same tokenizer to both.
+    config_file = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return vocab[eos] if eos else None
 
 
