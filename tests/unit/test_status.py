@@ -43,3 +43,14 @@ def test_a_preempted_task_is_on_its_way_back_not_failed():
     from aistack.launch.executor import FINISHED, INTERRUPTED
 
     assert "PREEMPTED" in INTERRUPTED and not INTERRUPTED & FINISHED  # `--wait` keeps following it
+
+
+def test_a_failed_stage_is_followed_until_its_other_tasks_end(tmp_path):
+    from aistack.pipeline.status import StageState
+
+    def stage(state: str, active: bool) -> StageState:
+        return StageState("a", "filter", RunDir(tmp_path / "a"), state, 1, 8, None, "-", [], active=active)
+
+    assert not finished([stage("FAILED", active=True)]), "seven array tasks still running: `--wait` goes on"
+    assert finished([stage("FAILED", active=False)])
+    assert finished([stage("COMPLETED", active=False), stage("NOT_SUBMITTED", active=False)])

@@ -21,6 +21,10 @@ class StageState:
     wandb: str  # the W&B run of the stage's first job, task 0 (id prefix, and "offline" when not synced)
     needs: list[str]
     notes: list[str] = field(default_factory=list)  # "job task N: ..." from its tasks' records (a failed quick-save)
+    active: bool = False  # a task still runs or waits to (a FAILED stage's other array tasks go on)
+
+
+_ACTIVE = {"RUNNING", "COMPLETING", "CONFIGURING", "PENDING", "REQUEUE_HOLD", "SUSPENDED", "WAITING"} | INTERRUPTED
 
 
 def stage_states(records) -> list[StageState]:
@@ -57,10 +61,11 @@ def stage_states(records) -> list[StageState]:
             wandb = full[:8] + (" offline" if unsynced else "")
         notes = [f"{r.job} task {r.task_id}: {r.note}" for r in rows if r.note]
         out.append(StageState(name, kind, run, state, done, total, elapsed(run, plan_jobs) if run.path.exists() else None, wandb, needs,
-                              notes))
+                              notes, active=bool(states & _ACTIVE)))
     return out
 
 
 def finished(states: list[StageState]) -> bool:
-    """Nothing more will happen without a new submission."""
-    return all(s.state in FINISHED | {"NOT_SUBMITTED"} for s in states)
+    """Nothing more will happen without a new submission: every stage ended (a failed one once
+    its other tasks have ended too: their results are kept, and a rerun starts from them)."""
+    return all(s.state in FINISHED | {"NOT_SUBMITTED"} and not s.active for s in states)
