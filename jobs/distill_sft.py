@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aistack.launch.task import TaskContext
-from aistack.track.lineage import record_lineage
+from aistack.track.lineage import log_model, record_lineage
 
 
 def run(ctx: TaskContext) -> dict:
@@ -13,4 +13,6 @@ def run(ctx: TaskContext) -> dict:
     from aistack.post.objectives import SFTObjective
 
     files = generated_files(ctx.run.path, ctx.recipe.sequence.shards)
-    return train(ctx.recipe, ctx, SFTObjective(ctx.recipe.sequence, train_files=files))
+    result = train(ctx.recipe, ctx, SFTObjective(ctx.recipe.sequence, train_files=files))
+    log_model(ctx)  # the final checkpoint as a W&B `model` artifact, by reference
+    return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aistack.launch.task import TaskContext
-from aistack.track.lineage import record_lineage
+from aistack.track.lineage import log_model, record_lineage
 
 
 def run(ctx: TaskContext) -> dict:
@@ -12,4 +12,6 @@ def run(ctx: TaskContext) -> dict:
     from aistack.post.objectives import DistillObjective
     from aistack.post.teacher_jobs import store_path
 
-    return train(ctx.recipe, ctx, DistillObjective(store_path(ctx.recipe, ctx.run.path)))
+    result = train(ctx.recipe, ctx, DistillObjective(store_path(ctx.recipe, ctx.run.path)))
+    log_model(ctx)  # the final checkpoint as a W&B `model` artifact, by reference
+    return result

@@ -7,7 +7,9 @@ from aistack.launch.task import TaskContext
 
 def run(ctx: TaskContext) -> dict:
     from aistack.eval.sweep import gather
+    from aistack.track.lineage import log_results, record_lineage
 
+    record_lineage(ctx)  # the checkpoints it evaluated: their training runs' `model` artifacts, used
     report = gather(ctx.run, "eval", len(ctx.recipe.evaluate.pairs()))
     by_step: dict[int, dict[str, float]] = {}
     for r in report["rows"]:
@@ -15,6 +17,7 @@ def run(ctx: TaskContext) -> dict:
     for step in sorted(by_step):  # W&B steps must increase
         ctx.log(step, by_step[step])
     _log_wandb(ctx, report)
+    log_results(ctx, [report["json"], report["csv"]])  # an `eval-results` artifact (lineage)
     return {"results": str(report["json"]), "csv": str(report["csv"]), "plots": [str(p) for p in report["plots"]],
             "rows": len(report["rows"])}
 

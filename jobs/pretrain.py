@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from aistack.launch.task import TaskContext
-from aistack.track.lineage import record_lineage
+from aistack.track.lineage import log_model, record_lineage
 
 
 def run(ctx: TaskContext) -> dict:
     record_lineage(ctx)  # lineage.json: the data runs it reads, as W&B artifacts used
     from aistack.model.train import train  # heavy imports (torch, megatron) only inside the task
 
-    return train(ctx.recipe, ctx)
+    result = train(ctx.recipe, ctx)
+    log_model(ctx)  # the final checkpoint as a W&B `model` artifact, by reference
+    return result

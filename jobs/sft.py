@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aistack.launch.task import TaskContext
-from aistack.track.lineage import record_lineage
+from aistack.track.lineage import log_model, record_lineage
 
 
 def run(ctx: TaskContext) -> dict:
@@ -11,4 +11,6 @@ def run(ctx: TaskContext) -> dict:
     from aistack.model.train import train  # heavy imports (torch, megatron) only inside the task
     from aistack.post.objectives import SFTObjective
 
-    return train(ctx.recipe, ctx, SFTObjective(ctx.recipe.data))
+    result = train(ctx.recipe, ctx, SFTObjective(ctx.recipe.data))
+    log_model(ctx)  # the final checkpoint as a W&B `model` artifact, by reference
+    return result

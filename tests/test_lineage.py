@@ -162,3 +162,58 @@ def test_lineage_syncs_as_one_artifact_version_logged_by_the_data_run_and_used_b
     assert art.run == run_id(data.name, "stats", 0)
     assert art.used_by == [run_id(train.name, "train", 0)]
     assert set(art.manifest["contents"]) == {"output/tokenize/data.bin", "output/tokenize/data.idx", "output/tokenize/tokenizer.json"}
+
+
+def _trained(root: Path, name: str, step: int) -> RunDir:
+    """A pretrain run directory whose training task has a complete checkpoint at `step`."""
+    run = _run_dir(root, name, {"kind": "pretrain", "name": "pretrain"})
+    ckpts = run.task_dir("train", 0) / "checkpoints"
+    (ckpts / f"step_{step:06d}").mkdir(parents=True)
+    (ckpts / f"step_{step:06d}" / "metadata.json").write_text("{}")
+    (ckpts / f"step_{step:06d}" / "aistack.json").write_text(json.dumps({"step": step, "tokens": step * 512}))
+    (ckpts / "latest").write_text(f"step_{step:06d}\n")
+    return run
+
+
+def test_a_model_is_logged_by_its_training_run_used_by_its_evaluation_and_the_results_follow(runs, monkeypatch, capsys):
+    data, train, train_data = runs
+    trained = _trained(train.path.parent, "pretrain-89abcdef01", 40)
+    ctx = _ctx(trained, "pretrain", "train", {"kind": "pretrain"})
+    lineage.log_model(ctx)
+    ctx.wandb.finish()
+    (logged,) = _read_finished(offline_runs(trained.path)[0])["artifacts"]
+    checkpoint = trained.task_dir("train", 0) / "checkpoints" / "step_000040"
+    assert logged["type"] == "model" and logged["name"] == trained.name and not logged["used"]
+    assert logged["metadata"]["step"] == 40 and logged["metadata"]["checkpoint"] == "step_000040"
+    # the checkpoint's files by reference, each named by its path: listed, not read
+    assert sorted((e["path"], e["ref"]) for e in logged["entries"]) == [
+        (f"step_000040/{f}", (checkpoint / f).as_uri()) for f in ("aistack.json", "metadata.json")]
+    assert all(e["digest"] != _md5_b64((checkpoint / e["path"].split("/")[1]).read_bytes()) for e in logged["entries"])
+
+    eval_data = {"kind": "evaluate", "name": "eval", "evaluate": {"checkpoints": [str(trained.path)], "tasks": ["x"]}}
+    evaluation = _run_dir(train.path.parent, "eval-2345abcdef", eval_data)
+    results = [evaluation.path / "results.json", evaluation.path / "results.csv"]
+    results[0].write_text('{"rows": []}')
+    results[1].write_text("run,step,task,metric,value\n")
+    ectx = _ctx(evaluation, "evaluate", "gather", eval_data)
+    record = lineage.record_lineage(ectx)
+    lineage.log_results(ectx, results)
+    ectx.wandb.finish()
+    assert record["runs"] == [{"run": str(trained.path), "name": trained.name, "kind": "pretrain",
+                               "stage_hash": "89abcdef01", "used_as": {"evaluate.checkpoints.0": "."}}]
+    arts = {a["type"]: a for a in _read_finished(offline_runs(evaluation.path)[0])["artifacts"]}
+    assert arts["model"]["used"] and arts["model"]["digest"] == logged["digest"], "the same model version on both sides"
+    out = arts["eval-results"]
+    assert not out["used"] and {e["path"] for e in out["entries"]} == {"results.json", "results.csv"}
+    assert {e["path"]: e["digest"] for e in out["entries"]}["results.json"] == _md5_b64(b'{"rows": []}')
+
+    with StandInServer() as server:
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        monkeypatch.setenv("WANDB_API_KEY", DUMMY_KEY)
+        assert main(["sync", str(trained.path)]) == 0
+        assert main(["sync", str(evaluation.path)]) == 0
+    capsys.readouterr()
+    model = next(a for a in server.artifacts.values() if a.type == "model")
+    assert model.name == trained.name and model.committed and model.run == run_id(trained.name, "train", 0)
+    assert model.used_by == [run_id(evaluation.name, "gather", 0)]
+    assert any(a.type == "eval-results" and a.run == run_id(evaluation.name, "gather", 0) for a in server.artifacts.values())

@@ -240,6 +240,7 @@ def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tmp_path):
     for heading in ("## Data: filter", "## Training: loss curves", "## Evaluation: evaluate", "## FP8 inference benchmark"):
         assert heading in report
     assert (pipeline.dir.path / "report.html").exists() and (pipeline.dir.path / "loss.png").exists()
+    assert_lineage(pipeline)
 
     # an unchanged rerun submits nothing
     profile = load_profile(str(profile_path))
@@ -352,3 +353,23 @@ def test_a_stage_after_a_waved_stage_waits_for_its_last_wave(runs_root, tmp_path
     waves = [r for r in wide.submissions() if r["job"] == "map"]
     assert len(waves) >= 2 and sorted(t for w in waves for t in w["task_ids"]) == list(range(100))
     assert task_times(after)[0] >= task_times(wide)[1]  # started after the last task of the last wave
+
+
+def assert_lineage(pipeline) -> None:
+    """W&B lineage, from the offline run files: dataset -> model -> eval results. Each training
+    stage logs its model; the stages that start from it, distil from it or evaluate it use it."""
+    from aistack.track.wandb_run import offline_runs, read_offline_run
+
+    def artifacts(stage: str) -> set[tuple[str, str, bool]]:
+        run = pipeline.stage(stage).run
+        return {(a["type"], a["name"], a["used"]) for p in offline_runs(run.path) for a in read_offline_run(p)["artifacts"]}
+
+    name = {s.name: s.run.name for s in pipeline.stages}
+    assert ("dataset", name["tokenize"], True) in artifacts("pretrain")
+    for trained in ("pretrain", "sft", "distill"):
+        assert ("model", name[trained], False) in artifacts(trained), trained
+    assert ("model", name["pretrain"], True) in artifacts("sft")  # checkpoint.load
+    assert ("model", name["sft"], True) in artifacts("distill")  # the teacher
+    evaluated = artifacts("evaluate")
+    assert {("model", name[s], True) for s in ("pretrain", "sft", "distill")} <= evaluated
+    assert ("eval-results", name["evaluate"], False) in evaluated

@@ -17,6 +17,13 @@ ones by content), so W&B files both under one version and links the two runs.
 Offline, `run.use_artifact` refuses; what it does with a new artifact (log it, marked
 "use after commit") is done instead, and `aistack sync` uploads it with the run.
 
+A training run ends by logging its final checkpoint as an artifact of type `model`, named
+after the run directory, by reference (the checkpoint folder's URI, no checksum: weights are
+not read again nor uploaded). A run that starts from it (`checkpoint.load`, a teacher) or
+evaluates it marks that artifact used; an evaluation logs its results.json/.csv as an
+artifact of type `eval-results`. So W&B's lineage view reads crawl -> documents -> dataset
+-> model -> eval results, offline too (`aistack sync` uploads the records with the runs).
+
 Everything here is derived from files and the recipe: no secret is read or written.
 """
 
@@ -38,6 +45,10 @@ LINEAGE = "lineage.json"
 HASH_MAX_BYTES = 1 << 20  # larger files are recorded by size (an .idx is always hashed): a stats job
 # must not read terabytes of document shards again
 ARTIFACT_TYPE = "dataset"
+MODEL_TYPE = "model"
+RESULTS_TYPE = "eval-results"
+TRAIN_KINDS = ("pretrain", "sft", "distill")
+TRAIN_JOB = "train"  # the training job of every training kind (its task 0 keeps the checkpoints)
 
 
 # --- files and digests -----------------------------------------------------------------
@@ -174,7 +185,7 @@ def log_dataset(ctx: Any) -> dict[str, Any] | None:
 
 # What a training recipe reads: its data, a teacher, a checkpoint to start from. Not
 # resources (container images, mounts), output or tracking.
-INPUT_SECTIONS = ("data", "sequence", "teacher", "checkpoint")
+INPUT_SECTIONS = ("data", "sequence", "teacher", "checkpoint", "evaluate")
 
 
 def recipe_paths(data: Any, key: str = "") -> Iterator[tuple[str, str]]:
@@ -258,14 +269,78 @@ def record_lineage(ctx: Any) -> dict[str, Any] | None:
     except OSError as err:  # bookkeeping: an unreadable upstream file does not stop the training
         log.warning("lineage not recorded: %s", err)
         return None
-    for manifest in manifests if ctx.wandb.enabled else []:
+    if not ctx.wandb.enabled:
+        return record
+    builders = [lambda m=m: dataset_artifact(m) for m in manifests]
+    builders += [lambda r=r: model_artifact(RunDir(Path(r["run"])))
+                 for r in record["runs"] if r["kind"] in TRAIN_KINDS and final_checkpoint(RunDir(Path(r["run"])))]
+    for build in builders:
         try:
-            artifact = dataset_artifact(manifest)
+            artifact = build()
         except Exception as err:  # noqa: BLE001  (W&B is a mirror: lineage.json is written)
-            log.warning("dataset artifact not marked used in W&B: %s: %s", type(err).__name__, err)
+            log.warning("artifact not marked used in W&B: %s: %s", type(err).__name__, err)
             continue
         ctx.wandb.use_artifact(artifact)
     return record
+
+
+# --- models and results -----------------------------------------------------------------
+
+
+def final_checkpoint(run: RunDir) -> Path | None:
+    """The newest complete checkpoint of a training run (None while it has none)."""
+    from aistack.model.checkpoint import latest
+
+    root = run.task_dir(TRAIN_JOB, 0) / "checkpoints"
+    return latest(root) if root.is_dir() else None
+
+
+def model_artifact(run: RunDir):
+    """The W&B artifact of a training run's final checkpoint: the folder by reference, no
+    checksum (entries by URI), so the run that logs it and every run that uses it build the
+    same version without reading the weights."""
+    import wandb
+
+    checkpoint = final_checkpoint(run)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run.path}: no complete checkpoint")
+    meta_file = checkpoint / "aistack.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    kind = (run.read_recipe_data() or {}).get("kind")
+    artifact = wandb.Artifact(run.name, type=MODEL_TYPE, metadata={
+        "run": str(run.path), "kind": kind, "stage_hash": stage_hash(run.name), "checkpoint": checkpoint.name,
+        "step": meta.get("step"), "tokens": meta.get("tokens")})
+    artifact.add_reference(checkpoint.as_uri(), name=checkpoint.name, checksum=False)
+    return artifact
+
+
+def log_model(ctx: Any) -> None:
+    """End of a training task (global rank 0): its final checkpoint as a `model` artifact."""
+    if not (ctx.is_main and ctx.wandb.enabled) or final_checkpoint(ctx.run) is None:
+        return
+    try:
+        artifact = model_artifact(ctx.run)
+    except Exception as err:  # noqa: BLE001  (W&B is a mirror: the checkpoint is on disk)
+        log.warning("model artifact not logged to W&B: %s: %s", type(err).__name__, err)
+        return
+    ctx.wandb.log_artifact(artifact)
+
+
+def log_results(ctx: Any, files: list[Path]) -> None:
+    """An evaluation's result files as an `eval-results` artifact (small: by content)."""
+    if not (ctx.is_main and ctx.wandb.enabled):
+        return
+    try:
+        import wandb
+
+        artifact = wandb.Artifact(ctx.run.name, type=RESULTS_TYPE, metadata={
+            "run": str(ctx.run.path), "kind": ctx.kind, "stage_hash": stage_hash(ctx.run.name)})
+        for file in files:
+            artifact.add_reference(Path(file).as_uri(), name=Path(file).name, checksum=True)
+    except Exception as err:  # noqa: BLE001
+        log.warning("eval results not logged to W&B: %s: %s", type(err).__name__, err)
+        return
+    ctx.wandb.log_artifact(artifact)
 
 
 def read_lineage(run_path: Path) -> dict[str, Any] | None:
