@@ -134,3 +134,44 @@ def test_remote_inputs_checked_at_plan_time(s3, tmp_path, capsys, monkeypatch):
         assert result.pipeline.missing_inputs == [url]
         with pytest.raises(RecipeError, match=url):
             launcher.launch(pipeline, [], on="local")
+
+
+def _overrides(items) -> dict:
+    return {k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in items)}
+
+
+def test_a_pipeline_reads_a_stage_output_moved_to_a_bucket(s3, tmp_path):
+    """`${stages.filter.output}` is where filter wrote (the bucket), not its run directory;
+    the stage reading it is planned before that exists, and reruns when filter changes."""
+    from aistack.pipeline.stages import resolve
+    from aistack.recipe import load_recipe
+
+    corpus = build_corpus(tmp_path / "crawl", shards=2, real=12, blocked=1, boilerplate=1, near_dups=2, toxic=0)
+    s3.mkdir("crawl-input")
+    s3.mkdir("crawl-output")
+    for shard in corpus.shards:
+        s3.put_file(str(shard), f"crawl-input/warc/{shard.name}")
+    stages = {
+        "filter": {"recipe": str(FINEWEB), "overrides": {
+            **_overrides(FILTER[1:]), "filter.input.paths": ["s3://crawl-input/warc/"], "filter.output.path": "s3://crawl-output/f"}},
+        "dedup": {"recipe": str(MINHASH), "overrides": {
+            **_overrides(DEDUP[1:]), "dedup.input.paths": ["${stages.filter.output}"], "dedup.output_path": "s3://crawl-output/d"}},
+        "tokenize": {"recipe": str(TOKENIZE), "overrides": {
+            **_overrides(TOKEN[1:]), "tokenize.input.paths": ["${stages.dedup.output}"]}},
+    }
+    recipe = tmp_path / "pipe.yaml"
+    recipe.write_text(yaml.safe_dump({"kind": "pipeline", "name": "bucketed", "output": {"root": str(tmp_path / "runs")},
+                                      "tracking": {"mode": "disabled"}, "report": False, "stages": stages}, sort_keys=False))
+    from aistack.cli import main
+
+    assert main(["run", str(recipe), "--on", "local"]) == 0
+    pipeline = resolve(load_recipe(recipe))
+    dedup, tokenize = pipeline.stage("dedup"), pipeline.stage("tokenize")
+    assert dedup.loaded.recipe.dedup.input.paths == ["s3://crawl-output/f"]
+    assert tokenize.loaded.recipe.tokenize.input.paths == ["s3://crawl-output/d"]
+    assert bucket_rows(s3, "crawl-output/f") and bucket_rows(s3, "crawl-output/d")
+    assert (tokenize.run.path / "output" / "tokenize" / "data.bin").stat().st_size > 0
+    # a changed filter changes what dedup reads, though not its location: dedup reruns
+    changed = resolve(load_recipe(recipe, ["stages.filter.overrides.filter.extract.timeout=31"]))
+    assert changed.stage("dedup").run.name != dedup.run.name
+    assert changed.stage("tokenize").run.name != tokenize.run.name

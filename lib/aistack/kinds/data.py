@@ -444,9 +444,9 @@ def plan_tokenize(loaded: LoadedRecipe) -> list[JobSpec]:
 
 SPECS = (
     KindSpec("filter", FilterRecipe, plan_filter, outputs={"output": "output/filter/documents"},
-             sharded_by="filter", report="data"),
+             moved_outputs=lambda r: {"output": r.filter.output.path}, sharded_by="filter", report="data"),
     KindSpec("dedup", DedupRecipe, plan_dedup, outputs={"output": "output/dedup/documents"},
-             sharded_by="filter", report="data"),
+             moved_outputs=lambda r: {"output": r.dedup.output_path}, sharded_by="filter", report="data"),
     KindSpec("tokenize", TokenizeRecipe, plan_tokenize,
              outputs={"output": "output/tokenize/data", "tokenizer": "output/tokenize/tokenizer.json",
                       "heldout": "output/tokenize/heldout.jsonl"}, report="data"),

@@ -63,6 +63,9 @@ class KindSpec:
     # What `${stages.NAME.output}` (key "output") and `${stages.NAME.output.KEY}` name,
     # relative to the stage's run directory.
     outputs: dict[str, str] = field(default_factory=dict)
+    # Outputs a recipe may send elsewhere (a folder, an s3:// URL): recipe -> {key: location
+    # or None}; `${stages.NAME.output}` then names that location.
+    moved_outputs: Callable[[Any], dict[str, str | None]] | None = None
     # The job whose array tasks each write one file of the main output: a later data
     # stage reading it gets that many shards by default.
     sharded_by: str | None = None

@@ -63,13 +63,23 @@ def single_stage(loaded: LoadedRecipe) -> Pipeline:
     return Pipeline(loaded, None, [stage], [])
 
 
-def references(stage: str, kind: str, run_path: Path) -> dict[str, str]:
-    """`stages.<stage>.output[.KEY]` and `stages.<stage>.run` -> absolute paths."""
+def references(stage: str, kind: str, run_path: Path, recipe: Any = None) -> dict[str, str]:
+    """`stages.<stage>.output[.KEY]` and `stages.<stage>.run` -> absolute paths (or the
+    location the stage's recipe moved that output to: an s3:// URL)."""
+    spec = spec_for(kind)
+    moved = spec.moved_outputs(recipe) if spec.moved_outputs and recipe is not None else {}
     refs = {f"stages.{stage}.run": str(run_path)}
-    for key, rel in spec_for(kind).outputs.items():
+    for key, rel in spec.outputs.items():
         name = f"stages.{stage}.output" if key == "output" else f"stages.{stage}.output.{key}"
-        refs[name] = str(run_path / rel)
+        refs[name] = moved.get(key) or str(run_path / rel)
     return refs
+
+
+def _locations(stage: Stage) -> list[str]:
+    """Where a stage writes: its run directory, and any output it moved elsewhere."""
+    spec = spec_for(stage.kind)
+    moved = spec.moved_outputs(stage.loaded.recipe) if spec.moved_outputs else {}
+    return [str(stage.run.path), *(v for v in moved.values() if v)]
 
 
 def pipeline_dir(loaded: LoadedRecipe) -> RunDir:
@@ -95,7 +105,7 @@ def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
         needs = _needs(name, spec, overrides, [s.name for s in stages], file, key)
         source = _recipe_source(spec.recipe, loaded, file, key)
         overrides = deep_merge(overrides, _placement(loaded, name, pdir))
-        upstream = {str(s.run.path): _shards(s) for s in stages}
+        upstream = {where: _shards(s) for s in stages for where in _locations(s)}
         with deferring(upstream, allow_missing) as deferral, _in_stage(name, file):
             stage_loaded = load_stage(source, file, f"{key}.recipe", overrides, refs)
             if not spec_for(stage_loaded.kind).stage:
@@ -103,10 +113,11 @@ def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
             stage_loaded.path_aliases = {str(pdir.path): PIPELINE_TOKEN}
             plan = make_plan(stage_loaded)
         stage_loaded.deferred = bool(deferral.deferred)
+        stage_loaded.upstream_runs = [s.run.name for s in stages if s.name in needs and _locations(s)[1:]]
         missing += deferral.missing
         run = RunDir.for_recipe(stage_loaded)
         stages.append(Stage(name, stage_loaded, plan, run, needs))
-        refs.update(references(name, stage_loaded.kind, run.path))
+        refs.update(references(name, stage_loaded.kind, run.path, stage_loaded.recipe))
     if recipe.report:
         stages.append(_report_stage(loaded, pdir, stages))
     return Pipeline(loaded, pdir, stages, sorted(set(missing)))

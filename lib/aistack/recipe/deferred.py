@@ -8,6 +8,9 @@ the upstream stage has finished. Such a path is never expanded at planning time 
 it exists, so a stage's identity (its run directory) does not change between the first
 run of a pipeline and a rerun.
 
+An upstream stage that writes its main output elsewhere (an s3:// URL: KindSpec.moved_outputs)
+is upstream by that location too.
+
 `aistack plan` / `--dry-run` may also defer inputs that are missing on the planning
 machine (a cluster's crawl storage seen from a laptop): they are reported, not errors.
 """
@@ -35,7 +38,7 @@ _current: contextvars.ContextVar[Deferral | None] = contextvars.ContextVar("aist
 
 @contextlib.contextmanager
 def deferring(upstream: dict[str, int | None] | None = None, allow_missing: bool = False):
-    deferral = Deferral({os.path.abspath(k): v for k, v in (upstream or {}).items()}, allow_missing)
+    deferral = Deferral({_normal(k): v for k, v in (upstream or {}).items()}, allow_missing)
     token = _current.set(deferral)
     try:
         yield deferral
@@ -43,13 +46,20 @@ def deferring(upstream: dict[str, int | None] | None = None, allow_missing: bool
         _current.reset(token)
 
 
+def _normal(path: str) -> str:
+    """An absolute path, or a URL as it is (less a trailing slash)."""
+    from aistack.data.remote import is_url
+
+    return str(path).rstrip("/") if is_url(path) else os.path.abspath(os.path.expanduser(path))
+
+
 def _upstream_of(path: str) -> str | None:
     deferral = _current.get()
     if deferral is None:
         return None
-    full = os.path.abspath(os.path.expanduser(path))
+    full = _normal(path)
     for root in deferral.upstream:
-        if full == root or full.startswith(root + os.sep):
+        if full == root or full.startswith(root + ("/" if "://" in root else os.sep)):
             return root
     return None
 

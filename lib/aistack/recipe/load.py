@@ -44,6 +44,9 @@ class LoadedRecipe:
     # Validated with paths an upstream stage will write left unchecked: the job validates
     # it again on the node (from recipe.yaml) instead of trusting the planned object.
     deferred: bool = False
+    # Run directories of upstream stages read through a location that does not name them (an
+    # output moved to s3://): part of the identity, so a changed upstream reruns this stage.
+    upstream_runs: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -61,6 +64,8 @@ class LoadedRecipe:
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         for prefix, token in self.path_aliases.items():
             blob = blob.replace(prefix, token)
+        if self.upstream_runs:
+            blob += json.dumps(sorted(self.upstream_runs))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
