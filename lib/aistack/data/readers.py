@@ -30,6 +30,8 @@ naming its files and these counts; the data run's stats table and report show it
 
 from __future__ import annotations
 
+import contextlib
+import io
 import zlib
 from collections import Counter
 from typing import TYPE_CHECKING, Literal
@@ -175,12 +177,16 @@ class CheckedWarcReader(_Checked, WarcReader):
         from warcio.archiveiterator import ArchiveIterator
 
         self._files.append(self.data_folder.resolve_paths(filepath))
-        # warcio yields nothing (no error) for some non-WARC files: check the first bytes.
-        with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
+        with contextlib.ExitStack() as opened:
+            f = opened.enter_context(self.data_folder.open(filepath, "rb", compression=self.compression))
+            # warcio yields nothing (no error) for some non-WARC files: check the first bytes.
             head = f.read(8)
-        if head and not head.startswith(b"WARC/") and not head[:1].isdigit() and not head.startswith(b"filedesc"):
-            raise NotAWarcFile(f"not a WARC file (it starts with {head!r})")
-        with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
+            if head and not head.startswith(b"WARC/") and not head[:1].isdigit() and not head.startswith(b"filedesc"):
+                raise NotAWarcFile(f"not a WARC file (it starts with {head!r})")
+            try:  # the same handle, rewound: an object store's file is fetched once, not twice
+                f.seek(0)
+            except (OSError, io.UnsupportedOperation):  # a stream that cannot go back
+                f = opened.enter_context(self.data_folder.open(filepath, "rb", compression=self.compression))
             for ri, record in enumerate(ArchiveIterator(f)):
                 with self.track_time():
                     self._count("records")
