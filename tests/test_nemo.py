@@ -163,3 +163,16 @@ def test_a_gpt2_run_is_not_written_as_a_llama():
 
     with pytest.raises(ValueError, match="model.arch 'gpt2' is not llama"):
         export_nemo(None, ModelConfig(arch="gpt2"), 256, "/nonexistent", "tok.json")
+
+
+def test_export_to_nemo_of_a_run_without_tokenizer_is_a_named_error(tmp_path, capsys):
+    from aistack.cli import main
+    from aistack.launch.rundir import RunDir
+
+    run = RunDir(tmp_path / "runs" / "gpt-tiny-0123456789")
+    run.path.mkdir(parents=True)
+    (run.path / "recipe.yaml").write_text((Path(__file__).parents[1] / "recipes" / "pretrain" / "gpt-tiny.yaml").read_text()
+                                          .replace("extends: ../base/defaults.yaml\n", ""))
+    assert main(["export", str(run.path), "--to", "nemo"]) == 2
+    err = capsys.readouterr().err
+    assert "data.tokenizer" in err and "Traceback" not in err

@@ -518,6 +518,12 @@ def cmd_export(args) -> int:
         from aistack.model.checkpoint import load_run_model
         from aistack.model.nemo import export_nemo
 
+        if recipe.model.arch != "llama":
+            raise RecipeError.single(str(run.recipe_file), "model.arch", recipe.model.arch, "llama (--to nemo writes NeMo's LlamaModel)")
+        if tokenizer_file(recipe) is None:
+            raise RecipeError.single(str(run.recipe_file), "data.tokenizer", None,
+                                     "a tokenizer file (a NeMo checkpoint's context holds its tokenizer)")
+
         out = export_nemo(load_run_model(run.path), recipe.model, vocab, args.out or run.path / "export-nemo",
                           tokenizer_json=tokenizer_file(recipe), chat_template=chat_template)
         console.print(f"exported: {out}")
