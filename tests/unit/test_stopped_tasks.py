@@ -197,3 +197,26 @@ def test_a_stopped_task_keeps_its_own_pid_and_host(tmp_path, error):
     state = run.task_state("map", 0)
     assert (state["state"], state["host"], state["pid"], state["interrupted_by"]) == ("INTERRUPTED", "node7", 1234, "SIGINT")
     assert "error" not in state and "traceback" not in state
+
+
+def test_what_a_tasks_forked_is_ended_and_nothing_else(tmp_path):
+    # A rank's child carries the rank's command line (submitit.core._submit <log folder>); a
+    # process naming another job's folder, or only the controller module, is not touched.
+    from aistack.launch.local import end_strays
+
+    def start(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", SLEEPER, *args])
+
+    log_dir = tmp_path / "logs" / "map"
+    stray = start(localproc.TASK, str(log_dir))
+    other_job = start(localproc.TASK, str(tmp_path / "logs" / "reduce"))
+    controller = start(localproc.CONTROLLER, str(log_dir))
+    try:
+        time.sleep(0.5)  # exec'd: /proc shows the new command line
+        assert end_strays(log_dir) == [stray.pid]
+        assert stray.wait(timeout=10) == -9
+        assert other_job.poll() is None and controller.poll() is None
+    finally:
+        for p in (stray, other_job, controller):
+            p.kill()
+            p.wait()

@@ -24,7 +24,7 @@ from pathlib import Path
 import submitit
 
 from aistack.launch.executor import Executor, JobFailed, Progress, Submitted
-from aistack.launch.localproc import CONTROLLER, STOP_GRACE_S, Interrupted, cmdline, job_processes, stop_jobs, this_host
+from aistack.launch.localproc import CONTROLLER, STOP_GRACE_S, TASK, Interrupted, cmdline, job_processes, stop_jobs, this_host
 from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.rundir import RunDir
@@ -46,18 +46,12 @@ def end_strays(log_dir: Path) -> list[int]:
     (datatrove's workers, a checkpoint writer) outlive a task that was killed, reparented to
     init, still holding files and sockets. They carry the task's command line, which names
     the job's own log folder, so nothing else matches."""
-    marker = f"submitit.core._submit\0{log_dir}\0".encode()  # the whole argument
     killed = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for stray in job_processes(log_dir, (TASK,)):
         try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
-                if marker not in handle.read():
-                    continue
-            os.kill(int(entry.name), signal.SIGKILL)
-            killed.append(int(entry.name))
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            os.kill(stray.pid, signal.SIGKILL)
+            killed.append(stray.pid)
+        except (ProcessLookupError, PermissionError):
             continue
     return killed
 

@@ -88,10 +88,10 @@ def is_job_process(pid: int, log_dir: Path, module: str = TASK) -> bool:
     return alive(pid) and _marker(module, Path(log_dir)) in cmdline(pid)
 
 
-def job_processes(log_dir: Path) -> list[Proc]:
+def job_processes(log_dir: Path, modules: tuple[str, ...] = (CONTROLLER, TASK)) -> list[Proc]:
     """Live processes here whose command line names the log folder (controllers, ranks and
-    what the ranks forked), this process excepted."""
-    markers = (_marker(CONTROLLER, Path(log_dir)), _marker(TASK, Path(log_dir)))
+    what the ranks forked; `modules`: which of them), this process excepted."""
+    markers = tuple(_marker(module, Path(log_dir)) for module in modules)
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
