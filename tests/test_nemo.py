@@ -176,3 +176,23 @@ def test_export_to_nemo_of_a_run_without_tokenizer_is_a_named_error(tmp_path, ca
     assert main(["export", str(run.path), "--to", "nemo"]) == 2
     err = capsys.readouterr().err
     assert "data.tokenizer" in err and "Traceback" not in err
+
+
+def test_an_evaluation_scores_a_nemo_checkpoint_as_the_folder_it_came_from(tmp_path, monkeypatch):
+    """evaluate.checkpoints: a NeMo folder, through aistack's lm-eval model, gives the word
+    perplexity lm-eval's own `hf` model gives on the transformers folder it was imported from."""
+    from aistack.eval.evaluator import evaluate_pair
+    from aistack.kinds.evaluate import EvaluateConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+    def word_perplexity(checkpoint: Path, backend: str) -> float:
+        cfg = EvaluateConfig(checkpoints=[str(checkpoint)], tasks=["tinylang_ppl"], backend=backend, batch_size=8, limit=20)
+        assert cfg.checkpoints == [str(checkpoint)]
+        metrics = evaluate_pair(cfg, cfg.checkpoints[0], "tinylang_ppl", tmp_path / backend)["metrics"]["tinylang_ppl"]
+        return metrics["word_perplexity"]
+
+    ours = word_perplexity(NEMO, "aistack")
+    assert ours == pytest.approx(word_perplexity(NEMO_HF, "hf"), rel=1e-4)
+    assert ours > 1.0

@@ -57,6 +57,15 @@ class AistackLM(TemplateLM):
     def eot_token_id(self) -> int:
         return self._eot
 
+    @property
+    def prefix_token_id(self) -> int:
+        """What a rolling log-likelihood's first token is conditioned on: the tokenizer's BOS
+        when its tokenizer_config.json names one (a Llama's <s>, as lm-eval's `hf` model does),
+        else the end-of-document token."""
+        bos = _bos_token(Path(self.source.tokenizer))
+        found = self.tokenizer.token_to_id(bos) if bos else None
+        return found if found is not None else self._eot
+
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **_: Any) -> list[int]:
         return self.tokenizer.encode(string, add_special_tokens=bool(add_special_tokens)).ids
 
@@ -146,3 +155,14 @@ class AistackLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             out.append(text)
         return out
+
+
+def _bos_token(tokenizer_json: Path) -> str | None:
+    import json
+
+    config = tokenizer_json.with_name("tokenizer_config.json")
+    try:
+        bos = json.loads(config.read_text()).get("bos_token")
+    except (OSError, ValueError):
+        return None
+    return bos.get("content") if isinstance(bos, dict) else bos

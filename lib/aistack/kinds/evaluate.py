@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
+from aistack.model.nemo import is_nemo_checkpoint
 from aistack.recipe.deferred import defer_missing, is_deferred
 from aistack.kinds.pretrain import ModelConfig
 from aistack.kinds.spec import JobSpec, KindSpec, single_node
@@ -57,7 +58,8 @@ def expand_checkpoints(spec: str, all_steps: bool) -> list[str]:
     """One `checkpoints` entry -> absolute step directories (or the HF folder itself).
 
     Accepts a step_* directory, a checkpoints root (`latest`), a pretrain task or run
-    directory (searched for */checkpoints/latest) or a Hugging Face model folder."""
+    directory (searched for */checkpoints/latest), a Hugging Face model folder or a NeMo 2
+    checkpoint."""
     path = Path(spec).expanduser().absolute()
     if is_deferred(spec) or defer_missing(spec):
         # An earlier pipeline stage writes it: its latest checkpoint is found when the job runs.
@@ -66,7 +68,7 @@ def expand_checkpoints(spec: str, all_steps: bool) -> list[str]:
         return [str(path)]
     if not path.exists():
         raise ValueError(f"a checkpoint, checkpoints root, pretrain run or HF folder (nothing at {path})")
-    if (path / "metadata.json").exists() or (path / "config.json").exists():
+    if (path / "metadata.json").exists() or (path / "config.json").exists() or is_nemo_checkpoint(path):
         return [str(path)]
     roots = [path] if (path / "latest").exists() else sorted(p for p in path.glob("**/checkpoints") if (p / "latest").exists())
     if not roots:
