@@ -200,9 +200,9 @@ def stage_jobs(run) -> dict[str, tuple[str, str]]:
 
 
 @pytest.mark.slurm
-@pytest.mark.timeout(1800)  # two pipeline runs: ~10 min on 2 cores
+@pytest.mark.timeout(1800)  # two pipeline runs on Slurm and one here: ~15 min on 2 cores
 @pytest.mark.usefixtures("slurm_cluster")
-def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tmp_path):
+def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tmp_path, monkeypatch):
     from aistack.cli import _follow_pipeline
     from test_preemption import preempt, sacct_states
 
@@ -259,6 +259,15 @@ def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tmp_path):
         if stage.name not in DOWNSTREAM_OF_SFT:
             assert done_markers(stage.run) == before[stage.name], stage.name
     assert changed.stage("sft").loaded.recipe.train.lr == 1e-3
+
+    # The same pipeline undisturbed, here without Slurm: every deterministic figure of the
+    # report is the same (data funnels, loss traces step by step, evaluations, FP8 deltas).
+    monkeypatch.setenv("AISTACK_RUNS", str(tmp_path / "undisturbed"))
+    assert main(["run", str(TINY), "--on", "local"]) == 0
+    undisturbed = resolve(load_recipe(TINY))
+    for stage in pipeline.stages:
+        if stage.name != "report":
+            assert figures(stage) == figures(undisturbed.stage(stage.name)), stage.name
 
 
 FAILING = """
@@ -373,3 +382,22 @@ def assert_lineage(pipeline) -> None:
     evaluated = artifacts("evaluate")
     assert {("model", name[s], True) for s in ("pretrain", "sft", "distill")} <= evaluated
     assert ("eval-results", name["evaluate"], False) in evaluated
+
+
+def figures(stage) -> object:
+    """What a stage's part of the report says that does not depend on time or place."""
+    from aistack.data.stats_report import load_report
+    from aistack.launch.rundir import read_json
+
+    run = stage.run
+    if stage.kind in ("filter", "dedup", "tokenize"):
+        jobs = load_report(run)["table"]["jobs"]
+        return [(j["job"], s["name"], s["documents_in"], s["documents_out"], s["dropped_by"]) for j in jobs for s in j["steps"]]
+    if stage.kind in ("pretrain", "sft", "distill"):
+        return [{k: v for k, v in r.items() if k in ("step", "loss", "val_loss")}
+                for r in read_metrics(run.task_dir("train", 0) / "metrics.jsonl") if "loss" in r or "val_loss" in r]
+    if stage.kind == "evaluate":
+        rows = read_json(run.path / "results.json", {}).get("rows", [])
+        return sorted((r["run"].rsplit("-", 1)[0], r["step"], r["task"], r["metric"], r["value"]) for r in rows)
+    quality = read_json(run.path / "results.json", {}).get("quality") or {}
+    return {k: v for k, v in quality.items() if k != "text"}  # bench: the quality deltas (not timings)

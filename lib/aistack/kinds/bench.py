@@ -62,7 +62,7 @@ class InferenceParallel(StrictModel):
 
 
 class BenchConfig(StrictModel):
-    model: str = Field(description="aistack checkpoint / pretrain run (exported to HF), a Hugging Face model folder, "
+    model: str = Field(description="aistack checkpoint / pretrain run or NeMo 2 checkpoint (exported to HF), a Hugging Face model folder, "
                                    "or 'random' (model_block's shape, for `aistack plan` only)")
     model_block: ModelConfig | None = Field(default=None, description="the architecture; null: the pretrain run's model block")
     tokenizer: ExistingFile | None = Field(default=None, description="tokenizer.json; null: the run's data.tokenizer or the HF folder's")
