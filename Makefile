@@ -34,9 +34,11 @@ slurm-install:
 	@bash slurm/install.sh
 
 # The fast unit layer first (seconds), then everything else against the local Slurm cluster.
-test: venv slurm-install
+# The OCI bundle is built first (minutes once, then cached): the container tests and the
+# tiny pipeline on Slurm run in it, and fail rather than skip without it.
+test: venv slurm-install container-bundle
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS) || [ $$? = 5 ]  # 5: PYTEST_ARGS selected none here
-	$(BIN)/python -m pytest tests --ignore=tests/unit $(PYTEST_ARGS)
+	AISTACK_OCI_REQUIRED=1 $(BIN)/python -m pytest tests --ignore=tests/unit $(PYTEST_ARGS)
 
 # aistack against the real nemo-toolkit 2.7.3, both ways (tests/test_nemo_interop.py). NeMo pins
 # numpy<2 and transformers 4.57: it gets a venv of its own, .venv-nemo (2-4 min, 2.9 GB).
@@ -55,7 +57,7 @@ slurm-down:
 # dependencies at the venv's versions, in containers/build/aistack-oci. Cached: only what
 # changed is rebuilt (the base when the venv's pins change, aistack when its sources do).
 container-bundle: venv slurm-install
-	VENV_PYTHON=$(CURDIR)/$(BIN)/python bash containers/oci/build.sh
+	$(SUDO) env VENV_PYTHON=$(CURDIR)/$(BIN)/python bash containers/oci/build.sh
 
 # The GPU check (README "GPU check"). Here, with the index: `make gpu-wheels` downloads, for
 # Python 3.12, what the GPU image lacks at the versions .venv runs. On the machine with one

@@ -2,13 +2,11 @@
 --container=BUNDLE`, oci.conf and runc from slurm/up.sh, profile slurm/clusters/local-oci.yaml)
 runs the smoke recipe in the bundle `make container-bundle` builds (containers/oci/build.sh).
 
-The bundle takes minutes to build, so these tests skip when it is missing or its base is
-stale; when only aistack's sources changed since the build, they reinstall it (seconds).
+The bundle (`make test` builds it first) comes from the `bundle` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,31 +14,11 @@ from pathlib import Path
 import pytest
 
 from aistack.launch import launcher
-from conftest import RECIPES, REPO, wait_until
+from conftest import IMAGE_PYTHON, RECIPES, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 SMOKE = RECIPES / "examples" / "smoke.yaml"
-BUILD = REPO / "containers" / "oci" / "build.sh"
-BUNDLE = Path(os.environ.get("AISTACK_OCI_DIR", REPO / "containers" / "build")) / "aistack-oci"
-IMAGE_PYTHON = "/opt/aistack/venv/bin/python"  # container_python of local-oci.yaml
-OCI_CONF = Path(os.environ.get("AISTACK_SLURM_DIR", "/var/tmp/aistack-slurm")) / "etc" / "oci.conf"
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Path:
-    env = {**os.environ, "VENV_PYTHON": sys.executable}
-    check = subprocess.run(["bash", str(BUILD), "--check"], capture_output=True, text=True, env=env, timeout=120)
-    if check.returncode == 2:
-        pytest.skip(f"the OCI bundle is not built or its base is stale ({check.stdout.strip()}): "
-                    "run `make container-bundle` (a few minutes) to run these tests")
-    if check.returncode == 1:  # aistack's sources changed since the build: reinstall it (seconds)
-        subprocess.run(["bash", str(BUILD)], check=True, env=env, timeout=600)
-    elif check.returncode != 0:
-        pytest.fail(f"{BUILD} --check: {check.stdout}{check.stderr}")
-    if not OCI_CONF.is_file():
-        pytest.fail(f"{OCI_CONF} is missing: slurm/up.sh writes it when runc is installed (slurm/install.sh)")
-    return BUNDLE
 
 
 def launch(bundle: Path, runs_root: Path, *overrides: str):

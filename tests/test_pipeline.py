@@ -4,6 +4,7 @@ its dependencies, reruns and changes, and a failure that stops what depends on i
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -20,7 +21,7 @@ from aistack.pipeline.stages import resolve
 from aistack.post.reverse_task import write_task
 from aistack.recipe import RecipeError, load_recipe
 from aistack.track.metrics import read_metrics
-from conftest import REPO, RECIPES, describe_unfinished, wait_until, write_recipe
+from conftest import IMAGE_PYTHON, REPO, RECIPES, describe_unfinished, wait_until, write_recipe
 
 TINY = RECIPES / "pipelines" / "tiny-end-to-end.yaml"
 BIG = RECIPES / "pipelines" / "fineweb-llama-8b-1024gpu.yaml"
@@ -177,15 +178,17 @@ def done_markers(run) -> dict[str, float]:
 
 
 # The cluster in miniature: GPU-kind stages ask for a (fake) GPU and go to `gpu`, the data
-# stages and the report to `cpu`; every job runs under QOS `limited` (MaxSubmitJobsPerUser=60).
+# stages and the report to `cpu`; every job runs under QOS `limited` (MaxSubmitJobsPerUser=60)
+# and in the container image (slurm/clusters/local-oci.yaml).
 GPU_STAGES = ("pretrain", "sft", "distill", "evaluate", "bench")
 ON_GPUS = [f"stages.{name}.overrides.resources.gpus_per_node=1" for name in GPU_STAGES]
 
 
-def limited_profile(tmp_path: Path) -> Path:
-    text = (REPO / "slurm" / "clusters" / "local.yaml").read_text()
-    text = re.sub(r"(?m)^qos: null.*$", "qos: limited", text).replace("name: local\n", "name: local-limited\n")
-    profile = tmp_path / "local-limited.yaml"
+def limited_profile(tmp_path: Path, base: str = "local") -> Path:
+    """slurm/clusters/<base>.yaml with every job (GPU and CPU) under QOS `limited`."""
+    text = (REPO / "slurm" / "clusters" / f"{base}.yaml").read_text()
+    text = re.sub(r"(?m)^qos: null.*$", "qos: limited", text).replace(f"name: {base}\n", f"name: {base}-limited\n")
+    profile = tmp_path / f"{base}-limited.yaml"
     profile.write_text(text + "  qos: limited\n")  # the `cpu:` block is the file's last
     return profile
 
@@ -202,13 +205,18 @@ def stage_jobs(run) -> dict[str, tuple[str, str]]:
 @pytest.mark.slurm
 @pytest.mark.timeout(1800)  # two pipeline runs on Slurm and one here: ~15 min on 2 cores
 @pytest.mark.usefixtures("slurm_cluster")
-def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tmp_path, monkeypatch):
+def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tiny_inputs, bundle, tmp_path, monkeypatch):
     from aistack.cli import _follow_pipeline
     from test_preemption import preempt, sacct_states
 
-    profile_path = limited_profile(tmp_path)
-    assert main(["run", str(TINY), *ON_GPUS, "--on", str(profile_path)]) == 0
-    pipeline = resolve(load_recipe(TINY, ON_GPUS))
+    # Every job step in the image, through Slurm's own OCI support (profile local-oci): the
+    # run directory is mounted by aistack, the inputs and the recipes' blocklist by the recipe.
+    mounts = [f"{folder}:{folder}:ro" for folder in (tiny_inputs, RECIPES)]
+    in_image = [f"resources.container.image={bundle}", f"resources.container.mounts={mounts}"]
+    overrides = [*ON_GPUS, *in_image]
+    profile_path = limited_profile(tmp_path, "local-oci")
+    assert main(["run", str(TINY), *overrides, "--on", str(profile_path)]) == 0
+    pipeline = resolve(load_recipe(TINY, overrides))
     # one preemption in the middle: an `urgent` job takes the node SFT trains on as soon as
     # SFT starts (its whole run is ~20 s of imports and 300 short steps; Slurm decides in ~10 s)
     sft = pipeline.stage("sft").run
@@ -230,6 +238,8 @@ def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tmp_path, monkeypat
         placed = stage_jobs(stage.run)
         for record in stage.run.submissions():
             assert placed[record["job_id"]] == (wants[record["job"]], "limited"), (stage.name, record["job"])
+        for state in stage.run.path.glob("jobs/*/tasks/*/state.json"):  # each task ran on the image's python
+            assert json.loads(state.read_text())["python"] == IMAGE_PYTHON, (stage.name, str(state))
         assert stage.name not in GPU_STAGES or "gpu" in wants.values(), stage.name
     # no stage started before every stage it reads had finished
     for stage in pipeline.stages:
@@ -244,12 +254,12 @@ def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tmp_path, monkeypat
 
     # an unchanged rerun submits nothing
     profile = load_profile(str(profile_path))
-    outcomes = submit_stages(resolve(load_recipe(TINY, ON_GPUS)), executor_for(profile))
+    outcomes = submit_stages(resolve(load_recipe(TINY, overrides)), executor_for(profile))
     assert [o.stage for o in outcomes if o.submitted or o.in_flight] == []
 
     # a new SFT learning rate reruns SFT and everything after it, nothing before
     before = {s.name: done_markers(s.run) for s in pipeline.stages}
-    changed = resolve(load_recipe(TINY, [*ON_GPUS, "stages.sft.overrides.train.lr=1e-3"]))
+    changed = resolve(load_recipe(TINY, [*overrides, "stages.sft.overrides.train.lr=1e-3"]))
     outcomes = submit_stages(changed, executor_for(profile))
     assert {o.stage for o in outcomes if o.submitted} == DOWNSTREAM_OF_SFT
 
@@ -260,7 +270,7 @@ def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tmp_path, monkeypat
             assert done_markers(stage.run) == before[stage.name], stage.name
     assert changed.stage("sft").loaded.recipe.train.lr == 1e-3
 
-    # The same pipeline undisturbed, here without Slurm: every deterministic figure of the
+    # The same pipeline undisturbed, here without Slurm or the image: every deterministic figure of the
     # report is the same (data funnels, loss traces step by step, evaluations, FP8 deltas).
     monkeypatch.setenv("AISTACK_RUNS", str(tmp_path / "undisturbed"))
     assert main(["run", str(TINY), "--on", "local"]) == 0

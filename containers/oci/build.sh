@@ -50,9 +50,10 @@ BASE_KEY=$({
   echo "$LOCK_TEXT"
   echo "$SUITE $DEB_PACKAGES $IMAGE_VENV"
 } | sha256sum | cut -c1-16)
-# aistack: every file its wheel is built from.
+# aistack: every file its wheel is built from (the recipes folder installs as share/aistack/recipes).
 SOURCES=(pyproject.toml README.md)
-while IFS= read -r f; do SOURCES+=("$f"); done < <(cd "$REPO" && find lib/aistack jobs -name '*.py' -not -path '*/__pycache__/*' | LC_ALL=C sort)
+while IFS= read -r f; do SOURCES+=("$f"); done < <(cd "$REPO" && { find lib/aistack jobs -name '*.py' -not -path '*/__pycache__/*'
+  find lib/aistack/model/nemo_templates recipes -type f; } | LC_ALL=C sort)
 APP_KEY=$( (cd "$REPO" && sha256sum "${SOURCES[@]}") | sha256sum | cut -c1-16)
 
 base_current() { [[ -f $BUNDLE/.base-$BASE_KEY && -d $BUNDLE/rootfs ]]; }

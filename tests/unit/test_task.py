@@ -130,3 +130,25 @@ def test_a_runner_built_without_the_recipe_reads_recipe_yaml(tmp_path):
     run = _planned(tmp_path)
     runner = pickle.loads(pickle.dumps(TaskRunner(str(run.path), "map", "smoke", 0, TASKS, False)))
     assert runner()["steps"] == 3
+
+
+def test_a_sigterm_while_the_task_sets_up_does_not_end_it(tmp_path):
+    # Under Slurm, SIGTERM is a preemption's notice: a job that ends by itself within the
+    # grace time is recorded as failed, not requeued. A task preempted while it sets up (its
+    # W&B run starts, seconds) goes on like one preempted later.
+    run = _planned(tmp_path)
+    blob = tmp_path / "runner.pkl"
+    blob.write_bytes(pickle.dumps(TaskRunner(str(run.path), "map", "smoke", 2, TASKS, False, recipe=run.recipe)))
+    code = ("import os, pickle, signal, sys\n"
+            "from aistack.launch import task\n"
+            "real = task.TaskRunner._make_context\n"
+            "def set_up(self, run):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return real(self, run)\n"
+            "task.TaskRunner._make_context = set_up\n"
+            "pickle.load(open(sys.argv[1], 'rb'))()\n")
+    env = {**os.environ, "SLURM_JOB_ID": "1"}
+    done = subprocess.run([sys.executable, "-c", code, str(blob)], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "SIGTERM: preempted or cancelled" in done.stderr
+    assert run.is_done("map", 2)

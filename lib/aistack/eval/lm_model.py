@@ -46,6 +46,8 @@ class AistackLM(TemplateLM):
         self.source = source
         self.tokenizer = Tokenizer.from_file(str(source.tokenizer))
         self._eot = eod_id(source.tokenizer)
+        bos = _bos_token(Path(source.tokenizer))  # read once: prefix_token_id is asked per document
+        self._bos = self.tokenizer.token_to_id(bos) if bos else None
         self._vocab = source.model_cfg.vocab_size or self.tokenizer.get_vocab_size(with_added_tokens=True)
         self.model = model if model is not None else load_gpt(source, device, getattr(torch, dtype))
         self._device = next(self.model.parameters()).device
@@ -62,9 +64,7 @@ class AistackLM(TemplateLM):
         """What a rolling log-likelihood's first token is conditioned on: the tokenizer's BOS
         when its tokenizer_config.json names one (a Llama's <s>, as lm-eval's `hf` model does),
         else the end-of-document token."""
-        bos = _bos_token(Path(self.source.tokenizer))
-        found = self.tokenizer.token_to_id(bos) if bos else None
-        return found if found is not None else self._eot
+        return self._bos if self._bos is not None else self._eot
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **_: Any) -> list[int]:
         return self.tokenizer.encode(string, add_special_tokens=bool(add_special_tokens)).ids

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from aistack.launch import waves
+from aistack.launch.container_check import check_stage
 from aistack.launch.executor import FINISHED, JobFailed, Progress, Submitted, executor_for
 from aistack.launch.plan import Plan
 from aistack.launch.profile import ClusterProfile, default_target, load_profile
@@ -59,6 +60,8 @@ def start(loaded: LoadedRecipe, profile: ClusterProfile, dry_run: bool = False,
     did not fit is left to a follow-up job (waves.py); `launch_id`: the launch that
     follow-up continues."""
     pipeline = resolve(loaded, allow_missing=dry_run)
+    for stage in pipeline.stages:
+        check_stage(stage, profile)
     if announce:
         announce(pipeline, profile)
     executor = executor_for(profile, dry_run, launch_id)

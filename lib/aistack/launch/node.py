@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aistack.launch.rundir import RunDir, atomic_write_bytes
-from aistack.launch.task import TaskRunner, task_env
+from aistack.launch.task import TaskRunner, task_env, watch_sigterm
 
 log = logging.getLogger("aistack")
 CHECKPOINT_SIGNAL = signal.SIGUSR1
@@ -37,6 +37,7 @@ def write_tasks_file(path: Path, runner: TaskRunner, task_ids: list[int], max_re
 
 
 def main(tasks_file: str) -> int:
+    sigterm_at = watch_sigterm()  # first: a step preempted while it starts goes on, to be requeued
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = pickle.loads(Path(tasks_file).read_bytes())
     runner: TaskRunner = spec["runner"]
@@ -44,7 +45,7 @@ def main(tasks_file: str) -> int:
     rank, _, _, job_id = task_env()
     signal.signal(CHECKPOINT_SIGNAL, lambda signum, frame: _requeue(runner, rank, job_id, spec["max_requeues"]))
     log.info("job %s: %s task %d of %s, rank %d", job_id, runner.job, runner.task_id, runner.run_path, rank)
-    runner()
+    runner(sigterm_at)
     return 0
 
 

@@ -21,6 +21,8 @@ import logging
 import os
 import pickle
 import signal
+import socket
+import sys
 import threading
 import time
 import traceback
@@ -125,13 +127,16 @@ class TaskRunner:
         # W&B run stay behind.
         return {k: v for k, v in self.__dict__.items() if k != "_ctx"}
 
-    def __call__(self) -> Any:
+    def __call__(self, sigterm_at: list[float] | None = None) -> Any:
+        """`sigterm_at`: the SIGTERMs the caller's watcher has seen (node.py watches from its start)."""
+        # Watch before the set-up: a preemption during it (W&B's start takes seconds) must not
+        # end the task, or Slurm records the job as failed instead of requeueing it.
+        terminated = watch_sigterm(sigterm_at)
         run = RunDir(Path(self.run_path))
         if run.is_done(self.job, self.task_id):
             return run.task_result(self.job, self.task_id)["result"]
         ctx = self._make_context(run)
         self._ctx = ctx
-        terminated = _watch_sigterm()
         try:
             result = importlib.import_module(f"aistack.jobs.{self.entry}").run(ctx)
         except BaseException as err:
@@ -203,7 +208,9 @@ class TaskRunner:
         )
         if ctx.is_main:
             # The one state.json write of a task that succeeds.
-            run.set_task_state(self.job, self.task_id, "RUNNING", attempt=attempt, started_at=time.time(), job_id=job_id)
+            # host and python: where the task ran (inside a container, the image's interpreter)
+            run.set_task_state(self.job, self.task_id, "RUNNING", attempt=attempt, started_at=time.time(), job_id=job_id,
+                               host=socket.gethostname(), python=sys.executable)
             ctx.metrics = MetricsFile(ctx.task_dir / "metrics.jsonl")
             if self.wandb_per_task:
                 ctx.wandb = wandb_run.start(ctx.recipe.tracking, run.path, run.name, ctx.kind, self.job, self.task_id, data)
@@ -215,12 +222,13 @@ class TaskRunner:
 SIGTERM_WAIT_S = 600
 
 
-def _watch_sigterm() -> list[float]:
+def watch_sigterm(received: list[float] | None = None) -> list[float]:
     """Under Slurm, SIGTERM means preemption (PreemptMode=REQUEUE) or a cancel: the task
     goes on (submitit ignores it too) until Slurm's SIGKILL, and Slurm requeues a preempted
-    job. The signal also reaches the task's helper processes (W&B's service, checkpoint
-    writers), so a failure after it is a consequence: the list records when it came."""
-    received: list[float] = []
+    job (a job that ends by itself within the grace time is not requeued). The signal also
+    reaches the task's helper processes (W&B's service, checkpoint writers), so a failure
+    after it is a consequence: the list (`received`, or a new one) records when it came."""
+    received = [] if received is None else received
     if "SLURM_JOB_ID" in os.environ and threading.current_thread() is threading.main_thread():
         def note(signum: int, frame: Any) -> None:
             received.append(time.time())
