@@ -15,17 +15,20 @@ the paths are checked for oci only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.sbatch import container_launch, container_mounts
 from aistack.recipe import RecipeError
 
+if TYPE_CHECKING:
+    from aistack.pipeline.stages import Stage
+
 # Sections that place the job rather than name what it reads (the image, the run root).
 PLACEMENT_SECTIONS = ("resources", "output", "tracking")
 
 
-def check_stage(stage: Any, profile: ClusterProfile) -> None:
+def check_stage(stage: Stage, profile: ClusterProfile) -> None:
     """Raise RecipeError when the stage's jobs cannot run in the profile's container."""
     recipe = stage.loaded.recipe
     container = recipe.resources.container
@@ -41,13 +44,15 @@ def check_stage(stage: Any, profile: ClusterProfile) -> None:
         return
     mounted = [m.split(":")[1] for m in container_mounts(recipe.resources, profile, run_root)]
     rootfs = Path(container.image) / "rootfs"
-    for key, value in host_paths(recipe.model_dump(mode="json", exclude=set(PLACEMENT_SECTIONS))):
-        if not any(_under(value, dst) for dst in mounted) and not _in_image(rootfs, value):
-            sources = stage.loaded.sources
-            raise RecipeError.single(
-                sources.get(key) or sources.get(key.split("[")[0]) or str(stage.loaded.path), key, value,
-                f"a path the job sees in its container: under a mount ({', '.join(mounted)}); "
-                "add its folder to resources.container.mounts (e.g. 'SRC:SRC:ro') or the profile's container_mounts")
+    outside = [(key, value) for key, value in host_paths(recipe.model_dump(mode="json", exclude=set(PLACEMENT_SECTIONS)))
+               if not any(_under(value, dst) for dst in mounted) and not _in_image(rootfs, value)]
+    if outside:  # every such path at once, named by the file that set the first
+        sources, key = stage.loaded.sources, outside[0][0]
+        expected = (f"a path the job sees in its container: under a mount ({', '.join(mounted)}); add its folder "
+                    "to resources.container.mounts (e.g. 'SRC:SRC:ro') or the profile's container_mounts")
+        raise RecipeError(sources.get(key) or sources.get(key.split("[")[0]) or str(stage.loaded.path),
+                          [(key, value, expected if i == 0 else "under a mount too")
+                           for i, (key, value) in enumerate(outside)])
 
 
 def host_paths(data: Any, key: str = "") -> Iterator[tuple[str, str]]:
