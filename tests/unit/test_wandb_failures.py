@@ -59,7 +59,10 @@ def test_a_task_opens_its_own_wandb_service_not_one_named_by_its_submitter(tmp_p
         "run = start(Tracking(mode='offline'), Path(r'%s'), 'r', 'smoke', 'map', 0, {})\n"
         "run.log(1, {'loss': 2.0}); run.finish()\n"
         "assert run.error is None, run.error\n"
-        "record = read_offline_run(offline_runs(Path(r'%s'))[0])\n"
+        "import time\n"
+        "deadline = time.time() + 60\n"  # wandb's service may write the file a moment after finish()
+        "while not (record := read_offline_run(offline_runs(Path(r'%s'))[0]))['finished'] and time.time() < deadline:\n"
+        "    time.sleep(0.2)\n"
         "assert [row['loss'] for row in record['history']] == [2.0], record\n"
     ) % (tmp_path, tmp_path)
     env = {**os.environ, "WANDB_SERVICE": f"3-1-unix-{tmp_path / 'gone.sock'}"}
