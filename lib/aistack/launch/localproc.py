@@ -22,6 +22,7 @@ TASK = "submitit.core._submit"
 # How long a stopped task has to exit after its SIGINT (a KeyboardInterrupt in the task)
 # before its whole process group is killed.
 STOP_GRACE_S = 5.0
+KILL_WAIT_S = 5.0  # after SIGKILL, for the processes to be gone
 # Recorded states of a local task that mean "its processes should be alive".
 LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "PREEMPTED"})
 
@@ -154,7 +155,23 @@ def stop_jobs(jobs: list[tuple[int, Path]], grace_s: float = STOP_GRACE_S) -> li
                 pass
         for p in job_processes(log_dir):
             _signal(p.pid, signal.SIGKILL, signalled)
+    # SIGKILL takes effect when each process next runs: wait (briefly) until they are gone,
+    # so that a stopped job has no process left when this returns.
+    deadline = time.monotonic() + KILL_WAIT_S
+    while time.monotonic() < deadline and (any(_group_alive(c) for c in groups)
+                                           or any(job_processes(log_dir) for _, log_dir in jobs)):
+        time.sleep(0.05)
     return signalled
+
+
+def _group_alive(pgid: int) -> bool:
+    """A live process here in process group `pgid` (this process excepted)."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            found = proc(int(entry.name))
+            if found is not None and found.pgid == pgid and found.alive:
+                return True
+    return False
 
 
 def _leads_job_group(pgid: int, log_dir: Path, members: list[Proc]) -> bool:

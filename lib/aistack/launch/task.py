@@ -21,7 +21,6 @@ import logging
 import os
 import pickle
 import signal
-import socket
 import sys
 import threading
 import time
@@ -208,9 +207,9 @@ class TaskRunner:
         )
         if ctx.is_main:
             # The one state.json write of a task that succeeds.
-            # host and python: where the task ran (inside a container, the image's interpreter)
+            # python: what ran the task (inside a container, the image's interpreter; set_task_state adds the host)
             run.set_task_state(self.job, self.task_id, "RUNNING", attempt=attempt, started_at=time.time(), job_id=job_id,
-                               host=socket.gethostname(), python=sys.executable)
+                               python=sys.executable)
             ctx.metrics = MetricsFile(ctx.task_dir / "metrics.jsonl")
             if self.wandb_per_task:
                 ctx.wandb = wandb_run.start(ctx.recipe.tracking, run.path, run.name, ctx.kind, self.job, self.task_id, data)
