@@ -3,10 +3,15 @@ optimizer, 1F1B schedule, CPU device interception) vs a plain PyTorch GPT traini
 the same shape, optimizer and batch, in one process on CPU.
 
     python benchmarks/bench_pretrain.py [--layers 4] [--hidden 256] [--seq 256] [--batch 8] [--steps 30]
+    python benchmarks/bench_pretrain.py --seq 1024 --batch 4 --micro 4 --variants local,sdpa
 
 Both: Llama-style blocks (RMSNorm, RoPE, SwiGLU, no biases, untied embeddings), AdamW
 (betas 0.9/0.95, wd 0.1), grad clipping at 1.0, fp32, the same synthetic token batches.
 Prints the median tokens/s of each (the first `--warmup` steps excluded) and the ratio.
+aistack variants (`--variants`, comma-separated): `sdpa` (the default: SDPA core attention),
+`local` (megatron's unfused DotProductAttention), `fused` (+ torch.compile'd fusions and
+fused AdamW, the GPU default), `compile` (+ each layer compiled); plain: `plain`,
+`plain-compile` (the plain model through torch.compile).
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ class PlainGPT(nn.Module):
         return self.out(self.norm(x))
 
 
-def bench_plain(recipe, data_prefix: Path, steps: int) -> list[float]:
+def bench_plain(recipe, data_prefix: Path, steps: int, compiled: bool = False) -> list[float]:
     from aistack.model.dataset import BatchReader, build_datasets, tokenizer_for
     from aistack.model.layout import padded_vocab_size
 
@@ -79,6 +84,7 @@ def bench_plain(recipe, data_prefix: Path, steps: int) -> list[float]:
     torch.manual_seed(t.seed)
     vocab = padded_vocab_size(m.vocab_size, m, 1)
     model = PlainGPT(vocab, m.hidden_size, m.num_attention_heads, m.ffn_size, m.num_layers)
+    forward = torch.compile(model) if compiled else model
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -93,13 +99,21 @@ def bench_plain(recipe, data_prefix: Path, steps: int) -> list[float]:
             opt.zero_grad(set_to_none=True)
             n = reader.num_microbatches
             for batch in reader.microbatches(step):
-                logits = model(batch["tokens"])
+                logits = forward(batch["tokens"])
                 loss = F.cross_entropy(logits.view(-1, vocab), batch["labels"].view(-1)) / n
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
             times.append(time.perf_counter() - start)
     return times
+
+
+AISTACK_VARIANTS = {  # name -> recipe overrides
+    "local": dict(model=dict(attention_backend="local"), train=dict(fused=False)),
+    "sdpa": dict(model=dict(attention_backend="sdpa"), train=dict(fused=False)),
+    "fused": dict(model=dict(attention_backend="sdpa"), train=dict(fused=True)),
+    "compile": dict(model=dict(attention_backend="sdpa"), train=dict(fused=True, compile=True)),
+}
 
 
 def bench_aistack(recipe, steps: int) -> list[float]:
@@ -126,33 +140,48 @@ def main() -> None:
     parser.add_argument("--micro", type=int, default=8, help="micro-batch size")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--variants", default="sdpa,plain", help=f"comma-separated: {', '.join(AISTACK_VARIANTS)}, plain, plain-compile")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in AISTACK_VARIANTS and v not in ("plain", "plain-compile")]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}")
 
     from aistack.model.dataset import make_tiny_dataset
     from aistack.kinds.pretrain import PretrainRecipe
 
+    times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         prefix = make_tiny_dataset(Path(tmp) / "tiny", vocab_size=512, num_docs=2000)
-        recipe = PretrainRecipe.model_validate(dict(
-            name="bench",
-            model=dict(arch="llama", num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
-                       seq_length=args.seq, vocab_size=512),
-            data=dict(paths=[dict(path=str(prefix))], split="99,1,0"),
-            train=dict(steps=args.steps, micro_batch_size=args.micro, global_batch_size=args.batch, precision="fp32",
-                       warmup_steps=2, eval_every=10**6, eval_steps=1),
-            checkpoint=dict(every=10**6),
-        ))
-        tokens = args.batch * args.seq
-        ours = bench_aistack(recipe, args.steps)
-        plain = bench_plain(recipe, prefix, args.steps)
-    ours_tps = tokens / statistics.median(ours[args.warmup:])
-    plain_tps = tokens / statistics.median(plain[args.warmup:])
+
+        def recipe(overrides: dict | None = None):
+            overrides = overrides or {}
+            return PretrainRecipe.model_validate(dict(
+                name="bench",
+                model=dict(arch="llama", num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
+                           seq_length=args.seq, vocab_size=512, **overrides.get("model", {})),
+                data=dict(paths=[dict(path=str(prefix))], split="99,1,0"),
+                train=dict(steps=args.steps, micro_batch_size=args.micro, global_batch_size=args.batch, precision="fp32",
+                           warmup_steps=2, eval_every=10**6, eval_steps=1, **overrides.get("train", {})),
+                checkpoint=dict(every=10**6),
+            ))
+
+        for name in variants:
+            if name in AISTACK_VARIANTS:
+                times[name] = bench_aistack(recipe(AISTACK_VARIANTS[name]), args.steps)
+            else:
+                times[name] = bench_plain(recipe(), prefix, args.steps, compiled=name == "plain-compile")
+            print(f"{name}: median step {statistics.median(times[name][args.warmup:]) * 1e3:.1f} ms", flush=True)
+    tokens = args.batch * args.seq
+    tps = {name: tokens / statistics.median(t[args.warmup:]) for name, t in times.items()}
     print(f"shape: {args.layers} layers, hidden {args.hidden}, seq {args.seq}, batch {args.batch} "
           f"(micro {args.micro}), fp32, {torch.get_num_threads()} threads, steps {args.steps} (first {args.warmup} excluded)")
-    print(f"aistack pretrain: {ours_tps:10.0f} tokens/s (median step {statistics.median(ours[args.warmup:]) * 1e3:.1f} ms)")
-    print(f"plain PyTorch:    {plain_tps:10.0f} tokens/s (median step {statistics.median(plain[args.warmup:]) * 1e3:.1f} ms)")
-    print(f"ratio aistack / plain: {ours_tps / plain_tps:.3f}")
-    assert math.isfinite(ours_tps) and math.isfinite(plain_tps)
+    base = tps.get("plain")
+    for name, value in tps.items():
+        label = name if name.startswith("plain") else f"aistack {name}"
+        ratio = f"  x{value / base:.3f} of plain" if base else ""
+        print(f"{label:<22} {value:10.0f} tokens/s (median step {tokens / value * 1e3:.1f} ms){ratio}")
+    assert all(math.isfinite(v) for v in tps.values())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from aistack.kinds.pretrain import CHECKPOINTS, DataConfig, ModelConfig, ParallelConfig, TrainConfig, estimate
+from aistack.kinds.pretrain import CHECKPOINTS, SPEED_KEYS, DataConfig, ModelConfig, ParallelConfig, TrainConfig, estimate
 from aistack.kinds.sft import FinetuneCheckpointConfig
 from aistack.kinds.spec import JobSpec, KindSpec, single_node
 from aistack.model.layout import check_layout
@@ -85,7 +85,7 @@ class DistillRecipe(Recipe):
     NON_IDENTITY_KEYS: ClassVar[tuple[str, ...]] = (
         "parallel.tensor", "parallel.pipeline", "parallel.virtual_pipeline", "parallel.sequence_parallel",
         "parallel.distributed_optimizer", "parallel.recompute", "checkpoint.every", "checkpoint.keep", "train.log_every",
-        "logit.shards", "data.num_workers",
+        "logit.shards", "data.num_workers", *SPEED_KEYS,
     )
 
     @model_validator(mode="after")

@@ -32,6 +32,9 @@ class ModelConfig(StrictModel):
     hidden_dropout: float = Field(default=0.0, ge=0, lt=1)
     attention_dropout: float = Field(default=0.0, ge=0, lt=1)
     untie_embeddings: bool | None = Field(default=None, description="null: untied for llama, tied for gpt2")
+    attention_backend: Literal["sdpa", "local"] = Field(
+        default="sdpa", description="core attention of megatron's local layers: torch SDPA (flash / memory-efficient "
+                                    "kernels), or megatron's unfused DotProductAttention; no weights either way")
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -95,6 +98,9 @@ class TrainConfig(StrictModel):
     log_every: int = Field(default=1, ge=1)
     eval_every: int = Field(default=50, ge=1)
     eval_steps: int = Field(default=4, ge=1)
+    fused: bool | None = Field(default=None, description="torch.compile'd bias-dropout-add / SwiGLU / cross-entropy, "
+                                                         "fused AdamW; null: on with a GPU")
+    compile: bool = Field(default=False, description="torch.compile each transformer layer (regional compilation)")
 
 
 class CheckpointConfig(StrictModel):
@@ -102,6 +108,10 @@ class CheckpointConfig(StrictModel):
     keep: int = Field(default=2, ge=1, description="last K checkpoints kept")
     load: str | None = Field(default=None, description="start from this checkpoint (any TP/PP layout)")
     load_optimizer: bool = True
+
+
+# How fast, not what: kernels and compilation change the numbers only at rounding level.
+SPEED_KEYS = ("model.attention_backend", "train.fused", "train.compile")
 
 
 class PretrainRecipe(Recipe):
@@ -117,7 +127,7 @@ class PretrainRecipe(Recipe):
     NON_IDENTITY_KEYS: ClassVar[tuple[str, ...]] = (
         "parallel.tensor", "parallel.pipeline", "parallel.virtual_pipeline", "parallel.sequence_parallel",
         "parallel.distributed_optimizer", "parallel.recompute", "checkpoint.every", "checkpoint.keep",
-        "train.log_every", "data.num_workers",
+        "train.log_every", "data.num_workers", *SPEED_KEYS,
     )
 
 

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from aistack.kinds.pretrain import CHECKPOINTS, CheckpointConfig, ModelConfig, ParallelConfig, TrainConfig, estimate
+from aistack.kinds.pretrain import CHECKPOINTS, SPEED_KEYS, CheckpointConfig, ModelConfig, ParallelConfig, TrainConfig, estimate
 from aistack.kinds.spec import JobSpec, KindSpec
 from aistack.model.layout import check_layout
 from aistack.recipe.load import LoadedRecipe
@@ -57,7 +57,7 @@ class SFTRecipe(Recipe):
 
     NON_IDENTITY_KEYS: ClassVar[tuple[str, ...]] = (
         "parallel.tensor", "parallel.pipeline", "parallel.virtual_pipeline", "parallel.sequence_parallel",
-        "parallel.distributed_optimizer", "parallel.recompute", "checkpoint.every", "checkpoint.keep", "train.log_every",
+        "parallel.distributed_optimizer", "parallel.recompute", "checkpoint.every", "checkpoint.keep", "train.log_every", *SPEED_KEYS,
     )
 
 

@@ -3,7 +3,13 @@
 Two families: `llama` (RoPE, SwiGLU, RMSNorm, no biases, untied embeddings, GQA) and
 `gpt2` (learned positions, GELU, LayerNorm, biases, tied embeddings). Layers come from
 megatron's local (pure PyTorch) spec, or from Transformer Engine's where TE and a GPU are
-present (required for FP8).
+present (required for FP8). In the local spec the core attention is torch's SDPA
+(aistack.model.attention) unless `model.attention_backend: local` asks for megatron's own.
+
+`fused`: the fusions that need neither apex nor TE, which megatron runs through its
+`jit_fuser` (torch.compile): bias-dropout-add, bias-SwiGLU (llama), the native fused
+cross-entropy. Megatron's fused bias-GELU is the tanh approximation: never for gpt2, whose
+export declares exact GELU.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ def fp8_unavailable() -> str | None:
     return None
 
 
-def transformer_config(model_cfg: Any, parallel_cfg: Any, precision: str = "fp32", use_te: bool = False):
+def transformer_config(model_cfg: Any, parallel_cfg: Any, precision: str = "fp32", use_te: bool = False,
+                       fused: bool = False):
     """The megatron TransformerConfig for this model and layout (`precision` already resolved)."""
     from megatron.core.transformer import TransformerConfig
 
@@ -85,13 +92,15 @@ def transformer_config(model_cfg: Any, parallel_cfg: Any, precision: str = "fp32
         fp8="hybrid" if precision == "fp8" else None,
         # init on the host: deterministic and identical with or without a GPU
         use_cpu_initialization=True,
-        # fused kernels need apex/TE/CUDA; the unfused paths are what runs everywhere
-        bias_activation_fusion=False,
+        # torch.compile'd fusions (see the module doc); the others need apex or TE
+        bias_activation_fusion=fused and llama,
+        bias_dropout_fusion=fused,
+        cross_entropy_loss_fusion=fused,
+        cross_entropy_fusion_impl="native",
         masked_softmax_fusion=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
-        bias_dropout_fusion=False,
         **recompute,
     )
 
@@ -101,7 +110,12 @@ def layer_spec(model_cfg: Any, use_te: bool):
 
     if use_te:
         return specs.get_gpt_layer_with_transformer_engine_spec()
-    return specs.get_gpt_layer_local_spec(normalization="RMSNorm" if model_cfg.arch == "llama" else "LayerNorm")
+    spec = specs.get_gpt_layer_local_spec(normalization="RMSNorm" if model_cfg.arch == "llama" else "LayerNorm")
+    if getattr(model_cfg, "attention_backend", "sdpa") == "sdpa":
+        from aistack.model.attention import SDPAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
 
 
 def use_transformer_engine(precision: str) -> bool:
@@ -110,14 +124,14 @@ def use_transformer_engine(precision: str) -> bool:
 
 
 def build_gpt(model_cfg: Any, parallel_cfg: Any, pre_process: bool, post_process: bool, vocab_size: int,
-              precision: str = "fp32", vp_stage: int | None = None, use_te: bool | None = None):
+              precision: str = "fp32", vp_stage: int | None = None, use_te: bool | None = None, fused: bool = False):
     """One pipeline stage (or virtual stage) of the GPT. `vocab_size` is the padded one.
     Megatron's parallel state must be initialised (it places this stage's layers)."""
     from megatron.core.models.gpt import GPTModel
 
     if use_te is None:
         use_te = use_transformer_engine(precision)
-    config = transformer_config(model_cfg, parallel_cfg, precision, use_te)
+    config = transformer_config(model_cfg, parallel_cfg, precision, use_te, fused)
     return GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model_cfg, use_te),
@@ -133,7 +147,8 @@ def build_gpt(model_cfg: Any, parallel_cfg: Any, pre_process: bool, post_process
     )
 
 
-def build_model_chunks(model_cfg: Any, parallel_cfg: Any, vocab_size: int, precision: str = "fp32") -> list:
+def build_model_chunks(model_cfg: Any, parallel_cfg: Any, vocab_size: int, precision: str = "fp32",
+                       fused: bool = False) -> list:
     """This rank's model chunks: one per virtual pipeline stage (one without interleaving)."""
     from megatron.core import parallel_state as ps
 
@@ -145,7 +160,7 @@ def build_model_chunks(model_cfg: Any, parallel_cfg: Any, vocab_size: int, preci
             model_cfg, parallel_cfg,
             pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
             post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
-            vocab_size=vocab_size, precision=precision, vp_stage=vp_stage,
+            vocab_size=vocab_size, precision=precision, vp_stage=vp_stage, fused=fused,
         ))
     if torch.cuda.is_available():  # built on the host (use_cpu_initialization): train on this rank's GPU
         chunks = [chunk.cuda(torch.cuda.current_device()) for chunk in chunks]

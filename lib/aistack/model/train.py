@@ -7,6 +7,11 @@
 Everything megatron does on "cuda" runs on the CPU inside cpu_compat.device_scope() when
 there is no GPU; with one, the scope is a no-op.
 
+Speed: train.fused (on by default with a GPU) takes torch.compile'd fusions in the layers and
+fused AdamW; train.compile compiles each transformer layer (regional compilation: one graph
+reused by every layer). On a GPU micro-batches are pinned and copied one ahead of the one
+computing.
+
 Preemption. Periodic checkpoints (checkpoint.every) are the resume point on every layout.
 With a single process, SIGUSR1 (Slurm's warning before the time limit, `scancel
 --signal=USR1`) also saves: the signal is blocked while a step runs and delivered only at
@@ -113,8 +118,12 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
                              "NeMo's optimizer state (set checkpoint.load_optimizer=false)")
         nemo.check_model(ck.load, m)  # the model block must be context/model.yaml's network
     vocab = padded_vocab_size(unpadded_vocab, m, layout.tp)
-    model = wrap_ddp(gpt.build_model_chunks(m, recipe.parallel, vocab, precision), recipe.parallel, precision)
-    optimizer = optim.build_optimizer(t, recipe.parallel, model, precision)
+    fused = torch.cuda.is_available() if t.fused is None else t.fused
+    chunks = gpt.build_model_chunks(m, recipe.parallel, vocab, precision, fused=fused)
+    if t.compile:
+        compile_layers(chunks)
+    model = wrap_ddp(chunks, recipe.parallel, precision)
+    optimizer = optim.build_optimizer(t, recipe.parallel, model, precision, fused=fused)
     scheduler = optim.build_scheduler(t, optimizer)
     config = get_model_config(model[0])
     _wire_schedule(config, model, optimizer)
@@ -194,7 +203,16 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
         ctx.log(step, {"val_loss": last["val_loss"]})
     return {"steps": step, "tokens": step * tokens_per_step, **{k: float(v) for k, v in last.items()},
             "checkpoint": str(checkpoint.latest(ckpt_dir)) if checkpoint.latest(ckpt_dir) else None,
-            "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}, **objective.summary()}
+            "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp},
+            "kernels": {"attention": m.attention_backend, "fused": fused, "compile": t.compile}, **objective.summary()}
+
+
+def compile_layers(chunks: list) -> None:
+    """torch.compile each transformer layer in place (parameter names, hence checkpoints, do
+    not change). The layers share their code, so one compiled graph serves them all."""
+    for chunk in chunks:
+        for layer in chunk.decoder.layers:
+            layer.compile()
 
 
 def wrap_ddp(chunks: list, parallel_cfg: Any, precision: str) -> list:
@@ -247,6 +265,23 @@ def lm_forward_step(data_iterator: Iterator, model):
     return output, loss_func
 
 
+def to_device_ahead(batches: Iterator[dict], move: Callable[[dict], dict]) -> Iterator[dict]:
+    """The micro-batches through `move`, each moved while the one before it computes."""
+    batches = iter(batches)
+    ahead = next(batches, None)
+    ahead = None if ahead is None else move(ahead)
+    while ahead is not None:
+        current, ahead = ahead, next(batches, None)
+        ahead = None if ahead is None else move(ahead)
+        yield current
+
+
+def _to_gpu(batch: dict) -> dict:
+    """Pinned, then copied without blocking the host: the copy overlaps the running step."""
+    return {k: v.pin_memory().to(_device(), non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
 def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
@@ -255,7 +290,8 @@ def _run_schedule(model: list, reader: Any, step: int, t: Any, m: Any, forward_o
                   step_fn: Callable = lm_forward_step) -> list[dict]:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    iterators = [reader.microbatches(step) for _ in model]
+    on_gpu = torch.cuda.is_available()
+    iterators = [to_device_ahead(reader.microbatches(step), _to_gpu) if on_gpu else reader.microbatches(step) for _ in model]
     return get_forward_backward_func()(
         forward_step_func=step_fn,
         data_iterator=iterators if len(model) > 1 else iterators[0],
