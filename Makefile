@@ -65,6 +65,8 @@ container-bundle: venv slurm-install
 # a GPU, installs gpu-wheels/ into .gpu-site/ (once per wheel set), then runs the check.
 GPU_WHEELS ?= gpu-wheels
 GPU_SITE   ?= .gpu-site
+# No section starts after 7.5 minutes: the check fits a 10-minute command with its set-up.
+GPU_CHECK_ARGS ?= --time-limit 450
 
 gpu-wheels: venv
 	@rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
