@@ -4,18 +4,30 @@
     python benchmarks/gpu_check.py --cpu --tiny    # the same script on a CPU: tiny shapes, FP8 emulated
     python benchmarks/gpu_check.py --tiny          # tiny shapes on the GPU: a one-minute smoke
 
-Sections (a failing one is recorded in its row and the rest go on; exit 1 if any failed):
+    python benchmarks/gpu_check.py --time-limit 450   # make gpu-check: no section starts after 7.5 min
+    python benchmarks/gpu_check.py --only probe,data,bench-8b   # one part of the sweep
+
+Sections (a failing one is recorded in its row and the rest go on; exit 1 if any failed). Every
+figure is written to the JSON as soon as it is measured: a run cut off still leaves them.
+  probe      30 seconds: C compiler (Triton needs one), triton / transformers versions, a tiny
+             torch.compile on the device
   pretrain   recipes/pretrain/gpt-125m.yaml through `aistack run --on local` (submitit task,
-             torch.distributed through aistack.dist.init as on Slurm), bf16: tokens/s, TFLOP/s,
-             MFU, peak CUDA memory, loss falling
-  baseline   a plain PyTorch GPT-2 of the same shape and batch (SDPA, bf16 autocast): the ratio
+             torch.distributed through aistack.dist.init as on Slurm), bf16, the shipped kernel
+             defaults: tokens/s, TFLOP/s, MFU, peak CUDA memory, loss falling
+  baseline   a plain PyTorch GPT-2 of the same shape and batch (SDPA, bf16 autocast), eager (P0)
+             and torch.compile'd (P1): the ratios
+  train-variants  the training path's kernels side by side (TRAIN_VARIANTS: T0 megatron's local
+             attention, T1 + SDPA, T2 + fusions and fused AdamW, T3 + compiled layers), each against
+             P0 and P1; which one ships as the default and which was fastest
   resume     the run's mid-way checkpoint resumed: the resumed steps' losses equal the first ones
   layout     its last checkpoint loaded on the CPU at TP=2 (two gloo ranks): the same val loss
   export     `aistack export RUN --to hf`: transformers' logits equal aistack's (fp32, on the GPU)
   bench-125m recipes/bench/gpt-125m-h100.yaml (kind: bench) on the export: BF16 vs FP8
              (torch._scaled_mm, row-wise scales), decode tokens/s at batch 1/8/32, prefill, TTFT,
              memory, HBM roofline fraction, perplexity on held-out text
-  bench-8b   a Llama-3-8B-shaped model with random weights through aistack.bench (in process)
+  bench-8b   decode of a Llama-3-8B-shaped model with random weights at batch 1 and 8, variant
+             by variant (gpu_check_models.DECODE_VARIANTS: D0 eager, D1 static KV cache + CUDA
+             graph, D2 + torch.compile, D3 + FP8 weight-only, D4 + FP8 W8A8 row-wise)
   nccl       the NCCL communicator the training task created, and its TP=1/PP=1 steps
 Data is made here: the tinylang corpus (aistack.eval.tinylang) in Megatron's indexed format,
 trained at the 125M shape with the recipe's 50257-token embedding; no download, no W&B.
@@ -64,15 +76,25 @@ class Sizes:
     repeats: int
     llama: str  # LLAMA3_8B or LLAMA_TINY in gpu_check_models
     llama_gen_len: int
+    variant_steps: int  # training steps of each train-variants run
 
 
 FULL = Sizes(model=(), steps=60, timed_after=10, plain_steps=25, docs=4000, heldout_docs=200, batches=(1, 8, 32),
-             prompt_len=128, gen_len=64, repeats=3, llama="LLAMA3_8B", llama_gen_len=32)
+             prompt_len=128, gen_len=64, repeats=3, llama="LLAMA3_8B", llama_gen_len=32, variant_steps=30)
 TINY = Sizes(model=("model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4", "model.seq_length=64",
                     "model.vocab_size=512", "train.micro_batch_size=4", "train.global_batch_size=8", "train.lr=3e-3",
                     "train.min_lr=3e-4"),
              steps=12, timed_after=3, plain_steps=6, docs=400, heldout_docs=20, batches=(1, 8, 32), prompt_len=8, gen_len=4,
-             repeats=1, llama="LLAMA_TINY", llama_gen_len=4)
+             repeats=1, llama="LLAMA_TINY", llama_gen_len=4, variant_steps=6)
+
+# The training path's kernel variants, each adding to the one before (recipe overrides).
+TRAIN_VARIANTS = {
+    "T0": ("megatron local attention, no fusions", ("model.attention_backend=local", "train.fused=false")),
+    "T1": ("+ SDPA attention", ("model.attention_backend=sdpa", "train.fused=false")),
+    "T2": ("+ fusions, fused AdamW, prefetch", ("model.attention_backend=sdpa", "train.fused=true")),
+    "T3": ("+ each layer compiled", ("model.attention_backend=sdpa", "train.fused=true", "train.compile=true")),
+}
+COMPILED = {"T2", "T3", "P1"}  # torch.compile on a CPU takes minutes and says nothing of the GPU: GPU only unless asked
 
 
 @dataclass
@@ -92,9 +114,35 @@ class Check:
     out: Path
     sizes: Sizes
     gpu: bool
+    compile_on_cpu: bool = False
+    header: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
     rows: list[Row] = field(default_factory=list)
     sections: dict[str, dict] = field(default_factory=dict)
     found: dict[str, Any] = field(default_factory=dict)  # run dirs, folders, figures passed on
+
+    @property
+    def json_path(self) -> Path:
+        return self.out / "gpu-check.json"
+
+    def report(self, done: bool = False) -> dict[str, Any]:
+        return {"header": self.header, "gpu": self.gpu, "sizes": asdict(self.sizes), "complete": done,
+                "seconds": round(time.time() - self.started, 1), "ok": all(s.get("ok") is not False for s in self.sections.values()),
+                "rows": [asdict(r) for r in self.rows], "sections": self.sections}
+
+    def save(self, done: bool = False) -> None:
+        """The JSON as it stands (atomically): called after every figure, so a run the device's
+        time limit cuts off still returns what it measured."""
+        tmp = self.json_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.report(done), indent=1, default=str))
+        tmp.replace(self.json_path)
+
+    def figure(self, section: str, key: str, value: Any) -> None:
+        self.sections.setdefault(section, {})[key] = value
+        self.save()
+
+    def runs_compiled(self) -> bool:
+        return self.gpu or self.compile_on_cpu
 
     @property
     def work(self) -> Path:
@@ -223,6 +271,40 @@ def check_row(section: str, figure: str, shown: str, target: str, met: bool) -> 
 # --- sections -----------------------------------------------------------------------------------
 
 
+def section_probe(check: Check) -> list[Row]:
+    """What compiled kernels need, checked in seconds before minutes of GPU time depend on it."""
+    import importlib.metadata as md
+
+    import torch
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    cc = next((shutil.which(c) for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    found = {"c_compiler": cc, "triton": version("triton"), "transformers": version("transformers"),
+             "megatron-core": version("megatron-core"), "torch": torch.__version__}
+    check.figure("probe", "versions", found)
+    compiled, error = None, None
+    start = time.perf_counter()
+    try:
+        f = torch.compile(lambda x: torch.nn.functional.silu(x) * x + 1)
+        x = torch.randn(64, 64, device=check.device)
+        compiled = bool(torch.allclose(f(x), torch.nn.functional.silu(x) * x + 1, atol=1e-5))
+    except Exception as err:  # reported: compiled variants will fail the same way
+        error = f"{type(err).__name__}: {str(err)[:200]}"
+    seconds = time.perf_counter() - start
+    check.figure("probe", "compile", {"ok": compiled, "error": error, "seconds": round(seconds, 2)})
+    check.found["compiles"] = bool(compiled)
+    return [Row("probe", "C compiler (Triton and inductor need one)", cc or "NONE"),
+            Row("probe", "torch / triton / transformers / megatron-core",
+                f"{found['torch']} / {found['triton']} / {found['transformers']} / {found['megatron-core']}"),
+            Row("probe", f"torch.compile of a tiny function on the {'GPU' if check.gpu else 'CPU'}",
+                f"ok in {seconds:.1f} s" if compiled else f"FAILED: {error or 'wrong result'}")]
+
+
 def section_data(check: Check) -> list[Row]:
     from aistack.eval import tinylang
 
@@ -241,6 +323,7 @@ def section_pretrain(check: Check) -> list[Row]:
     run = aistack_run(PRETRAIN, pretrain_overrides(check), check.work / "runs" / "pretrain", check.gpu)
     records = metrics(run)
     check.found.update(run=run, loss=trace(records), val_loss=trace(records, "val_loss"))
+    kernels = json.loads((task_dir(run) / "DONE").read_text())["result"]["kernels"]
     timed = [r for r in records if "step_time" in r and r["step"] > s.timed_after]
     if not timed:
         raise RuntimeError(f"no timed steps in {task_dir(run) / 'metrics.jsonl'}")
@@ -253,12 +336,14 @@ def section_pretrain(check: Check) -> list[Row]:
     first, last = loss[1], statistics.mean([loss[k] for k in sorted(loss)[-5:]])
     mem = max((r.get("mem_allocated_gb", 0.0) for r in timed), default=None) if check.gpu else None
     figures = {"tokens_per_s": median("tokens_per_s"), "tflops": median("tflops_per_device"), "mfu": median("mfu"),
-               "peak_mem_gib": mem, "loss_first": first, "loss_last5": last, "steps": len(loss), "timed_steps": len(timed)}
+               "peak_mem_gib": mem, "loss_first": first, "loss_last5": last, "steps": len(loss), "timed_steps": len(timed),
+               "kernels": kernels}
     check.found["megatron"] = figures
     check.sections["pretrain"] = figures
     sec = "pretrain"
     return [
-        Row(sec, f"megatron-core tokens/s (median of {len(timed)} steps)", num(figures["tokens_per_s"])),
+        Row(sec, f"megatron-core tokens/s (median of {len(timed)} steps), shipped defaults: {_kernels(kernels)}",
+            num(figures["tokens_per_s"])),
         Row(sec, "megatron-core TFLOP/s per GPU", num(figures["tflops"])),
         goal(sec, "megatron-core MFU (bf16 dense peak)", figures["mfu"], pct(figures["mfu"]), ">= 35% (H100)",
              lambda v: v >= 0.35, check.gpu),
@@ -267,38 +352,108 @@ def section_pretrain(check: Check) -> list[Row]:
     ]
 
 
+def _kernels(kernels: dict) -> str:
+    return f"{kernels['attention']} attention" + (", fused" if kernels["fused"] else "") + (", compiled" if kernels["compile"] else "")
+
+
+def _shape_of(check: Check):
+    from aistack.model.layout import padded_vocab_size
+    from aistack.recipe import load_recipe
+
+    recipe = load_recipe(str(PRETRAIN), pretrain_overrides(check, "output.root=unused")).recipe
+    m = recipe.model
+    vocab = padded_vocab_size(m.vocab_size, m, 1)  # as megatron pads it (TP=1)
+    return recipe, vocab, dict(vocab=vocab, h=m.hidden_size, heads=m.num_attention_heads, ffn=m.ffn_size, layers=m.num_layers,
+                               seq=m.seq_length)
+
+
 def section_baseline(check: Check) -> list[Row]:
     from aistack import hardware
     from aistack.model.flops import num_floating_point_operations
-    from aistack.model.layout import padded_vocab_size
-    from aistack.recipe import load_recipe
 
     from gpu_check_models import train_plain_gpt2
 
     s = check.sizes
-    recipe = load_recipe(str(PRETRAIN), pretrain_overrides(check, "output.root=unused")).recipe
+    recipe, vocab, shape = _shape_of(check)
     m, t = recipe.model, recipe.train
-    vocab = padded_vocab_size(m.vocab_size, m, 1)  # as megatron pads it (TP=1)
-    shape = dict(vocab=vocab, h=m.hidden_size, heads=m.num_attention_heads, ffn=m.ffn_size, layers=m.num_layers, seq=m.seq_length)
-    plain = train_plain_gpt2(shape, t.micro_batch_size, t.global_batch_size, s.plain_steps, min(s.timed_after, s.plain_steps // 2),
-                             t.lr, check.device)
     gpu = hardware.current()
     flops_per_token = num_floating_point_operations(m, vocab, 1) / m.seq_length  # the convention training logs with
-    plain["tflops"] = flops_per_token * plain["tokens_per_s"] / 1e12
-    plain["mfu"] = plain["tflops"] / gpu.tflops["bf16"] if gpu else None
     ours = check.found.get("megatron", {}).get("tokens_per_s")
-    plain["ratio_megatron_over_plain"] = ours / plain["tokens_per_s"] if ours else None
-    check.sections["baseline"] = plain
     sec = "baseline"
-    mem = plain["peak_mem_gib"]
-    return [
-        Row(sec, f"plain PyTorch GPT-2 tokens/s (SDPA, bf16 autocast, {t.micro_batch_size}x{t.global_batch_size // t.micro_batch_size} x {m.seq_length})",
-            num(plain["tokens_per_s"])),
-        Row(sec, "plain PyTorch TFLOP/s, MFU", f"{num(plain['tflops'])}, {pct(plain['mfu'])}"),
-        Row(sec, "plain PyTorch peak CUDA memory", "n/a (CPU)" if mem is None else f"{mem:.2f} GiB"),
-        goal(sec, "megatron-core / plain tokens/s", plain["ratio_megatron_over_plain"], num(plain["ratio_megatron_over_plain"]),
-             ">= 0.9", lambda v: v >= 0.9, check.gpu),
-    ]
+    rows = []
+    for key, compiled in (("P0", False), ("P1", True)):
+        what = f"plain PyTorch GPT-2{' + torch.compile' if compiled else ''} ({key})"
+        if compiled and not check.runs_compiled():
+            rows.append(Row(sec, f"{what} tokens/s", "not run on the CPU (GPU only)"))
+            continue
+        plain = train_plain_gpt2(shape, t.micro_batch_size, t.global_batch_size, s.plain_steps,
+                                 min(s.timed_after, s.plain_steps // 2), t.lr, check.device, compiled=compiled)
+        plain["tflops"] = flops_per_token * plain["tokens_per_s"] / 1e12
+        plain["mfu"] = plain["tflops"] / gpu.tflops["bf16"] if gpu else None
+        plain["ratio_megatron_over_plain"] = ours / plain["tokens_per_s"] if ours else None
+        check.found[key] = plain["tokens_per_s"]
+        if key == "P0":
+            check.sections[sec] = dict(plain)  # the P0 figures at the top level, as before
+        check.figure(sec, key, plain)
+        mem = plain["peak_mem_gib"]
+        rows += [
+            Row(sec, f"{what} tokens/s (SDPA, bf16 autocast, {t.micro_batch_size}x{t.global_batch_size // t.micro_batch_size} "
+                     f"x {m.seq_length})", num(plain["tokens_per_s"])
+                + (f" (first step, compiling: {plain['first_step_s']:.1f} s)" if compiled else "")),
+            Row(sec, f"{what} TFLOP/s, MFU; peak CUDA memory",
+                f"{num(plain['tflops'])}, {pct(plain['mfu'])}; " + ("n/a (CPU)" if mem is None else f"{mem:.2f} GiB")),
+        ]
+        target, bound = (">= 1.0", 1.0) if key == "P0" else (">= 0.9", 0.9)
+        rows.append(goal(sec, f"megatron-core (shipped defaults) / {key} tokens/s", plain["ratio_megatron_over_plain"],
+                         num(plain["ratio_megatron_over_plain"]), target, lambda v, b=bound: v >= b, check.gpu))
+    return rows
+
+
+def section_train_variants(check: Check) -> list[Row]:
+    """T0-T3 side by side, each a short `aistack run` of the same recipe; the shipped defaults'
+    run (section pretrain) stands for the variant it equals."""
+    s = check.sizes
+    sec = "train-variants"
+    shipped = check.found.get("megatron", {})
+    rows, speeds = [], {}
+    for key, (what, overrides) in TRAIN_VARIANTS.items():
+        if key in COMPILED and not check.runs_compiled():
+            rows.append(Row(sec, f"{key} {what}", "not run on the CPU (GPU only)"))
+            continue
+        wanted = dict(o.split("=", 1) for o in overrides)
+        kernels = shipped.get("kernels")
+        if kernels and _matches(kernels, wanted):
+            figures = {k: shipped[k] for k in ("tokens_per_s", "mfu")} | {"from": "pretrain (shipped defaults)", "kernels": kernels}
+        else:
+            steps = s.variant_steps
+            extra = (*overrides, f"train.steps={steps}", f"checkpoint.every={steps}", f"train.eval_every={steps}")
+            run = aistack_run(PRETRAIN, pretrain_overrides(check, *extra), check.work / "runs" / f"train-{key}", check.gpu)
+            records = [r for r in metrics(run) if "step_time" in r and r["step"] > steps // 3]
+            figures = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
+                       "mfu": statistics.median(r["mfu"] for r in records) if all("mfu" in r for r in records) else None,
+                       "timed_steps": len(records), "first_step_s": next(r["step_time"] for r in metrics(run) if "step_time" in r),
+                       "kernels": json.loads((task_dir(run) / "DONE").read_text())["result"]["kernels"]}
+        speeds[key] = figures["tokens_per_s"]
+        check.figure(sec, key, figures)
+        vs = [f"x{figures['tokens_per_s'] / check.found[p]:.2f} of {p}" for p in ("P0", "P1") if check.found.get(p)]
+        rows.append(Row(sec, f"{key} {what}: tokens/s, MFU",
+                        f"{num(figures['tokens_per_s'])}, {pct(figures['mfu'])}" + (f" ({', '.join(vs)})" if vs else "")))
+    if speeds:
+        fastest = max(speeds, key=speeds.get)
+        default = next((k for k, (_, o) in TRAIN_VARIANTS.items()
+                        if shipped.get("kernels") and _matches(shipped["kernels"], dict(x.split("=", 1) for x in o))), None)
+        check.figure(sec, "choice", {"shipped_default": default, "fastest": fastest})
+        rows.append(goal(sec, "shipped default (train.fused auto, compile off) vs the fastest variant",
+                         1.0 if default == fastest else 0.0, f"default {default}, fastest {fastest}", "default is fastest",
+                         lambda v: v == 1.0, check.gpu))
+    return rows
+
+
+def _matches(kernels: dict, overrides: dict[str, str]) -> bool:
+    """Whether a run's kernels (the task result's) are those the variant's overrides ask for."""
+    want = {"attention": overrides.get("model.attention_backend", "sdpa"), "fused": overrides.get("train.fused") == "true",
+            "compile": overrides.get("train.compile") == "true"}
+    return kernels == want
 
 
 def section_resume(check: Check) -> list[Row]:
@@ -385,31 +540,84 @@ def section_bench_125m(check: Check) -> list[Row]:
 
 
 def section_bench_8b(check: Check) -> list[Row]:
+    """The decode variants of models.DECODE_VARIANTS (D0 eager ... D4 FP8 W8A8) side by side for
+    the Llama-3-8B shape at batch 1 and 8, each figure saved as soon as it is measured."""
     import gpu_check_models as models
 
     s = check.sizes
-    shape = getattr(models, s.llama)
-    out = models.llama_fp8_bench(shape, check.device, list(s.batches), s.prompt_len, s.llama_gen_len, s.repeats, warmup=1)
-    check.sections["bench-8b"] = out
-    points = {tuple([k.split("/")[0], int(k.split("/")[1])]): v for k, v in out["rows"].items()}
+    sec = "bench-8b"
+    batches = [b for b in s.batches if b in (1, 8)]
+    out = models.llama_decode_bench(getattr(models, s.llama), check.device, batches, s.prompt_len, s.llama_gen_len, s.repeats,
+                                    warmup=1, on_figure=lambda key, value: check.figure(sec, key, value),
+                                    compiled=check.runs_compiled())
+    for key in ("shape", "fp8", "logits_rel_error", "roofline_device", "prompt_len", "gen_len", "batches"):
+        check.figure(sec, key, out[key])
     name = "8B" if s.llama == "LLAMA3_8B" else "tiny Llama"
-    rows = bench_rows("bench-8b", name, points, out["fp8"], check, speedup_goal=True)
-    rows.append(Row("bench-8b", f"{name} FP8 vs BF16 logits (random weights: no text to score)",
-                    f"rel. error {out['logits_rel_error_fp8']:.3g}"))
+    fig = out["variants"]
+    fp8 = out["fp8"]
+    rows = [Row(sec, f"{name} decode, prompt {s.prompt_len}, {s.llama_gen_len} new tokens",
+                f"FP8 W8A8: {fp8['backend'] + (' (EMULATED)' if fp8['emulated'] else '') if fp8 else 'n/a'}; "
+                f"roofline: {out['roofline_device'] or 'n/a'}")]
+    for batch in batches:
+        for key, (decode, _, what) in models.DECODE_VARIANTS.items():
+            f = fig.get(f"{key}/batch{batch}", {"status": "not run"})
+            figure = f"{name} {key} {what}, batch {batch}"
+            if f["status"] == "error":
+                rows.append(check_row(sec, figure, f["error"], "runs", False))
+            elif f["status"] != "ok":
+                rows.append(Row(sec, figure, f["status"]))
+            else:
+                same = {True: ", tokens = D0's", False: ", tokens differ from D0's", None: ""}[f["tokens_match_eager"]]
+                setup = f", {'capture' if decode == 'graph' else 'compile'} {f['setup_s']:.1f} s" if f["setup_s"] else ""
+                if decode == "compile" and check.gpu and not f["cuda_graph"]:
+                    setup += " (CUDA graphs skipped: see the log)"
+                rows.append(Row(sec, figure, f"{num(f['decode_tok_s'])} tok/s, {num(f['step_ms'])} ms/step, "
+                                             f"{pct(f['decode_roofline_frac'])} of HBM roofline{setup}{same}"))
+
+    def speed(key: str, batch: int) -> float | None:
+        return fig.get(f"{key}/batch{batch}", {}).get("decode_tok_s")
+
+    def ratio(a: str, b: str, batch: int) -> float | None:
+        return speed(a, batch) / speed(b, batch) if speed(a, batch) and speed(b, batch) else None
+
+    def times(r: float | None) -> str:
+        return "n/a" if r is None else f"x{num(r)}"
+
+    real = bool(fp8) and not fp8["emulated"]
+    if 1 in batches:
+        fracs = [fig.get(f"{k}/batch1", {}).get("decode_roofline_frac") for k in ("D1", "D2")]
+        best = max((v for v in fracs if v), default=None)
+        rows.append(goal(sec, f"{name} BF16 decode (best of D1, D2), fraction of HBM roofline, batch 1", best, pct(best),
+                         ">= 60%", lambda v: v >= 0.6, check.gpu))
+        r = ratio("D3", "D2", 1)
+        rows.append(goal(sec, f"{name} FP8 weight-only (D3) vs BF16 (D2) decode, batch 1", r, times(r), ">= 1.4x",
+                         lambda v: v >= 1.4, check.gpu and real))
+    if 8 in batches:
+        r = ratio("D4", "D2", 8)
+        rows.append(goal(sec, f"{name} FP8 W8A8 (D4) vs BF16 (D2) decode, batch 8", r, times(r), ">= 1.2x",
+                         lambda v: v >= 1.2, check.gpu and real))
+    for mode, rel in out["logits_rel_error"].items():
+        rows.append(Row(sec, f"{name} FP8 {mode} vs BF16 logits (random weights: no text to score)", f"rel. error {rel:.3g}"))
     return rows
 
 
 def bench_rows(sec: str, name: str, points: dict, fp8: dict, check: Check, quality: dict | None = None,
                speedup_goal: bool = False) -> list[Row]:
-    how = "EMULATED (quantize-dequantize)" if fp8["emulated"] else f"{fp8['backend']}, {fp8['scaling']}-wise scales"
-    rows = [Row(sec, f"{name} FP8 path", f"{how}, {fp8['layers']} Linear layers")]
+    """BF16 vs FP8 per batch of a bench run's results (points keyed (precision, batch)): the
+    FP8 mode and the decode mode each point ran, and perplexity per FP8 mode."""
+    w8a8 = "EMULATED (quantize-dequantize)" if fp8["emulated"] else f"{fp8['backend']}, {fp8['scaling']}-wise scales"
+    modes = ", ".join(fp8.get("modes") or []) or "-"
+    rows = [Row(sec, f"{name} FP8 path", f"modes {modes}; W8A8 {w8a8}; {fp8['layers']} Linear layers")]
     for batch in check.sizes.batches:
         bf16, f8 = points[("bf16", batch)], points[("fp8", batch)]
         speedup = f8["decode_tok_s"] / bf16["decode_tok_s"] if bf16["decode_tok_s"] and f8["decode_tok_s"] else None
-        shown = f"bf16 {num(bf16['decode_tok_s'])}, fp8 {num(f8['decode_tok_s'])} (x{num(speedup)})"
+        shown = (f"bf16 {num(bf16['decode_tok_s'])} ({bf16.get('decode', 'eager')}), fp8 {num(f8['decode_tok_s'])} "
+                 f"({f8.get('fp8_mode', '-')}, {f8.get('decode', 'eager')}) (x{num(speedup)})")
         figure = f"{name} decode tokens/s, batch {batch}"
-        if speedup_goal and batch in (1, 8):
-            rows.append(goal(sec, figure, speedup, shown, "fp8 >= 1.4x bf16", lambda v: v >= 1.4, check.gpu and not fp8["emulated"]))
+        target = {1: 1.4, 8: 1.2}.get(batch)
+        if speedup_goal and target:
+            real = check.gpu and (not fp8["emulated"] or f8.get("fp8_mode") == "weight_only")
+            rows.append(goal(sec, figure, speedup, shown, f"fp8 >= {target}x bf16", lambda v, t=target: v >= t, real))
         else:
             rows.append(Row(sec, figure, shown))
         rows.append(Row(sec, f"{name} prefill / TTFT ms, batch {batch}",
@@ -422,10 +630,13 @@ def bench_rows(sec: str, name: str, points: dict, fp8: dict, check: Check, quali
     kind = points[("bf16", check.sizes.batches[0])].get("peak_mem_kind", "")
     rows.append(Row(sec, f"{name} peak memory ({kind or 'cuda max allocated'})", f"bf16 {peak['bf16'] / 1024:.2f} GiB, fp8 {peak['fp8'] / 1024:.2f} GiB"))
     if quality:
-        rel = quality["delta_fp8_minus_bf16"]["text_perplexity_rel"]
-        ppl = quality["bf16"]["text_perplexity"], quality["fp8"]["text_perplexity"]
-        rows.append(goal(sec, f"{name} perplexity on held-out text, FP8 vs BF16", abs(rel),
-                         f"{ppl[0]:.4g} -> {ppl[1]:.4g} ({100 * rel:+.2f}%)", "within 1%", lambda v: v <= 0.01))
+        per_mode = [k for k in quality if k.startswith("fp8_") and k != "fp8_mode"] or ["fp8"]
+        for key in per_mode:
+            rel = quality[f"delta_{key}_minus_bf16"]["text_perplexity_rel"]
+            ppl = quality["bf16"]["text_perplexity"], quality[key]["text_perplexity"]
+            mode = key.removeprefix("fp8_") if key != "fp8" else ""
+            rows.append(goal(sec, f"{name} perplexity on held-out text, FP8 {mode} vs BF16".replace("  ", " "), abs(rel),
+                             f"{ppl[0]:.4g} -> {ppl[1]:.4g} ({100 * rel:+.2f}%)", "within 1%", lambda v: v <= 0.01))
     return rows
 
 
@@ -447,17 +658,25 @@ def section_nccl(check: Check) -> list[Row]:
 
 
 SECTIONS: list[tuple[str, Callable[[Check], list[Row]]]] = [
-    ("data", section_data), ("pretrain", section_pretrain), ("baseline", section_baseline), ("resume", section_resume),
-    ("layout", section_layout), ("export", section_export), ("bench-125m", section_bench_125m),
-    ("bench-8b", section_bench_8b), ("nccl", section_nccl),
+    # the speed sweeps first: a run the device's time limit cuts off has measured them
+    ("probe", section_probe), ("data", section_data), ("pretrain", section_pretrain), ("baseline", section_baseline),
+    ("train-variants", section_train_variants), ("bench-8b", section_bench_8b), ("resume", section_resume),
+    ("layout", section_layout), ("export", section_export), ("bench-125m", section_bench_125m), ("nccl", section_nccl),
 ]
 
 
 # --- the table ----------------------------------------------------------------------------------
 
 
-def run_sections(check: Check) -> None:
+def run_sections(check: Check, only: list[str] | None = None, time_limit: float | None = None) -> None:
     for name, func in SECTIONS:
+        if only and name not in only:
+            continue
+        if time_limit is not None and time.time() - check.started > time_limit:
+            check.sections[name] = {"ok": None, "error": None, "skipped": f"time limit {time_limit:.0f} s reached"}
+            check.rows.append(Row(name, "skipped", f"time limit {time_limit:.0f} s reached before it started"))
+            check.save()
+            continue
         start = time.time()
         print(f"\n=== gpu-check section {name}", flush=True)
         try:
@@ -471,6 +690,7 @@ def run_sections(check: Check) -> None:
         ok = error is None and all(r.met is not False for r in rows if r.kind == "check")
         check.sections.setdefault(name, {}).update(ok=ok, error=error, seconds=round(seconds, 1))
         check.rows += rows
+        check.save()
         print(f"=== gpu-check section {name}: {'ok' if ok else 'FAILED'} ({seconds:.0f} s)", flush=True)
 
 
@@ -478,7 +698,7 @@ def table(rows: list[Row]) -> str:
     marks = {True: "yes", False: "NO", None: ""}
     cells = [("section", "figure", "value", "goal / check", "met")]
     cells += [(r.section, r.figure, r.value, r.goal, marks[r.met]) for r in rows]
-    widths = [min(max(len(c[i]) for c in cells), cap) for i, cap in enumerate((10, 72, 60, 24, 3))]
+    widths = [min(max(len(c[i]) for c in cells), cap) for i, cap in enumerate((14, 72, 60, 24, 3))]
     lines = []
     for i, c in enumerate(cells):
         lines.append("  ".join(str(v).ljust(w) for v, w in zip(c, widths)).rstrip())
@@ -508,7 +728,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheel-specs", action="store_true", help="print name==version of the wheels the GPU machine needs")
     parser.add_argument("--check-imports", action="store_true", help="import the check path's modules; list what fails")
     parser.add_argument("--simulate-image", action="store_true", help="hide installed packages the GPU image lacks (tests)")
+    parser.add_argument("--only", default="", help=f"comma-separated sections to run (default all): {', '.join(n for n, _ in SECTIONS)}")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds after which no further section starts (the rest are listed as skipped)")
+    parser.add_argument("--compile-on-cpu", action="store_true", help="with --cpu: also run the torch.compile variants")
     args = parser.parse_args(argv)
+    only = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(only) - {n for n, _ in SECTIONS})
+    if unknown:
+        parser.error(f"--only: no section {', '.join(unknown)} (sections: {', '.join(n for n, _ in SECTIONS)})")
 
     if args.simulate_image:
         env.simulate_image()
@@ -536,21 +764,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     out = args.out or REPO / "runs" / ("gpu-check-cpu" if args.cpu else "gpu-check")
-    check = Check(out=out.resolve(), sizes=TINY if args.tiny else FULL, gpu=not args.cpu)
+    check = Check(out=out.resolve(), sizes=TINY if args.tiny else FULL, gpu=not args.cpu, compile_on_cpu=args.compile_on_cpu)
     shutil.rmtree(check.work, ignore_errors=True)  # a rerun measures again instead of finding DONE runs
     check.work.mkdir(parents=True)
-    lines = header(check, how_aistack)
+    lines = check.header = header(check, how_aistack)
     print("\n".join(lines), flush=True)
-    start = time.time()
-    run_sections(check)
-    report = {"header": lines, "gpu": check.gpu, "sizes": asdict(check.sizes), "seconds": round(time.time() - start, 1),
-              "ok": all(s["ok"] for s in check.sections.values()), "rows": [asdict(r) for r in check.rows],
-              "sections": check.sections}
-    path = check.out / "gpu-check.json"
-    path.write_text(json.dumps(report, indent=1, default=str))
+    check.save()
+    run_sections(check, only, args.time_limit)
+    check.save(done=True)
+    report, path = check.report(done=True), check.json_path
     print("\n" + "\n".join(lines))
     print(table(check.rows))
-    failed = [n for n, s in check.sections.items() if not s["ok"]]
+    failed = [n for n, s in check.sections.items() if s.get("ok") is False]
+    skipped = [n for n, s in check.sections.items() if s.get("skipped")]
+    if skipped:
+        print(f"skipped (time limit): {', '.join(skipped)}")
     print(f"\n{'all sections ok' if not failed else 'FAILED: ' + ', '.join(failed)}; {report['seconds']:.0f} s; JSON: {path}")
     return 0 if not failed else 1
 

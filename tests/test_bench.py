@@ -49,7 +49,7 @@ def test_fp8_linear_emulation_and_model_swap_on_cpu():
     ids = torch.randint(0, 128, (2, 16))
     with torch.no_grad():
         ref = model(ids).logits
-    report = fp8.quantize_model(model, "row", activations=True, backend="auto")
+    report = fp8.quantize_model(model, "row", mode="w8a8", backend="auto")
     swapped = [n for n, m in model.named_modules() if isinstance(m, fp8.FP8Linear)]
     assert len(swapped) == 2 * 7 and report.skipped == ["lm_head"], "q,k,v,o,gate,up,down per layer; LM head kept"
     if not torch.cuda.is_available():
@@ -107,13 +107,27 @@ def test_bench_recipe_sweeps_reports_quality_and_plots(tmp_path, tiny_run):
         if not torch.cuda.is_available():
             assert r["decode_tok_s_bound"] == "", "no roofline on a CPU"
     summary = json.loads((run / "results.json").read_text())
+    # bench.fp8.mode auto: weight-only at batch 1, W8A8 at 4; bench.decode auto: the static cache on a CPU.
+    ran = {(r["precision"], r["batch"]): (r["fp8_mode"], r["decode"]) for r in summary["rows"]}
+    assert ran[("fp8", 1)] == ("weight_only", "static") and ran[("fp8", 4)] == ("w8a8", "static")
+    assert ran[("bf16", 1)] == ran[("bf16", 4)] == ("-", "static")
+    digests = {(r["batch"], r["prompt_len"]): set() for r in summary["rows"]}
+    for r in summary["rows"]:
+        if r["precision"] == "bf16":
+            digests[(r["batch"], r["prompt_len"])].add(r["tokens_digest"])
+    assert all(len(d) == 1 for d in digests.values())
     quality = summary["quality"]
     assert quality["bf16"]["text_perplexity"] < 30, "a trained model (129-token vocabulary)"
-    delta = quality["delta_fp8_minus_bf16"]
-    assert abs(delta["text_perplexity_rel"]) < 0.02, f"FP8 costs under 2% perplexity: {delta}"
-    assert abs(delta["tinylang_mc/acc"]) <= 0.05
+    for mode in ("weight_only", "w8a8"):  # each FP8 mode the sweep ran is scored
+        delta = quality[f"delta_fp8_{mode}_minus_bf16"]
+        assert abs(delta["text_perplexity_rel"]) < 0.02, f"FP8 {mode} costs under 2% perplexity: {delta}"
+        assert abs(delta["tinylang_mc/acc"]) <= 0.05
+    worst = quality["delta_fp8_minus_bf16"]["text_perplexity_rel"]
+    assert worst == quality[f"delta_fp8_{quality['fp8_mode']}_minus_bf16"]["text_perplexity_rel"]
+    assert abs(worst) == max(abs(quality[f"delta_fp8_{m}_minus_bf16"]["text_perplexity_rel"]) for m in ("weight_only", "w8a8"))
     report = (run / "report.md").read_text()
-    assert "fp8 - bf16" in report and "text_perplexity" in report
+    assert "fp8_w8a8 - bf16" in report and "fp8_weight_only - bf16" in report and "text_perplexity" in report
+    assert "modes run weight_only, w8a8" in report and "ran static" in report
     if not torch.cuda.is_available():
         assert summary["fp8"]["emulated"] and "EMULATED" in report
     png = (run / "throughput.png").read_bytes()

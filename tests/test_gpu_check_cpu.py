@@ -14,7 +14,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
-SECTIONS = ["data", "pretrain", "baseline", "resume", "layout", "export", "bench-125m", "bench-8b", "nccl"]
+SECTIONS = ["probe", "data", "pretrain", "baseline", "train-variants", "bench-8b", "resume", "layout", "export",
+            "bench-125m", "nccl"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def rows_of(report: dict, section: str) -> list[dict]:
 def test_every_section_runs_and_the_table_says_so(smoke):
     result, report, out = smoke
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert report["ok"] and list(report["sections"]) == SECTIONS
+    assert report["ok"] and report["complete"] and list(report["sections"]) == SECTIONS
     assert all(s["ok"] and s["error"] is None for s in report["sections"].values())
     assert "Transformer Engine: not installed, megatron-core local spec" in result.stdout
     assert f"JSON: {out / 'gpu-check.json'}" in result.stdout and "all sections ok" in result.stdout
@@ -57,22 +58,72 @@ def test_training_resume_layout_and_export_hold(smoke):
     assert s["export"]["rel_diff"] < 1e-5 and s["export"]["argmax_agree"] == 1.0
 
 
+def test_probe_then_training_variants_side_by_side(smoke):
+    _, report, _ = smoke
+    probe = report["sections"]["probe"]
+    assert probe["compile"]["ok"] is True and probe["versions"]["c_compiler"], "the CPU run compiles a tiny function"
+    assert probe["versions"]["megatron-core"] == "0.16.1"
+    s = report["sections"]
+    assert s["pretrain"]["kernels"] == {"attention": "sdpa", "fused": False, "compile": False}, "the CPU defaults"
+    assert s["baseline"]["P0"]["tokens_per_s"] > 0 and "P1" not in s["baseline"], "plain + compile: GPU only"
+    variants = s["train-variants"]
+    assert variants["T0"]["kernels"]["attention"] == "local" and variants["T0"]["timed_steps"] > 0
+    assert variants["T1"]["from"] == "pretrain (shipped defaults)", "the defaults' own run stands for T1 on a CPU"
+    assert "T2" not in variants and "T3" not in variants, "torch.compile'd variants: GPU only unless --compile-on-cpu"
+    assert variants["choice"]["shipped_default"] == "T1"
+    values = {r["figure"]: r["value"] for r in rows_of(report, "train-variants")}
+    assert values["T3 + each layer compiled"] == "not run on the CPU (GPU only)"
+
+
+def test_a_cut_off_run_keeps_what_it_measured(tmp_path):
+    """--time-limit 0: nothing starts but the JSON (written after every figure) says so."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--tiny", "--only", "probe,data", "--time-limit", "0",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(report["sections"]) == ["probe", "data"]
+    assert all("time limit" in s["skipped"] for s in report["sections"].values())
+    assert "skipped (time limit): probe, data" in result.stdout
+
+
 def test_bench_rows_for_each_batch_and_precision(smoke):
     _, report, _ = smoke
-    for name in ("bench-125m", "bench-8b"):
-        sec = report["sections"][name]
-        assert sec["fp8"]["emulated"] and sec["fp8"]["layers"] > 0
-        points = sec["points"] if name == "bench-125m" else [{"precision": k.split("/")[0], "batch": int(k.split("/")[1]), **v}
-                                                             for k, v in sec["rows"].items()]
-        assert sorted((p["precision"], p["batch"]) for p in points) == sorted((p, b) for p in ("bf16", "fp8") for b in (1, 8, 32))
-        for p in points:
-            assert p["decode_tok_s"] > 0 and p["ttft_ms"] >= p["prefill_ms"] > 0 and p["peak_mem_mb"] > 0
-            assert p["decode_roofline_frac"] is None, "no roofline on a CPU"
-        figures = [r["figure"] for r in rows_of(report, name)]
-        assert sum("decode tokens/s, batch" in f for f in figures) == 3
-    quality = report["sections"]["bench-125m"]["quality"]
+    sec = report["sections"]["bench-125m"]
+    assert sec["fp8"]["emulated"] and sec["fp8"]["layers"] > 0 and sec["fp8"]["modes"] == ["weight_only", "w8a8"]
+    points = sec["points"]
+    assert sorted((p["precision"], p["batch"]) for p in points) == sorted((p, b) for p in ("bf16", "fp8") for b in (1, 8, 32))
+    for p in points:
+        assert p["decode_tok_s"] > 0 and p["ttft_ms"] >= p["prefill_ms"] > 0 and p["peak_mem_mb"] > 0
+        assert p["decode_roofline_frac"] is None, "no roofline on a CPU"
+        assert p["decode"] == "static", "bench.decode auto on a CPU"
+        assert p["fp8_mode"] == ("-" if p["precision"] == "bf16" else "weight_only" if p["batch"] == 1 else "w8a8")
+    figures = [r["figure"] for r in rows_of(report, "bench-125m")]
+    assert sum("decode tokens/s, batch" in f for f in figures) == 3
+    assert sum("perplexity on held-out text, FP8" in f for f in figures) == 2, "one per FP8 mode"
+    quality = sec["quality"]
     assert abs(quality["delta_fp8_minus_bf16"]["text_perplexity_rel"]) < 0.01
-    assert 0 < report["sections"]["bench-8b"]["logits_rel_error_fp8"] < 0.2
+
+
+def test_8b_decode_variants_side_by_side(smoke):
+    _, report, _ = smoke
+    sec = report["sections"]["bench-8b"]
+    variants = {k: v for k, v in sec.items() if k.startswith("D")}
+    assert sorted(variants) == sorted(f"D{i}/batch{b}" for i in range(5) for b in (1, 8))
+    for name, f in variants.items():
+        if name.startswith("D0/"):
+            assert f["status"] == "ok" and f["decode"] == "eager" and f["decode_tok_s"] > 0 and f["setup_s"] == 0
+            assert f["decode_roofline_frac"] is None and f["tokens_match_eager"] is True
+        elif name.startswith("D1/"):
+            assert f["status"] == "n/a (CPU)", "a CUDA graph needs a GPU"
+        else:  # torch.compile: GPU only unless --compile-on-cpu
+            assert f["status"] == "not run on the CPU (GPU only)" and f["decode"] == "compile"
+    assert variants["D3/batch1"]["fp8_mode"] == "weight_only" and variants["D4/batch8"]["fp8_mode"] == "w8a8"
+    assert sec["fp8"]["emulated"] and set(sec["logits_rel_error"]) == {"weight_only", "w8a8"}, "FP8 quality still measured"
+    assert all(0 < v < 0.2 for v in sec["logits_rel_error"].values())
+    values = {r["figure"]: r["value"] for r in rows_of(report, "bench-8b")}
+    assert values["tiny Llama D1 static KV cache + CUDA graph, batch 1"] == "n/a (CPU)"
+    goals = [r for r in rows_of(report, "bench-8b") if r["kind"] == "goal"]
+    assert len(goals) == 3 and {r["met"] for r in goals} == {None}, "speed goals: GPU only"
 
 
 def test_nccl_section_reports_the_layout_on_cpu(smoke):
@@ -102,7 +153,7 @@ def test_fp8_bench_quantizes_gpt2_conv1d_and_counts_its_weights():
     ids = torch.randint(0, 128, (2, 16))
     with torch.no_grad():
         ref = model(ids).logits
-    report = fp8.quantize_model(model, "row", activations=True, backend="auto")
+    report = fp8.quantize_model(model, "row", mode="w8a8", backend="auto")
     assert len(report.layers) == 4 * layers and report.skipped == ["lm_head"]
     c_attn = model.transformer.h[0].attn.c_attn
     assert isinstance(c_attn, fp8.FP8Linear) and (c_attn.in_features, c_attn.out_features) == (h, 3 * h)
@@ -125,8 +176,8 @@ def test_scaled_mm_path_of_a_converted_gpt2_layer_runs_on_the_cpu():
     conv = Conv1D(96, 64).to(torch.bfloat16)  # (in 64, out 96), as GPT-2's c_attn
     torch.nn.init.normal_(conv.bias, std=0.1)
     x = torch.randn(5, 7, 64, dtype=torch.bfloat16)
-    real = fp8.FP8Linear(fp8.as_linear(conv), "row", activations=True, backend="scaled_mm")
-    emulated = fp8.FP8Linear(fp8.as_linear(conv), "row", activations=True, backend="emulate")
+    real = fp8.FP8Linear(fp8.as_linear(conv), "row", mode="w8a8", backend="scaled_mm")
+    emulated = fp8.FP8Linear(fp8.as_linear(conv), "row", mode="w8a8", backend="emulate")
     assert real.backend == "scaled_mm"
     with torch.no_grad():
         ref, got, emu = conv(x).float(), real(x).float(), emulated(x).float()

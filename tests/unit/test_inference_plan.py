@@ -183,7 +183,7 @@ def test_bytes_per_device_at_tp1_are_those_of_the_transformers_model_and_its_fp8
 
     assert ip.count_params(shape) == sum(p.numel() for p in hf.parameters())
     assert ip.stage_weight_bytes(shape, 1, 1, 0, fp8=False) == held()
-    fp8.quantize_model(hf, "row", True, "emulate", ["lm_head"])
+    fp8.quantize_model(hf, "row", "w8a8", "emulate", ["lm_head"])
     assert ip.stage_weight_bytes(shape, 1, 1, 0, fp8=True) == held()
 
 

@@ -2,14 +2,21 @@
 
     q = saturate(x / s) in e4m3 (max 448),  s = amax / 448   (per tensor, or per row/token)
 
-Two execution paths for a Linear layer:
-- `scaled_mm`: real FP8 matmuls through torch._scaled_mm on GPUs with FP8 tensor cores
-  (compute capability 8.9+). Weights are stored in FP8 with per-output-row scales (or one
-  scale), activations are quantized per token (row-wise) or per tensor on the fly, and the
-  product is accumulated in fp32 and written in BF16.
-- `emulate`: the same quantization as quantize-dequantize in the compute dtype: the
-  numbers (hence perplexity and accuracy) are those of FP8, the speed is not. Used on
-  CPUs, older GPUs, and for layers _scaled_mm cannot take (dimensions not multiple of 16).
+Weights are stored once in FP8; a layer runs in one of two modes, switchable per call
+(`set_mode`), so one quantized copy serves every batch size of a sweep:
+- `weight_only`: F.linear(x, w_fp8.to(bf16)) * row_scale. Decode at small batch reads
+  every weight once per token: FP8 halves those bytes. Under torch.compile with inductor's
+  coordinate_descent_tuning an M=1 matmul becomes a multiply-reduce, so the cast fuses into
+  the GEMV and the weight is read as FP8 (torchao's route: 1.41x BF16 on an H100, Llama-3.1-8B,
+  batch 1). At M > 1 the cast is a kernel of its own that writes a BF16 copy of the weight:
+  slower than BF16. The same arithmetic on every device (no emulation).
+- `w8a8`: activations quantized per token (or per tensor) on the fly, and either
+  `scaled_mm`, a real FP8 GEMM through torch._scaled_mm on GPUs with FP8 tensor cores
+  (compute capability 8.9+), accumulated in fp32 and written in BF16; or `emulate`, the same
+  quantization as quantize-dequantize in the compute dtype: the numbers (hence perplexity
+  and accuracy) are those of FP8, the speed is not. Emulation runs on CPUs, older GPUs, and
+  for layers _scaled_mm cannot take (dimensions not multiple of 16).
+`mode_for_batch` picks the mode of a batch size for `bench.fp8.mode: auto`.
 Transformer Engine, when importable on an FP8 GPU, is reported as available: its
 te.Linear needs its own fp8_autocast recipe and is not swapped in here (see `backend_for`).
 """
@@ -25,14 +32,28 @@ import torch.nn.functional as F
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
+TINY = torch.finfo(torch.float32).tiny
 Scaling = Literal["tensor", "row"]
+Mode = Literal["weight_only", "w8a8"]
+MODES = ("weight_only", "w8a8")
+
+
+def mode_for_batch(requested: str, batch: int, weight_only_max_batch: int) -> str:
+    """The FP8 mode a point of `batch` sequences runs: `requested` unless it is 'auto', which
+    takes weight-only up to `weight_only_max_batch` (one decode step's matmuls have M = batch)
+    and W8A8 above."""
+    if requested in MODES:
+        return requested
+    if requested != "auto":
+        raise ValueError(f"bench.fp8.mode={requested!r}: one of auto, {', '.join(MODES)}")
+    return "weight_only" if batch <= weight_only_max_batch else "w8a8"
 
 
 def scale_of(x: torch.Tensor, scaling: Scaling) -> torch.Tensor:
     """fp32 scale(s) mapping x's amax onto 448: a scalar, or one per row (last dim reduced)."""
     x = x.detach().float()
     amax = x.abs().amax() if scaling == "tensor" else x.abs().amax(dim=-1, keepdim=True)
-    return (amax / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    return (amax / FP8_MAX).clamp(min=TINY)
 
 
 def quantize(x: torch.Tensor, scaling: Scaling = "row") -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +61,18 @@ def quantize(x: torch.Tensor, scaling: Scaling = "row") -> tuple[torch.Tensor, t
     scale = scale_of(x, scaling)
     q = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     return q, scale
+
+
+def quantize_activations(x: torch.Tensor, rowwise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize` of a 2-D activation per token (or per tensor) in as few kernels as eager
+    allows: the amax in one reduction (the inf-norm, in fp32), its scale in place, then divide,
+    clamp in place and cast; under torch.compile they fuse into one kernel. The same numbers
+    as `quantize` (fp32 arithmetic: x / scale promotes to fp32 against an fp32 [M, 1] scale)."""
+    amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True, dtype=torch.float32) if rowwise else \
+        torch.linalg.vector_norm(x, float("inf"), dtype=torch.float32).reshape(1, 1)  # [1, 1]: fp32 division too
+    scale = amax.div_(FP8_MAX).clamp_(min=TINY)
+    q = x.div(scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale if rowwise else scale.reshape(())
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -87,44 +120,69 @@ def _describe(device: torch.device) -> str:
 
 
 class FP8Linear(nn.Module):
-    """A Linear whose weight lives in FP8 (per-row or per-tensor scales); see the module doc."""
+    """A Linear whose weight lives in FP8 (per-row or per-tensor scales), run weight-only or
+    W8A8 (`mode`, switchable between calls); see the module doc."""
 
-    def __init__(self, linear: nn.Linear, scaling: Scaling, activations: bool, backend: str):
+    def __init__(self, linear: nn.Linear, scaling: Scaling, mode: Mode, backend: str):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.scaling, self.activations = scaling, activations
+        self.scaling = scaling
         q, scale = quantize(linear.weight.data, scaling)
         self.register_buffer("weight_fp8", q)
         self.register_buffer("weight_scale", scale.reshape(-1, 1) if scaling == "row" else scale.reshape(()))
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.data.clone(), requires_grad=False)
         self.compute_dtype = linear.weight.dtype
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.data.clone(), requires_grad=False)
         fits = self.in_features % 16 == 0 and self.out_features % 16 == 0  # _scaled_mm's alignment
         self.backend = backend if backend == "emulate" or fits else "emulate"
+        self.mode = mode
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"FP8Linear mode {value!r}: one of {', '.join(MODES)}")
+        self._mode = value
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, scaling={self.scaling}, activations={self.activations}, backend={self.backend}"
+        return f"{self.in_features}, {self.out_features}, scaling={self.scaling}, mode={self.mode}, backend={self.backend}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._mode == "weight_only":
+            return self._weight_only(x)
         if self.backend == "scaled_mm":
             return self._scaled_mm(x)
         w = dequantize(self.weight_fp8, self.weight_scale, x.dtype)
-        if self.activations:
-            x = qdq(x, "row")  # per token
+        x = qdq(x, "row")  # per token
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def _weight_only(self, x: torch.Tensor) -> torch.Tensor:
+        # The cast of e4m3 to BF16 is exact; the scales multiply the output columns. The bias is
+        # added after them rather than in the matmul, so the matmul stays an mm (not addmm),
+        # which inductor turns into a fused multiply-reduce at M = 1.
+        scale = self.weight_scale.reshape(-1) if self.scaling == "row" else self.weight_scale
+        out = F.linear(x, self.weight_fp8.to(x.dtype)) * scale.to(x.dtype)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
 
     def _scaled_mm(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features)
-        if not self.activations:  # weight-only FP8 saves memory, but the GEMM itself runs in BF16
-            w = dequantize(self.weight_fp8, self.weight_scale, x.dtype)
-            return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
         row = self.scaling == "row"
-        xq, xs = quantize(x2, "row" if row else "tensor")
+        xq, xs = quantize_activations(x.reshape(-1, self.in_features), rowwise=row)
         # Row-wise: scale_a [M,1], scale_b [1,N]; per-tensor: two scalars. mat2 must be column-major.
         sb = self.weight_scale.reshape(1, -1) if row else self.weight_scale
-        out = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=xs.float(), scale_b=sb.float(),
+        out = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=xs, scale_b=sb,
                                bias=None if self.bias is None else self.bias.to(torch.bfloat16), out_dtype=torch.bfloat16)
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+
+def set_mode(model: nn.Module, mode: str) -> int:
+    """Every FP8Linear of `model` runs `mode` from now on; how many there are."""
+    layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
+    for layer in layers:
+        layer.mode = mode
+    return len(layers)
 
 
 def as_linear(module: nn.Module) -> nn.Linear | None:
@@ -145,10 +203,9 @@ def as_linear(module: nn.Module) -> nn.Linear | None:
 
 @dataclass
 class QuantReport:
-    backend: str  # scaled_mm | emulate | mixed
+    backend: str  # scaled_mm | emulate | mixed: how W8A8 runs (weight-only is the same everywhere)
     scaling: str
-    activations: bool
-    layers: dict[str, str] = field(default_factory=dict)  # module name -> how it runs
+    layers: dict[str, str] = field(default_factory=dict)  # module name -> how its W8A8 runs
     skipped: list[str] = field(default_factory=list)
     weight_bytes_bf16: int = 0
     weight_bytes_fp8: int = 0
@@ -160,18 +217,18 @@ class QuantReport:
     def as_dict(self) -> dict[str, Any]:
         kinds = sorted(set(self.layers.values()))
         return {"backend": kinds[0] if len(kinds) == 1 else "mixed", "emulated": self.emulated, "scaling": self.scaling,
-                "activations": self.activations, "layers": len(self.layers), "skipped": self.skipped,
+                "layers": len(self.layers), "skipped": self.skipped,
                 "weight_bytes_bf16": self.weight_bytes_bf16, "weight_bytes_fp8": self.weight_bytes_fp8}
 
 
-def quantize_model(model: nn.Module, scaling: Scaling = "row", activations: bool = True, backend: str = "auto",
+def quantize_model(model: nn.Module, scaling: Scaling = "row", mode: Mode = "w8a8", backend: str = "auto",
                    skip: list[str] | tuple[str, ...] = ("lm_head",)) -> QuantReport:
-    """Every nn.Linear (and GPT-2 Conv1D) of `model` -> FP8Linear (real or emulated), in place,
-    except names ending in one of `skip` (the LM head by default: its error shows directly in
-    the logits)."""
+    """Every nn.Linear (and GPT-2 Conv1D) of `model` -> FP8Linear running `mode` (switch with
+    `set_mode`), in place, except names ending in one of `skip` (the LM head by default: its
+    error shows directly in the logits)."""
     device = next(model.parameters()).device
-    mode = backend_for(backend, device)
-    report = QuantReport(backend=mode, scaling=scaling, activations=activations)
+    how = backend_for(backend, device)
+    report = QuantReport(backend=how, scaling=scaling)
     for name, module in list(model.named_modules()):
         module = as_linear(module)
         if not name or module is None:
@@ -181,7 +238,7 @@ def quantize_model(model: nn.Module, scaling: Scaling = "row", activations: bool
             continue
         report.weight_bytes_bf16 += module.weight.numel() * 2
         report.weight_bytes_fp8 += module.weight.numel() + (module.weight.shape[0] * 4 if scaling == "row" else 4)
-        fp8 = FP8Linear(module, scaling, activations, mode)
+        fp8 = FP8Linear(module, scaling, mode, how)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, fp8)
         report.layers[name] = fp8.backend

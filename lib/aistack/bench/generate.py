@@ -5,53 +5,23 @@
     decode       gen_len - 1 steps of one token each, reading the KV cache (kv_cache: true),
                  or re-running the whole sequence each step (kv_cache: false)
 
-Prompts are random token ids (the speed of a dense model does not depend on them), the
-same for every repeat and precision. The device is synchronised around every timed
+How the decode steps run (eager, static cache, CUDA graph, compiled) is `decode`: see
+aistack.bench.decode. Its one-off cost (capture or compilation) is `setup_s`, outside the
+timings. Prompts are random token ids (the speed of a dense model does not depend on them),
+the same for every repeat and precision. The device is synchronised around every timed
 region; warm-up runs are not counted. p50/p90/p99 are over the timed repeats.
 """
 
 from __future__ import annotations
 
+import hashlib
 import resource
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _step(model, ids: torch.Tensor, past: Any, kv_cache: bool, sequence: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    if kv_cache:
-        out = model(input_ids=ids, past_key_values=past, use_cache=True)
-        return out.logits[:, -1], out.past_key_values
-    out = model(input_ids=sequence, use_cache=False)
-    return out.logits[:, -1], None
-
-
-@torch.inference_mode()
-def generate_once(model, prompt: torch.Tensor, gen_len: int, kv_cache: bool) -> dict[str, float]:
-    device = prompt.device
-    _sync(device)
-    start = time.perf_counter()
-    logits, past = _step(model, prompt, None, kv_cache, prompt)
-    _sync(device)
-    prefill = time.perf_counter() - start
-    token = logits.argmax(-1, keepdim=True)
-    token.cpu()  # the first token is on the host: what a server could stream
-    first = time.perf_counter() - start
-    sequence = torch.cat([prompt, token], dim=1)
-    for _ in range(gen_len - 1):
-        logits, past = _step(model, token, past, kv_cache, sequence)
-        token = logits.argmax(-1, keepdim=True)
-        sequence = torch.cat([sequence, token], dim=1)
-    _sync(device)
-    total = time.perf_counter() - start
-    return {"prefill_s": prefill, "ttft_s": first, "decode_s": total - first, "e2e_s": total}
+from aistack.bench.decode import make_decoder
 
 
 def _peak_memory_reset(device: torch.device) -> None:
@@ -66,15 +36,27 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
+def tokens_digest(tokens: torch.Tensor) -> str:
+    """A short fingerprint of the generated tokens: equal digests, identical greedy tokens."""
+    return hashlib.sha1(tokens.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:12]
+
+
 def time_point(model, vocab_size: int, batch: int, prompt_len: int, gen_len: int, repeats: int, warmup: int,
-               kv_cache: bool, seed: int = 0) -> dict[str, Any]:
+               kv_cache: bool, seed: int = 0, decode: str = "eager") -> dict[str, Any]:
+    """The figures of one point; `decode` a resolved mode (aistack.bench.decode.resolve)."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(1, vocab_size, (batch, prompt_len), generator=gen).to(device)
+    decoder = make_decoder(model, decode, batch, prompt_len + gen_len, kv_cache)
+    setup_s = decoder.prepare()
     for _ in range(warmup):
-        generate_once(model, prompt, gen_len, kv_cache)
+        decoder.generate(prompt, gen_len)
     _peak_memory_reset(device)
-    runs = [generate_once(model, prompt, gen_len, kv_cache) for _ in range(repeats)]
+    runs, digests = [], set()
+    for _ in range(repeats):
+        tokens, timing = decoder.generate(prompt, gen_len)
+        runs.append(timing)
+        digests.add(tokens_digest(tokens))
     peak, peak_kind = _peak_memory_mb(device)
     e2e = np.array([r["e2e_s"] for r in runs])
     med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
@@ -89,4 +71,7 @@ def time_point(model, vocab_size: int, batch: int, prompt_len: int, gen_len: int
         "e2e_p90_ms": float(np.percentile(e2e, 90)) * 1e3,
         "e2e_p99_ms": float(np.percentile(e2e, 99)) * 1e3,
         "peak_mem_mb": peak, "peak_mem_kind": peak_kind, "repeats": repeats, "kv_cache": kv_cache,
+        "decode": decoder.mode, "setup_s": setup_s, "cuda_graph": decoder.cuda_graph,
+        # One digest when every repeat gave the same tokens (greedy decoding is deterministic).
+        "tokens_digest": digests.pop() if len(digests) == 1 else "differs between repeats",
     }

@@ -6,7 +6,7 @@ import json
 import math
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -105,21 +105,35 @@ def deltas(bf16: dict[str, float], fp8: dict[str, float]) -> dict[str, float]:
 
 
 def quality_of(models: dict[str, Any], tokenizer, cfg: Any, max_len: int, eos_id: int | None,
-               chat_tokenizer: Path | None = None) -> dict[str, Any]:
-    """{precision: {perplexity..., task metrics}} and the FP8 - BF16 deltas. `chat_tokenizer`: the
-    tokenizer.json whose chat template renders a chat data task's prompts."""
+               chat_tokenizer: Path | None = None, prepare: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """{name: {perplexity..., task metrics}} and each FP8 entry's deltas from BF16. Names are
+    'bf16', and 'fp8' or one 'fp8_<mode>' per FP8 mode (weight_only, w8a8) when the FP8 model
+    runs several: `prepare(name)` is called before each is scored (it switches that model's
+    mode). With several modes, 'fp8' and 'delta_fp8_minus_bf16' are the one whose perplexity
+    moved most ('fp8_mode' names it): a quality goal then holds for every mode.
+    `chat_tokenizer`: the tokenizer.json whose chat template renders a chat data task's prompts."""
     from aistack.eval.tasks import project_tasks
 
     text = cfg.text or str(project_tasks() / "tinylang" / "ppl.jsonl")
     texts = read_texts(text, cfg.max_docs)
     out: dict[str, Any] = {"text": text, "task": cfg.task}
-    for precision, model in models.items():
+    for name, model in models.items():
+        if prepare is not None:
+            prepare(name)
         row = {f"text_{k}": v for k, v in perplexity(model, tokenizer, texts, max_len, eos_id).items()}
         if cfg.task:
             row.update({f"{cfg.task}/{k}": v for k, v in task_score(model, tokenizer, cfg.task, cfg.limit, data_tasks=cfg.data_tasks,
                                                                    chat_tokenizer=chat_tokenizer).items()})
-        out[precision] = row
-    if "bf16" in out and "fp8" in out:
-        out["delta_fp8_minus_bf16"] = deltas(out["bf16"], out["fp8"])
-        out["delta_fp8_minus_bf16"]["text_perplexity_rel"] = out["fp8"]["text_perplexity"] / out["bf16"]["text_perplexity"] - 1
+        out[name] = row
+    if "bf16" not in out:
+        return out
+    fp8_names = [n for n in models if n == "fp8" or n.startswith("fp8_")]
+    for name in fp8_names:
+        delta = deltas(out["bf16"], out[name])
+        delta["text_perplexity_rel"] = out[name]["text_perplexity"] / out["bf16"]["text_perplexity"] - 1
+        out[f"delta_{name}_minus_bf16"] = delta
+    if fp8_names and "fp8" not in out:
+        worst = max(fp8_names, key=lambda n: abs(out[f"delta_{n}_minus_bf16"]["text_perplexity_rel"]))
+        out["fp8_mode"] = worst.removeprefix("fp8_")
+        out["fp8"], out["delta_fp8_minus_bf16"] = out[worst], out[f"delta_{worst}_minus_bf16"]
     return out

@@ -9,9 +9,11 @@ from typing import Any
 
 from aistack.launch.rundir import atomic_write_json, atomic_write_text
 
-COLUMNS = ["precision", "fp8_mode", "batch", "prompt_len", "gen_len", "prefill_ms", "ttft_ms", "decode_tok_s", "prefill_tok_s",
-           "throughput_tok_s", "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "peak_mem_mb", "peak_mem_kind", "kv_cache",
-           "decode_tok_s_bound", "decode_roofline_frac", "prefill_ms_bound", "prefill_roofline_frac", "repeats"]
+COLUMNS = ["precision", "fp8_mode", "fp8_backend", "decode", "batch", "prompt_len", "gen_len", "prefill_ms", "ttft_ms", "decode_tok_s",
+           "prefill_tok_s", "throughput_tok_s", "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "peak_mem_mb", "peak_mem_kind",
+           "kv_cache", "decode_tok_s_bound", "decode_roofline_frac", "prefill_ms_bound", "prefill_roofline_frac", "setup_s", "cuda_graph",
+           "tokens_digest", "repeats"]
+REPORT_COLUMNS = COLUMNS[:20] + ["setup_s"]  # report.md's speed table
 
 
 def _fmt(value: Any) -> str:
@@ -57,21 +59,36 @@ def plot_throughput(out_dir: Path, rows: list[dict[str, Any]], title: str) -> Pa
     return save_png(fig, out_dir / "throughput.png")
 
 
+def _fp8_line(fp8: dict[str, Any]) -> str:
+    if not fp8.get("layers"):
+        return "- FP8: not run"
+    w8a8 = "EMULATED: quantize-dequantize, speed is not FP8 speed" if fp8["emulated"] else "real FP8 matmuls"
+    modes = ", ".join(fp8.get("modes") or []) or "-"
+    return (f"- FP8: modes run {modes} (bench.fp8.mode {fp8.get('mode', '-')}, weight-only up to batch "
+            f"{fp8.get('weight_only_max_batch', '-')}); weight-only: FP8 weights, BF16 matmuls; W8A8: {fp8['backend']} ({w8a8}), "
+            f"activations per token; weights {fp8['scaling']}-wise scales, {fp8['layers']} Linear layers, kept in BF16: "
+            f"{', '.join(fp8['skipped']) or 'none'}")
+
+
 def write_markdown(out_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
     q = meta.get("quality") or {}
+    decode = sorted({r.get("decode", "eager") for r in rows})
     lines = [f"# Inference benchmark: {meta['model']}", "",
              f"- device: {meta['device']}; roofline: {meta['roofline_device'] or 'n/a (no device spec: CPU or unknown GPU)'}",
-             f"- FP8: {meta['fp8']['backend']} ({'EMULATED: quantize-dequantize, speed is not FP8 speed' if meta['fp8']['emulated'] else 'real FP8 matmuls'}), "
-             f"weights {meta['fp8']['scaling']}-wise scales, activations {'per token' if meta['fp8']['activations'] else 'not quantized'}, "
-             f"{meta['fp8']['layers']} Linear layers, kept in BF16: {', '.join(meta['fp8']['skipped']) or 'none'}",
-             f"- decode: {'KV cache' if meta['kv_cache'] else 'no KV cache (whole sequence each step)'}; greedy; repeats per point: {meta['repeats']}",
-             "", "## Speed", "", "| " + " | ".join(COLUMNS[:17]) + " |", "|" + "---|" * 17]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS[:17]) + " |" for r in rows]
+             _fp8_line(meta["fp8"]),
+             f"- decode: {'KV cache' if meta['kv_cache'] else 'no KV cache (whole sequence each step)'}; bench.decode "
+             f"{meta.get('decode', 'eager')}, ran {', '.join(decode)} (each point's in its row; setup_s: capture or compile "
+             f"seconds, not timed); greedy; repeats per point: {meta['repeats']}",
+             "", "## Speed", "", "| " + " | ".join(REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in REPORT_COLUMNS) + " |" for r in rows]
     if q:
+        fp8_names = [k for k in q if k.startswith("fp8_") and k != "fp8_mode"] or (["fp8"] if "fp8" in q else [])
         lines += ["", "## Quality (BF16 vs FP8)", "", f"held-out text: {q.get('text')}; task: {q.get('task') or 'none'}", "",
-                  "| metric | bf16 | fp8 | fp8 - bf16 |", "|---|---|---|---|"]
+                  "| metric | bf16 | " + " | ".join(fp8_names + [f"{n} - bf16" for n in fp8_names]) + " |",
+                  "|---|---|" + "---|" * (2 * len(fp8_names))]
         for key, value in (q.get("bf16") or {}).items():
-            lines.append(f"| {key} | {_fmt(value)} | {_fmt(q.get('fp8', {}).get(key))} | {_fmt(q.get('delta_fp8_minus_bf16', {}).get(key))} |")
+            cells = [_fmt(q[n].get(key)) for n in fp8_names] + [_fmt(q.get(f"delta_{n}_minus_bf16", {}).get(key)) for n in fp8_names]
+            lines.append(f"| {key} | {_fmt(value)} | " + " | ".join(cells) + " |")
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -378,7 +378,10 @@ def _precision_models(cfg: Any, model, rebuild: Callable[[], Any]) -> dict[str, 
         else:  # a second copy of the stage (megatron modules hold process groups: no deepcopy)
             quant = rebuild()
             quant.load_state_dict(model.state_dict())
-            out["fp8"] = (quant, emulate_fp8(quant, cfg.fp8.scaling, cfg.fp8.activations, cfg.fp8.skip))
+            # Emulated here, so bench.fp8.mode auto's per-batch choice (a speed choice) does not
+            # apply: activations are quantized unless the mode is weight_only.
+            activations = cfg.fp8.mode != "weight_only"
+            out["fp8"] = (quant, emulate_fp8(quant, cfg.fp8.scaling, activations, cfg.fp8.skip))
     return out
 
 

@@ -8,9 +8,12 @@
       gen_lengths: [128]
 
 One job loops over the sweep points (see `plan` below for why).
-FP8 runs on the tensor cores of an sm_89/sm_90 GPU (torch._scaled_mm, or Transformer
-Engine); elsewhere the same quantization is emulated (quantize-dequantize), so quality
-is measured everywhere and speed only where FP8 is real; the report says which.
+FP8 runs per point as weight-only (small batches: FP8 weights, BF16 matmuls) or W8A8 (FP8
+GEMMs on the tensor cores of an sm_89/sm_90 GPU through torch._scaled_mm; elsewhere the
+same quantization is emulated, quantize-dequantize), `bench.fp8.mode`; quality is measured
+for each mode a sweep uses, everywhere, and speed only where FP8 is real; the report says
+which. Decode steps run eagerly, over a static KV cache, captured in a CUDA graph or
+compiled (`bench.decode`, aistack.bench.decode); each point reports the mode it ran.
 
 `aistack plan` also prints the memory per device (weights, KV cache, activations) of each
 precision at `parallel` (TP x PP) and at the smallest layout that fits the profile's GPU,
@@ -23,7 +26,7 @@ rank per device (aistack.bench.sharded: nodes = PP stages, tasks per node = TP).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -36,9 +39,40 @@ from aistack.recipe.schema import Recipe, StrictModel
 
 class FP8Config(StrictModel):
     scaling: Literal["tensor", "row"] = Field(default="row", description="weight scales: one per tensor or one per output row")
-    activations: bool = Field(default=True, description="quantize activations too (per token where emulated, per tensor in _scaled_mm)")
-    backend: Literal["auto", "scaled_mm", "te", "emulate"] = Field(default="auto", description="auto: scaled_mm on sm_89+, emulation elsewhere")
+    mode: Literal["auto", "weight_only", "w8a8"] = Field(
+        default="auto", description="weight_only: FP8 weights dequantized into a BF16 matmul (fused into the GEMV under "
+                                    "bench.decode: compile); w8a8: activations quantized per token too, FP8 GEMMs "
+                                    "(torch._scaled_mm, row-wise); auto: weight_only up to weight_only_max_batch, w8a8 above")
+    weight_only_max_batch: int = Field(
+        default=1, ge=0, description="auto's largest batch for weight_only: inductor turns only an M = 1 matmul into the "
+                                     "multiply-reduce that reads FP8 weights; at M > 1 the dequantization is a kernel of its "
+                                     "own writing a BF16 copy of each weight (slower than BF16)")
+    backend: Literal["auto", "scaled_mm", "te", "emulate"] = Field(default="auto", description="how w8a8 runs; auto: scaled_mm on "
+                                                                                              "sm_89+, emulation elsewhere")
     skip: list[str] = Field(default_factory=lambda: ["lm_head"], description="Linear modules (name suffixes) kept in BF16")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _activations_is_mode(cls, data: Any) -> Any:
+        """bench.fp8.activations, the key before bench.fp8.mode: true is w8a8, false weight_only
+        (recipes saved in older run directories still load)."""
+        if not isinstance(data, dict) or "activations" not in data:
+            return data
+        data = dict(data)
+        value = data.pop("activations")
+        if not isinstance(value, bool):
+            raise ValueError(f"bench.fp8.activations={value!r}: true or false (an old key; use bench.fp8.mode)")
+        if "mode" in data:
+            raise ValueError(f"bench.fp8.activations={str(value).lower()} and bench.fp8.mode={data['mode']}: give only "
+                             "bench.fp8.mode (activations: true is mode w8a8, false weight_only)")
+        data["mode"] = "w8a8" if value else "weight_only"
+        return data
+
+    def mode_at(self, batch: int) -> str:
+        """The FP8 mode a point of `batch` sequences runs."""
+        from aistack.bench.fp8 import mode_for_batch
+
+        return mode_for_batch(self.mode, batch, self.weight_only_max_batch)
 
 
 class QualityConfig(StrictModel):
@@ -76,6 +110,10 @@ class BenchConfig(StrictModel):
     repeats: int = Field(default=5, ge=1, description="timed repeats per point (p50/p90/p99 over them)")
     warmup: int = Field(default=1, ge=0)
     kv_cache: bool = Field(default=True, description="decode with the KV cache (prefill once, one token per step)")
+    decode: Literal["auto", "eager", "static", "graph", "compile"] = Field(
+        default="auto", description="how decode steps run (aistack.bench.decode): eager (dynamic cache), static (static cache), "
+                                    "graph (its step replayed from a CUDA graph), compile (torch.compile reduce-overhead); auto: "
+                                    "graph on a GPU (compile for FP8 weight-only points), static on a CPU, eager without kv_cache")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quality: QualityConfig = Field(default_factory=QualityConfig)
     offline: bool = True
@@ -85,6 +123,19 @@ class BenchConfig(StrictModel):
     @classmethod
     def _resolve(cls, spec: str) -> str:
         return spec if spec == RANDOM else expand_checkpoints(spec, all_steps=False)[0]
+
+    @model_validator(mode="after")
+    def _decode_fits(self):
+        if self.decode in ("static", "graph", "compile"):
+            if not self.kv_cache:
+                raise ValueError(f"bench.decode={self.decode} decodes over a static KV cache, but bench.kv_cache is false: set "
+                                 "bench.decode to eager or auto, or bench.kv_cache to true")
+            if self.parallel.tensor * self.parallel.pipeline > 1:
+                raise ValueError(f"bench.decode={self.decode} is for one device; at parallel.tensor x parallel.pipeline > 1 "
+                                 "megatron's engine decodes: set bench.decode to auto or eager")
+        if self.decode == "graph" and self.device == "cpu":
+            raise ValueError("bench.decode=graph captures a CUDA graph, and bench.device is cpu: use static, compile or auto")
+        return self
 
     @model_validator(mode="after")
     def _shape_and_layout(self):

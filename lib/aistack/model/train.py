@@ -210,6 +210,12 @@ def _train(recipe: Any, ctx: Any, layout: Layout, objective: Objective) -> dict[
 def compile_layers(chunks: list) -> None:
     """torch.compile each transformer layer in place (parameter names, hence checkpoints, do
     not change). The layers share their code, so one compiled graph serves them all."""
+    import torch._dynamo
+
+    # megatron's linear layers break the graph (process-group lookups): their resumed frames
+    # are recompiled per weight shape and grad mode, 8 entries for a GPT, which is dynamo's
+    # default limit; past it they would silently run eager
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for chunk in chunks:
         for layer in chunk.decoder.layers:
             layer.compile()

@@ -202,7 +202,7 @@ def _bench_section(stage: dict[str, str]) -> Section:
     if rows is None:
         section.text.append("no results.csv: the benchmark has not finished")
         return section
-    keep = [c for c in ("precision", "fp8_mode", "batch", "prompt_len", "gen_len", "ttft_ms", "decode_tok_s", "peak_mem_mb")
+    keep = [c for c in ("precision", "fp8_mode", "decode", "batch", "prompt_len", "gen_len", "ttft_ms", "decode_tok_s", "peak_mem_mb")
             if c in rows[0]]
     section.tables.append([keep] + [[r[k] if not _num(r[k]) else _fmt(_num(r[k])) for k in keep] for r in rows])
     quality = read_json(run / "results.json", {}).get("quality") or {}
