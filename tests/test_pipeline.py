@@ -26,6 +26,7 @@ from conftest import IMAGE_PYTHON, REPO, RECIPES, describe_unfinished, wait_unti
 TINY = RECIPES / "pipelines" / "tiny-end-to-end.yaml"
 BIG = RECIPES / "pipelines" / "fineweb-llama-8b-1024gpu.yaml"
 DOWNSTREAM_OF_SFT = {"sft", "distill", "evaluate", "bench", "report"}
+DOWNSTREAM_OF_BENCH = {"bench", "report"}
 
 
 @pytest.fixture(scope="module")
@@ -257,18 +258,22 @@ def test_tiny_pipeline_on_slurm_reruns_and_changes(tiny_env, tiny_inputs, bundle
     outcomes = submit_stages(resolve(load_recipe(TINY, overrides)), executor_for(profile))
     assert [o.stage for o in outcomes if o.submitted or o.in_flight] == []
 
-    # a new SFT learning rate reruns SFT and everything after it, nothing before
+    # a changed benchmark reruns it and what reads it (the report), nothing before: on Slurm,
+    # after the stages it reads finished (which stages a change reaches is planned alike for
+    # every stage: test_stage_hashes_chain_through_references follows an SFT change)
     before = {s.name: done_markers(s.run) for s in pipeline.stages}
-    changed = resolve(load_recipe(TINY, [*overrides, "stages.sft.overrides.train.lr=1e-3"]))
+    changed = resolve(load_recipe(TINY, [*overrides, "stages.bench.overrides.bench.repeats=3"]))
     outcomes = submit_stages(changed, executor_for(profile))
-    assert {o.stage for o in outcomes if o.submitted} == DOWNSTREAM_OF_SFT
+    assert {o.stage for o in outcomes if o.submitted} == DOWNSTREAM_OF_BENCH
 
     final = _follow_pipeline(changed.dir, poll_s=3)
     assert all(s.state == "COMPLETED" for s in final), describe_unfinished(final)
     for stage in pipeline.stages:
-        if stage.name not in DOWNSTREAM_OF_SFT:
+        if stage.name not in DOWNSTREAM_OF_BENCH:
             assert done_markers(stage.run) == before[stage.name], stage.name
-    assert changed.stage("sft").loaded.recipe.train.lr == 1e-3
+    assert changed.stage("bench").loaded.recipe.bench.repeats == 3
+    rows = json.loads((changed.stage("bench").run.path / "results.json").read_text())["rows"]
+    assert rows and {r["repeats"] for r in rows} == {3}, "the rerun measured with the changed recipe"
 
     # The same pipeline undisturbed, here without Slurm or the image: every deterministic figure of the
     # report is the same (data funnels, loss traces step by step, evaluations, FP8 deltas).

@@ -79,25 +79,23 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_trace(tmp_path, tin
     assert log is not None and "resuming from step 10" in "".join(p.read_text() for p in first.run.log_dir("train").glob("*_log.out"))
 
 
-def test_sdpa_fused_and_compiled_layers_train_as_megatrons_local_attention(tmp_path, tiny_data):
-    """The speed paths change rounding, not the model: the loss trace of megatron's unfused
-    attention, of SDPA (the default), of SDPA + fusions + fused AdamW and of compiled layers
-    agree step by step (fp32 on the CPU; 1e-4 relative over 6 steps)."""
-    variants = {"local": ["model.attention_backend=local", "train.fused=false"], "sdpa": ["train.fused=false"],
-                "fused": ["train.fused=true"], "compile": ["train.fused=true", "train.compile=true"]}
+def test_fused_and_compiled_layers_train_as_the_default_kernels(tmp_path, tiny_data):
+    """The speed paths change rounding, not the model: the loss trace of the CPU default (SDPA,
+    unfused; tests/unit/test_sdpa_attention.py holds SDPA to megatron's local attention), of
+    + fusions and fused AdamW, and of compiled layers agree step by step (fp32; 1e-4 relative)."""
+    variants = {"default": [], "fused": ["train.fused=true"], "compile": ["train.fused=true", "train.compile=true"]}
     traces, kernels = {}, {}
     for name, extra in variants.items():
         result = launcher.launch(TINY, overrides(tmp_path / name, tiny_data, "train.steps=6", *extra), on="local")
         traces[name] = trace(result.run)
         kernels[name] = result.run.task_result("train", 0)["result"]["kernels"]
-    assert kernels["local"] == {"attention": "local", "fused": False, "compile": False}
+    assert kernels["default"] == {"attention": "sdpa", "fused": False, "compile": False}, "no fusions by default on a CPU"
     assert kernels["compile"] == {"attention": "sdpa", "fused": True, "compile": True}
-    assert sorted(traces["local"]) == list(range(1, 7))
-    for name in ("sdpa", "fused", "compile"):
-        assert traces[name].keys() == traces["local"].keys()
-        for step, ref in traces["local"].items():
+    assert sorted(traces["default"]) == list(range(1, 7)) and traces["default"][6] < traces["default"][1]
+    for name in ("fused", "compile"):
+        assert traces[name].keys() == traces["default"].keys()
+        for step, ref in traces["default"].items():
             assert traces[name][step] == pytest.approx(ref, rel=1e-4), (name, step)
-    assert traces["local"][6] < traces["local"][1]
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ class SDPAttention(DotProductAttention):
             raise ValueError("SDPA attention takes packed sequences as an attention mask, not packed_seq_params/bias")
         sq, sk = query.size(0), key.size(0)
         # [s, b, n, h] -> [b, n, s, h]: views, the kernels take the strides as they are
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        q, k, v = (t.permute(1, 2, 0, 3).contiguous() for t in (query, key, value))
         mask, causal = None, False
         if attention_mask is not None:
             mask = ~attention_mask  # True = may attend

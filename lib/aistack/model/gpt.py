@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from aistack.model import rope
+
 
 def resolve_precision(precision: str) -> str:
     """`auto` -> bf16 on GPU, fp32 on CPU. FP8 needs Transformer Engine and an FP8 GPU."""
@@ -111,6 +113,7 @@ def layer_spec(model_cfg: Any, use_te: bool):
     if use_te:
         return specs.get_gpt_layer_with_transformer_engine_spec()
     spec = specs.get_gpt_layer_local_spec(normalization="RMSNorm" if model_cfg.arch == "llama" else "LayerNorm")
+    rope.install()  # megatron's unfused RoPE without its wasted copies (same numbers)
     if getattr(model_cfg, "attention_backend", "sdpa") == "sdpa":
         from aistack.model.attention import SDPAttention
 
