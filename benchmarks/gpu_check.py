@@ -420,9 +420,8 @@ def section_train_variants(check: Check) -> list[Row]:
         if key in COMPILED and not check.runs_compiled():
             rows.append(Row(sec, f"{key} {what}", "not run on the CPU (GPU only)"))
             continue
-        wanted = dict(o.split("=", 1) for o in overrides)
         kernels = shipped.get("kernels")
-        if kernels and _matches(kernels, wanted):
+        if kernels and _matches(kernels, overrides):
             figures = {k: shipped[k] for k in ("tokens_per_s", "mfu")} | {"from": "pretrain (shipped defaults)", "kernels": kernels}
         else:
             steps = s.variant_steps
@@ -440,8 +439,8 @@ def section_train_variants(check: Check) -> list[Row]:
                         f"{num(figures['tokens_per_s'])}, {pct(figures['mfu'])}" + (f" ({', '.join(vs)})" if vs else "")))
     if speeds:
         fastest = max(speeds, key=speeds.get)
-        default = next((k for k, (_, o) in TRAIN_VARIANTS.items()
-                        if shipped.get("kernels") and _matches(shipped["kernels"], dict(x.split("=", 1) for x in o))), None)
+        default = next((k for k, (_, o) in TRAIN_VARIANTS.items() if shipped.get("kernels") and _matches(shipped["kernels"], o)),
+                       None)
         check.figure(sec, "choice", {"shipped_default": default, "fastest": fastest})
         rows.append(goal(sec, "shipped default (train.fused auto, compile off) vs the fastest variant",
                          1.0 if default == fastest else 0.0, f"default {default}, fastest {fastest}", "default is fastest",
@@ -449,8 +448,9 @@ def section_train_variants(check: Check) -> list[Row]:
     return rows
 
 
-def _matches(kernels: dict, overrides: dict[str, str]) -> bool:
+def _matches(kernels: dict, variant: tuple[str, ...]) -> bool:
     """Whether a run's kernels (the task result's) are those the variant's overrides ask for."""
+    overrides = dict(o.split("=", 1) for o in variant)
     want = {"attention": overrides.get("model.attention_backend", "sdpa"), "fused": overrides.get("train.fused") == "true",
             "compile": overrides.get("train.compile") == "true"}
     return kernels == want
