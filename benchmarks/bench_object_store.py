@@ -76,8 +76,8 @@ def main() -> None:
 
     from aistack.data.sample_crawl import build_corpus
     from aistack.jobs.filter import run as filter_task  # jobs/filter.py
-    from aistack.launch.rundir import RunDir
-    from aistack.launch.task import TaskContext
+    from aistack.rundir import RunDir
+    from aistack.runtime.task import TaskContext
     from aistack.recipe import load_recipe
 
     work = Path(tempfile.mkdtemp(prefix="bench-s3-"))

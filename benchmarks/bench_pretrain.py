@@ -117,8 +117,8 @@ AISTACK_VARIANTS = {  # name -> recipe overrides
 
 
 def bench_aistack(recipe, steps: int) -> list[float]:
-    from aistack.launch.rundir import RunDir
-    from aistack.launch.task import TaskContext
+    from aistack.rundir import RunDir
+    from aistack.runtime.task import TaskContext
     from aistack.model.train import train
     from aistack.track.metrics import MetricsFile
 

@@ -12,7 +12,7 @@ figure is written to the JSON as soon as it is measured: a run cut off still lea
   probe      30 seconds: C compiler (Triton needs one), triton / transformers versions, a tiny
              torch.compile on the device
   pretrain   recipes/pretrain/gpt-125m.yaml through `aistack run --on local` (submitit task,
-             torch.distributed through aistack.dist.init as on Slurm), bf16, the shipped kernel
+             torch.distributed through aistack.model.dist.init as on Slurm), bf16, the shipped kernel
              defaults: tokens/s, TFLOP/s, MFU, peak CUDA memory, loss falling
   baseline   a plain PyTorch GPT-2 of the same shape and batch (SDPA, bf16 autocast), eager (P0)
              and torch.compile'd (P1): the ratios
@@ -652,7 +652,7 @@ def section_nccl(check: Check) -> list[Row]:
     lines = [line for p in _logs(run) for line in p.read_text(errors="replace").splitlines() if "NCCL version" in line]
     check.sections["nccl"] = {"lines": lines[:4], "result_layout": result["layout"]}
     shown = lines[0].split("NCCL version", 1)[1].strip() if lines else "no NCCL line in the task log"
-    rows.append(check_row("nccl", "NCCL initialised by the task (submitit env -> aistack.dist.init, as on Slurm)",
+    rows.append(check_row("nccl", "NCCL initialised by the task (submitit env -> aistack.model.dist.init, as on Slurm)",
                           f"NCCL {shown}", "NCCL used", bool(lines)))
     return rows
 

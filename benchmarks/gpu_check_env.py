@@ -42,7 +42,7 @@ WHEELS = ("megatron-core", "pydantic", "pydantic-core", "annotated-types", "typi
 # the tasks that `aistack run --on local` starts).
 CHECK_PATH_MODULES = (
     "aistack.launch", "aistack.cli", "aistack.recipe", "aistack.launch.launcher", "aistack.launch.executor",
-    "aistack.launch.local", "aistack.launch.task",
+    "aistack.launch.local", "aistack.runtime.task",
     "aistack.jobs.pretrain", "aistack.jobs.bench_run", "aistack.model.train", "aistack.model.checkpoint",
     "aistack.model.export_hf", "aistack.model.attention", "aistack.bench.run", "aistack.bench.decode",
     "aistack.eval.tinylang", "aistack.track.metrics",

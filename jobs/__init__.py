@@ -1,5 +1,5 @@
 """Job modules: what runs inside an allocation, one module per job of a recipe kind.
 
-Each module has `run(ctx: aistack.launch.task.TaskContext) -> result` (JSON-serialisable).
+Each module has `run(ctx: aistack.runtime.task.TaskContext) -> result` (JSON-serialisable).
 Job modules import lib (aistack.*); lib never imports them.
 """

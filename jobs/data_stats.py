@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aistack.data.stats_report import build_report
-from aistack.launch.task import TaskContext
+from aistack.runtime.task import TaskContext
 from aistack.track.lineage import log_dataset
 
 

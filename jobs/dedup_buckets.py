@@ -5,7 +5,7 @@ from __future__ import annotations
 from aistack.data.minhash import buckets_pipeline
 from aistack.data.run_paths import work_dir
 from aistack.data.shard_task import run_shard_task
-from aistack.launch.task import TaskContext
+from aistack.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aistack.data.minhash import filter_pipeline
 from aistack.data.run_paths import output_dir, work_dir
 from aistack.data.shard_task import paths_file_for, run_shard_task
-from aistack.launch.task import TaskContext
+from aistack.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aistack.launch.task import TaskContext
+from aistack.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:

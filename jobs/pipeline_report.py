@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from aistack.launch.task import TaskContext
+from aistack.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:
-    from aistack.pipeline.report_page import build
+    from aistack.report.page import build
 
     cfg = ctx.recipe.report
     stages = [s.model_dump() for s in cfg.stages]

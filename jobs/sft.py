@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aistack.launch.task import TaskContext
+from aistack.runtime.task import TaskContext
 from aistack.track.lineage import log_model, record_lineage
 
 

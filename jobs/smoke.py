@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from aistack.launch.rundir import atomic_write_json, read_json
-from aistack.launch.task import TaskContext
+from aistack.rundir import atomic_write_json, read_json
+from aistack.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:
@@ -62,7 +62,7 @@ def _all_reduce_ranks() -> float:
     import torch
     import torch.distributed as dist
 
-    from aistack.dist import destroy, init_distributed
+    from aistack.model.dist import destroy, init_distributed
 
     rank, _ = init_distributed()
     value = torch.tensor([float(rank + 1)])

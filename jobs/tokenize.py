@@ -6,7 +6,7 @@ from aistack.data.readers import make_reader
 from aistack.data.run_paths import output_dir
 from aistack.data.shard_task import paths_file_for, run_shard_task
 from aistack.data.tokenize import HeldOutSplit, MegatronTokenWriter
-from aistack.launch.task import TaskContext
+from aistack.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:

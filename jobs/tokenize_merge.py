@@ -5,7 +5,7 @@ from __future__ import annotations
 from aistack.data.megatron import merge, open_dataset
 from aistack.data.run_paths import output_dir
 from aistack.data.tokenize import load_tokenizer, merge_held_out
-from aistack.launch.task import TaskContext
+from aistack.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:

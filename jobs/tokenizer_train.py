@@ -8,7 +8,7 @@ from aistack.data.inputs import write_paths_file
 from aistack.data.run_paths import output_dir
 from aistack.data.readers import make_reader
 from aistack.data.tokenize import copy_tokenizer, is_held_out, load_tokenizer, train_bpe
-from aistack.launch.task import TaskContext
+from aistack.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:

@@ -50,7 +50,7 @@ def runs_root(tmp_path: Path):
     # Slurm jobs a test submitted (a failed test's queued waves and follow-ups included)
     # do not outlive it.
     if shutil.which("scancel"):
-        from aistack.launch.rundir import RunDir
+        from aistack.rundir import RunDir
         from aistack.launch.status import cancel_run
 
         for submissions in root.rglob("submissions.jsonl"):
@@ -75,8 +75,8 @@ def write_recipe(path: Path, text: str) -> Path:
 def describe_unfinished(states) -> str:
     """Why stages did not complete, for an assertion message: each one's task states, the
     error each failed task recorded, and the end of its stderr (CI shows only this)."""
-    from aistack.launch.slurm import log_paths
-    from aistack.launch.status import latest_submissions, run_status
+    from aistack.launch.slurm.executor import log_paths
+    from aistack.launch.status import run_status
 
     lines = []
     for stage in states:
@@ -85,7 +85,7 @@ def describe_unfinished(states) -> str:
         lines.append(f"stage {stage.name}: {stage.state} ({stage.done}/{stage.total} done)")
         if not stage.run.path.exists():
             continue
-        latest = latest_submissions(stage.run)
+        latest = stage.run.latest_submissions()
         jobs = [(name, n) for name, n in _plan_jobs(stage.run)]
         for row in run_status(stage.run, jobs):
             if row.state == "COMPLETED":

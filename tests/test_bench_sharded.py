@@ -46,7 +46,7 @@ def _worker(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
     from megatron.core import parallel_state as ps
 
     from aistack.bench import sharded
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
+    from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
     from aistack.kinds.pretrain import ModelConfig
     from aistack.model import checkpoint
 

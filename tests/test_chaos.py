@@ -31,10 +31,10 @@ import pytest
 from aistack.launch import launcher
 from aistack.launch.executor import FINISHED
 from aistack.launch.profile import load_profile
-from aistack.launch.status import latest_submissions, run_status
-from aistack.pipeline.stages import Pipeline, resolve
-from aistack.pipeline.status import stage_states
-from aistack.pipeline.submit import stage_runs
+from aistack.launch.status import run_status
+from aistack.launch.stages import Pipeline, resolve
+from aistack.launch.status import stage_states
+from aistack.rundir import PlannedJob, read_stage_records
 from aistack.recipe import load_recipe
 from aistack.track.metrics import read_metrics
 from conftest import RECIPES, describe_unfinished, write_recipe
@@ -96,7 +96,7 @@ def task_ids(pipeline: Pipeline) -> dict[str, tuple[str, str, int]]:
     """Slurm id as squeue prints it (123 or 123_4) -> (stage, job, task) of every submission."""
     ids = {}
     for stage in pipeline.stages:
-        for (job, task), (record, index) in latest_submissions(stage.run).items():
+        for (job, task), (record, index) in stage.run.latest_submissions().items():
             if record["executor"] == "slurm":
                 ids[f"{record['job_id']}_{index}" if index is not None else record["job_id"]] = (stage.name, job, task)
     return ids
@@ -111,7 +111,7 @@ def running(pipeline: Pipeline) -> dict[str, tuple[str, str, int]]:
 
 def rows(pipeline: Pipeline):
     return [(stage.name, row) for stage in pipeline.stages if stage.run.path.exists()
-            for row in run_status(stage.run, [(j.name, j.num_tasks) for j in stage.plan.jobs])]
+            for row in run_status(stage.run, [PlannedJob(j.name, j.num_tasks) for j in stage.plan.jobs])]
 
 
 def wait_round(pipeline: Pipeline, timeout_s: float = ROUND_TIMEOUT_S) -> None:
@@ -148,7 +148,7 @@ def run_until_complete(recipe: Path, log, max_rounds: int = MAX_ROUNDS) -> tuple
         rewritten = sorted(path for path, text in seen.items() if now.get(path) != text)
         assert not rewritten, f"finished tasks ran again (DONE rewritten or gone): {rewritten}"
         seen = now
-        states = stage_states(stage_runs(result.pipeline.dir))
+        states = stage_states(read_stage_records(result.pipeline.dir))
         if all(s.state == "COMPLETED" for s in states):
             return result.pipeline, round_
         log(f"round {round_} ended: " + ", ".join(f"{s.name} {s.state} {s.done}/{s.total}" for s in states))
@@ -322,7 +322,7 @@ def rank_pid(job_id: str, rank: int) -> int | None:
         parts = line.split()
         if len(parts) >= 5 and parts[2].isdigit() and parts[4] == str(rank):
             cmdline = Path(f"/proc/{parts[0]}/cmdline")
-            if cmdline.exists() and b"aistack.launch.node" in cmdline.read_bytes():
+            if cmdline.exists() and b"aistack.runtime.node" in cmdline.read_bytes():
                 candidates.append((int(parts[2]), int(parts[0])))
     return max(candidates)[1] if candidates else None
 
@@ -434,7 +434,7 @@ class Reference:
         if self.pipeline is None:
             self.start()
             wait_round(self.launch.pipeline)
-            states = stage_states(stage_runs(self.launch.pipeline.dir))
+            states = stage_states(read_stage_records(self.launch.pipeline.dir))
             assert all(s.state == "COMPLETED" for s in states), "undisturbed run:\n" + describe_unfinished(states)
             self.pipeline = self.launch.pipeline
         return self.pipeline

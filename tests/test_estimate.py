@@ -321,8 +321,8 @@ def test_plan_prints_estimates_for_distill(capsys):
 
 
 def test_pipeline_gpu_hours_estimate_the_training_jobs_and_keep_teacher_jobs_at_their_limits():
-    from aistack.pipeline.show import gpu_hours
-    from aistack.pipeline.stages import resolve
+    from aistack.cli.show import gpu_hours
+    from aistack.launch.stages import resolve
 
     pipeline = resolve(load_recipe(RECIPES / "pipelines" / "fineweb-llama-8b-1024gpu.yaml"), allow_missing=True)
     stages = {s.name: s for s in pipeline.stages}

@@ -120,7 +120,7 @@ def test_untrained_baseline_is_the_runs_model_at_step_0(tmp_path, runs):
     (the same numbers as the run's own first weights), labelled as such in the report's pivot."""
     from aistack.eval.evaluator import evaluate_pair
     from aistack.kinds.evaluate import EvaluateConfig
-    from aistack.pipeline.report_page import eval_pivot
+    from aistack.report.page import eval_pivot
 
     cfg = EvaluateConfig(checkpoints=[str(runs["trained"])], untrained=[str(runs["trained"])], tasks=["tinylang_ppl"],
                          batch_size=16)

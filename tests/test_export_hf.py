@@ -20,7 +20,7 @@ def megatron_state():
     import aistack.model.export_hf  # noqa: F401
     from transformers import GPT2LMHeadModel, LlamaForCausalLM  # noqa: F401
 
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
+    from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
 
     init_model_parallel(1, 1)
     set_seeds(1234)

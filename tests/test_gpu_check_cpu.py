@@ -189,7 +189,7 @@ def test_scaled_mm_path_of_a_converted_gpt2_layer_runs_on_the_cpu():
 def test_model_chunks_go_to_the_gpu_when_there_is_one(monkeypatch):
     """Megatron builds the layers on the host (use_cpu_initialization); DDP then puts its grad
     buffers on the GPU: the model must be there too, as Megatron-LM's get_model moves it."""
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
+    from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
     from aistack.kinds.pretrain import ModelConfig, ParallelConfig
     from aistack.model import cpu_compat, gpt
 

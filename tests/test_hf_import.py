@@ -19,7 +19,7 @@ GPT2 = ModelConfig(arch="gpt2", num_layers=2, hidden_size=64, num_attention_head
 
 def imported_logits(cfg: ModelConfig, folder, tokens: torch.Tensor) -> torch.Tensor:
     """A freshly initialised GPTModel (other weights than the exported one), loaded from `folder`."""
-    from aistack.dist.megatron import set_seeds
+    from aistack.model.dist.megatron import set_seeds
     from aistack.model import cpu_compat, gpt
     from aistack.model.import_hf import load_hf
     from aistack.model.layout import padded_vocab_size

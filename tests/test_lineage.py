@@ -14,8 +14,8 @@ import yaml
 from wandb_stand_in import StandInServer
 
 from aistack.cli import main
-from aistack.launch.rundir import RunDir
-from aistack.launch.task import TaskContext
+from aistack.rundir import RunDir
+from aistack.runtime.task import TaskContext
 from aistack.recipe.schema import Tracking
 from aistack.track import lineage, wandb_run
 from aistack.track.wandb_run import offline_runs, read_offline_run, run_id

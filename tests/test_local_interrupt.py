@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aistack.launch.rundir import RunDir
+from aistack.rundir import RunDir
 from conftest import RECIPES, wait_until
 
 SMOKE = RECIPES / "examples" / "smoke.yaml"

@@ -167,7 +167,7 @@ def test_a_gpt2_run_is_not_written_as_a_llama():
 
 def test_export_to_nemo_of_a_run_without_tokenizer_is_a_named_error(tmp_path, capsys):
     from aistack.cli import main
-    from aistack.launch.rundir import RunDir
+    from aistack.rundir import RunDir
 
     run = RunDir(tmp_path / "runs" / "gpt-tiny-0123456789")
     run.path.mkdir(parents=True)

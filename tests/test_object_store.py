@@ -143,7 +143,7 @@ def _overrides(items) -> dict:
 def test_a_pipeline_reads_a_stage_output_moved_to_a_bucket(s3, tmp_path):
     """`${stages.filter.output}` is where filter wrote (the bucket), not its run directory;
     the stage reading it is planned before that exists, and reruns when filter changes."""
-    from aistack.pipeline.stages import resolve
+    from aistack.launch.stages import resolve
     from aistack.recipe import load_recipe
 
     corpus = build_corpus(tmp_path / "crawl", shards=2, real=12, blocked=1, boilerplate=1, near_dups=2, toxic=0)

@@ -46,7 +46,7 @@ def test_smoke_runs_in_the_image_and_writes_to_the_mounted_run_dir(bundle, runs_
     assert not Path("/etc/aistack-image").exists(), "the label must exist only inside the image"
     result = launch(bundle, runs_root, "smoke.tasks=2")
     script = next(result.run.log_dir("map").glob("*_submission.sh")).read_text()  # what sbatch ran
-    assert f"--container={bundle} {IMAGE_PYTHON} -u -m aistack.launch.node" in script
+    assert f"--container={bundle} {IMAGE_PYTHON} -u -m aistack.runtime.node" in script
     for task in (0, 1):
         out = result.run.task_result("map", task)["result"]
         # The image's interpreter (Debian's python3 in the image's venv, not this venv's)

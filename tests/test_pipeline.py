@@ -14,10 +14,11 @@ import pytest
 from aistack.cli import main
 from aistack.data.sample_crawl import build_corpus
 from aistack.launch.profile import load_profile
-from aistack.launch.executor import executor_for
-from aistack.pipeline.submit import stage_runs, submit_stages
-from aistack.pipeline.status import stage_states
-from aistack.pipeline.stages import resolve
+from aistack.launch.launcher import executor_for
+from aistack.launch.submit import submit_stages
+from aistack.rundir import read_stage_records
+from aistack.launch.status import stage_states
+from aistack.launch.stages import resolve
 from aistack.post.reverse_task import write_task
 from aistack.recipe import RecipeError, load_recipe
 from aistack.track.metrics import read_metrics
@@ -89,7 +90,7 @@ def test_references_resolve_to_upstream_outputs(tiny_env):
     # (the checkpoints root becomes the latest step there); the first stage is not
     assert not pipeline.stage("filter").loaded.deferred
     assert pipeline.stage("evaluate").loaded.deferred and pipeline.stage("bench").loaded.deferred
-    from aistack.launch.rundir import RunDir
+    from aistack.rundir import RunDir
 
     node_copy = RunDir(pipeline.dir.path / "x")
     node_copy.write_recipe(pipeline.stage("evaluate").loaded)
@@ -312,7 +313,7 @@ def test_failed_stage_stops_its_dependents_and_a_rerun_completes(runs_root, tmp_
     recipe = write_recipe(tmp_path / "failing.yaml", FAILING.format(root=runs_root, smoke=smoke, fail="[1]"))
     assert main(["run", str(recipe), "--on", "slurm", "--wait"]) == 1
     pipeline = resolve(load_recipe(recipe))
-    states = {s.name: s for s in stage_states(stage_runs(pipeline.dir))}
+    states = {s.name: s for s in stage_states(read_stage_records(pipeline.dir))}
     assert states["first"].state == "COMPLETED"
     assert states["second"].state == "FAILED" and states["second"].done < states["second"].total
     assert states["third"].done == 0 and states["third"].state in ("CANCELLED", "PENDING")
@@ -324,7 +325,7 @@ def test_failed_stage_stops_its_dependents_and_a_rerun_completes(runs_root, tmp_
     fixed = write_recipe(tmp_path / "fixed.yaml", FAILING.format(root=runs_root, smoke=smoke, fail="[]"))
     assert [s.run.name for s in resolve(load_recipe(fixed)).stages] == [s.run.name for s in pipeline.stages]
     assert main(["run", str(fixed), "--on", "slurm", "--wait"]) == 0
-    states = {s.name: s for s in stage_states(stage_runs(pipeline.dir))}
+    states = {s.name: s for s in stage_states(read_stage_records(pipeline.dir))}
     assert all(s.state == "COMPLETED" for s in states.values())
     assert done_markers(pipeline.stage("first").run) == first_done  # finished work untouched
     assert pipeline.stage("third").run.task_result("reduce", 0) is not None
@@ -371,7 +372,7 @@ def test_a_stage_after_a_waved_stage_waits_for_its_last_wave(runs_root, tmp_path
     recipe = write_recipe(tmp_path / "waved.yaml", WAVED.format(root=runs_root, smoke=smoke))
     assert main(["run", str(recipe), "--on", "slurm", "--wait"]) == 0
     pipeline = resolve(load_recipe(recipe))
-    states = stage_states(stage_runs(pipeline.dir))
+    states = stage_states(read_stage_records(pipeline.dir))
     assert all(s.state == "COMPLETED" for s in states), describe_unfinished(states)
     wide, after = pipeline.stage("wide").run, pipeline.stage("after").run
     waves = [r for r in wide.submissions() if r["job"] == "map"]
@@ -402,7 +403,7 @@ def assert_lineage(pipeline) -> None:
 def figures(stage) -> object:
     """What a stage's part of the report says that does not depend on time or place."""
     from aistack.data.stats_report import load_report
-    from aistack.launch.rundir import read_json
+    from aistack.rundir import read_json
 
     run = stage.run
     if stage.kind in ("filter", "dedup", "tokenize"):

@@ -64,13 +64,13 @@ def test_pyxis_and_apptainer_carry_image_mounts_and_gpu_flags():
     assert "#SBATCH --nodes=128" in pyxis and "#SBATCH --gpus-per-node=8" in pyxis
     assert "#SBATCH --ntasks-per-node=8" in pyxis and "#SBATCH --exclusive" in pyxis
     apptainer = dry_run("cluster-apptainer.yaml").submitted[0].sbatch
-    assert "apptainer exec --nv --bind /lustre:/lustre,/data/warc:/data/warc:ro 'nvcr.io#nvidia/pytorch:25.01-py3' python -u -m aistack.launch.node" in apptainer
+    assert "apptainer exec --nv --bind /lustre:/lustre,/data/warc:/data/warc:ro 'nvcr.io#nvidia/pytorch:25.01-py3' python -u -m aistack.runtime.node" in apptainer
     assert "--container-image" not in apptainer
 
 
 def test_oci_runs_the_step_in_the_bundle_and_passes_mounts_to_the_node_runtime():
     oci = dry_run("cluster-oci.yaml", DATA / "smoke-oci.yaml", ["output.root=/scratch/runs"]).submitted[0].sbatch
-    assert "--container=/lustre/images/aistack-oci /opt/aistack/venv/bin/python -u -m aistack.launch.node" in oci
+    assert "--container=/lustre/images/aistack-oci /opt/aistack/venv/bin/python -u -m aistack.runtime.node" in oci
     # the run root lies outside the profile's mounts: it is mounted at the same path
     assert "export AISTACK_CONTAINER_MOUNTS=/lustre:/lustre,/data/warc:/data/warc:ro,/scratch/runs:/scratch/runs\n" in oci
     assert "export AISTACK_CONTAINER_WORKDIR=/lustre/work\n" in oci

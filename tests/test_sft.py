@@ -37,7 +37,7 @@ def chat(task):
 
 @pytest.fixture
 def megatron_one_rank():
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
+    from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
     from aistack.model import cpu_compat
 
     init_model_parallel(1, 1)
@@ -167,7 +167,7 @@ def test_chat_errors_name_the_file_and_record(tmp_path, chat):
 
 
 def held_out_accuracy(checkpoint: Path, task: dict, n: int = 60) -> tuple[float, list[str]]:
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
+    from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
     from aistack.model import cpu_compat
     from aistack.post.chat import load_chat_tokenizer
     from aistack.post.generate import generate
@@ -338,7 +338,7 @@ def test_an_sft_run_exports_to_hugging_face_with_the_same_logits(tmp_path, task,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from aistack.cli import main
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
+    from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
     from aistack.model import cpu_compat
     from aistack.post.chat import load_chat_tokenizer
     from aistack.post.objectives import load_frozen

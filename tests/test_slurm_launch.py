@@ -13,7 +13,7 @@ import pytest
 
 from aistack.cli import main
 from aistack.launch import launcher
-from aistack.launch.rundir import RunDir
+from aistack.rundir import PlannedJob, RunDir
 from aistack.launch.status import run_status
 from aistack.track.metrics import read_metrics
 from aistack.track.wandb_run import offline_runs, read_offline_run, run_id
@@ -208,7 +208,7 @@ def test_an_array_over_the_qos_submit_limit_runs_in_waves(runs_root, capsys):
     assert sorted(t for w in waves for t in w["task_ids"]) == list(range(150))  # each task once
     assert len({r["launch"] for r in records}) == 1
     assert 0 < peak[0] <= 60
-    jobs = [("map", 150), ("reduce", 1)]
+    jobs = [PlannedJob("map", 150), PlannedJob("reduce", 1)]
     wait_until(lambda: all(r.state == "COMPLETED" for r in run_status(RunDir(run), jobs)), timeout=60, what="Slurm's COMPLETED")
     assert main(["status", str(run)]) == 0
     assert "COMPLETED: 151" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from conftest import RECIPES, write_recipe
 from wandb_stand_in import StandInServer
 
 from aistack.cli import main
-from aistack.launch.rundir import RunDir, read_jsonl
+from aistack.rundir import RunDir, read_jsonl
 from aistack.track import sync as track_sync
 from aistack.track.wandb_run import offline_runs, run_id
 
@@ -67,10 +67,10 @@ def _stage_runs(pipeline: Path) -> dict[str, RunDir]:
 
 
 def _states(pipeline: Path):
-    from aistack.pipeline.status import stage_states
-    from aistack.pipeline.submit import stage_runs
+    from aistack.launch.status import stage_states
+    from aistack.rundir import read_stage_records
 
-    return stage_states(stage_runs(RunDir(pipeline)))
+    return stage_states(read_stage_records(RunDir(pipeline)))
 
 
 def _logged(run: RunDir, job: str, task: int) -> list[dict]:

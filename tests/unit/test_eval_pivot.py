@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aistack.pipeline.report_page import _html, _markdown, Section, eval_pivot, model_labels
+from aistack.report.page import _html, _markdown, Section, eval_pivot, model_labels
 
 
 def row(run, step, task, metric, value):

@@ -83,12 +83,12 @@ def test_every_module_of_the_check_path_imports_with_only_the_image_and_the_whee
 def test_a_module_missing_from_the_wheels_is_named():
     code = ("import sys; sys.path.insert(0, 'benchmarks'); import gpu_check_env as e; "
             "hidden = e.simulate_image(tuple(w for w in e.WHEELS if w != 'submitit')); "
-            "print(hidden.get('submitit')); print(e.import_problems(('submitit', 'aistack.launch.slurm')))")
+            "print(hidden.get('submitit')); print(e.import_problems(('submitit', 'aistack.launch.slurm.executor')))")
     result = run(sys.executable, "-c", code)
     lines = result.stdout.splitlines()
     assert lines[0] == "submitit", result.stderr
     assert "submitit: ModuleNotFoundError: No module named 'submitit'" in lines[1]
-    assert "aistack.launch.slurm: ModuleNotFoundError: No module named 'submitit'" in lines[1], "found through aistack too"
+    assert "aistack.launch.slurm.executor: ModuleNotFoundError: No module named 'submitit'" in lines[1], "found through aistack too"
 
 
 def test_aistack_shim_maps_jobs_like_pyproject(tmp_path):

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from aistack.kinds import all_kinds, spec_for
+from aistack.recipe.kinds import all_kinds, spec_for
 from aistack.launch.plan import _check_entry
 
 ALL = {"smoke", "filter", "dedup", "tokenize", "pretrain", "sft", "distill", "evaluate", "bench", "report", "pipeline"}

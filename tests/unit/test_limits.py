@@ -1,6 +1,6 @@
 """Submit limits read from sacctmgr/squeue output (the waves test runs them on Slurm)."""
 
-from aistack.launch.limits import SubmitLimit, count_queued, parse_default_qos, parse_limit_column
+from aistack.launch.slurm.limits import SubmitLimit, count_queued, parse_default_qos, parse_limit_column
 
 
 def test_the_smallest_limit_of_a_sacctmgr_column_and_none_when_empty():

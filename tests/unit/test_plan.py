@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from aistack.launch.executor import executor_for
+from aistack.launch.launcher import executor_for
 from aistack.launch.plan import JobSpec, Plan, make_plan
 from aistack.launch.profile import ClusterProfile
-from aistack.launch.rundir import RunDir
+from aistack.rundir import RunDir
 from aistack.recipe import RecipeError, Resources, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,9 +83,9 @@ def test_dry_run_splits_arrays_and_chains_afterok_only_on_pending_tasks(tmp_path
 
 
 def test_the_local_profile_runs_here_and_dry_runs_render_sbatch():
-    from aistack.launch.local import LocalExecutor
+    from aistack.launch.local.executor import LocalExecutor
     from aistack.launch.profile import LOCAL
-    from aistack.launch.slurm import SlurmExecutor
+    from aistack.launch.slurm.executor import SlurmExecutor
 
     assert isinstance(executor_for(LOCAL), LocalExecutor)
     assert isinstance(executor_for(LOCAL, dry_run=True), SlurmExecutor)
@@ -93,7 +93,7 @@ def test_the_local_profile_runs_here_and_dry_runs_render_sbatch():
 
 
 def test_array_parallelism_holds_for_the_whole_job_when_split():
-    from aistack.launch.slurm import array_lanes
+    from aistack.launch.slurm.executor import array_lanes
 
     assert array_lanes(3, 64) == [(0, 22), (1, 21), (2, 21)]
     many = array_lanes(100, 4)  # 100 arrays, 4 at a time: 4 lanes of 25 chained arrays, %1 each
@@ -132,7 +132,7 @@ def test_cpu_jobs_go_to_the_cpu_partition_without_gpu_options(tmp_path):
 
 
 def test_local_tasks_see_the_gpus_the_recipe_asks_for(monkeypatch):
-    from aistack.launch.local import local_gpu_count
+    from aistack.launch.local.executor import local_gpu_count
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert local_gpu_count() == 2
@@ -148,4 +148,16 @@ def test_one_process_tasks_run_as_the_batch_step_and_get_the_signal_there(tmp_pa
     # one process: python replaces the batch shell, so the batch signal (B:) reaches it
     assert "\nsrun " not in scripts["reduce"] and "--signal=B:USR1@" in scripts["reduce"]
     command = scripts["reduce"].strip().splitlines()[-1]
-    assert command.startswith("exec ") and command.endswith(" -u -m aistack.launch.node " + str(run.log_dir("reduce")))
+    assert command.startswith("exec ") and command.endswith(" -u -m aistack.runtime.node " + str(run.log_dir("reduce")))
+
+
+def test_max_array_size_is_read_from_slurm_conf_without_asking_the_controller(tmp_path, monkeypatch):
+    from aistack.launch.slurm.executor import DEFAULT_MAX_ARRAY_SIZE, max_array_size
+
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\n# MaxArraySize=7\nmaxarraysize=50 MaxJobCount=10000\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    assert max_array_size(ClusterProfile(name="x")) == 50
+    assert max_array_size(ClusterProfile(name="x", max_array_size=20)) == 20, "the profile's own value first"
+    conf.write_text("ClusterName=x\n")
+    assert max_array_size(ClusterProfile(name="x")) == DEFAULT_MAX_ARRAY_SIZE

@@ -77,7 +77,7 @@ def planning(workspace, monkeypatch) -> Path:
     monkeypatch.setenv("AISTACK_RUNS", str(workspace / "runs-out"))
     # Planning asks a Slurm cluster for its MaxArraySize when one answers: 0.3 s a case, and
     # not what this test is about.
-    from aistack.launch import slurm
+    from aistack.launch.slurm import executor as slurm
 
     monkeypatch.setattr(slurm, "max_array_size", lambda profile: 1001, raising=False)
     return workspace
@@ -419,7 +419,7 @@ def _resolved(entry: str, path: tuple) -> Any:
     the stage's recipe ends up with."""
     loaded = load_recipe(entry)
     if loaded.kind == "pipeline" and len(path) > 3 and path[0] == "stages" and path[2] == "overrides":
-        from aistack.pipeline.stages import resolve
+        from aistack.launch.stages import resolve
 
         stage = resolve(loaded, allow_missing=True).stage(path[1])
         return _get(stage.loaded.data, tuple(p for part in path[3:] for p in (part.split(".") if isinstance(part, str) else [part])))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aistack.launch.rundir import RunDir
+from aistack.rundir import RunDir
 from aistack.recipe import load_recipe
 
 SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "examples" / "smoke.yaml"

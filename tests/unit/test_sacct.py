@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aistack.launch.slurm import parse_sacct
+from aistack.launch.slurm.sacct import parse_sacct
 
 # Captured from `sacct -X -n -P -o JobID,State -j 41,42,43,44` on the local cluster.
 CAPTURED = """\
@@ -30,7 +30,7 @@ def test_empty_output_is_no_state():
 
 
 def test_a_refused_submission_names_the_limit_and_what_to_change():
-    from aistack.launch.slurm import refusal_message
+    from aistack.launch.slurm.executor import refusal_message
 
     # What sbatch prints when a QOS's MaxSubmitJobsPerUser is reached (Slurm 22.05).
     said = ("sbatch: error: QOSMaxSubmitJobPerUserLimit\n"

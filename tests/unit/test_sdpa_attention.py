@@ -16,7 +16,7 @@ TOLERANCE = 1e-5  # relative, fp32
 
 @pytest.fixture(scope="module")
 def megatron_state():
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel
+    from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel
 
     init_model_parallel(1, 1)
     yield
@@ -24,7 +24,7 @@ def megatron_state():
 
 
 def _run(backend: str, arch: str, groups: int | None, tokens, mask):
-    from aistack.dist.megatron import set_seeds
+    from aistack.model.dist.megatron import set_seeds
     from aistack.model import cpu_compat, gpt
     from aistack.model.layout import padded_vocab_size
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from aistack.launch.rundir import RunDir
+from aistack.rundir import PlannedJob, RunDir, StageRecord
 from aistack.launch.status import run_status
-from aistack.pipeline.status import finished, stage_states
+from aistack.launch.status import finished, stage_states
 
 
 def _local_run(path) -> RunDir:
@@ -17,7 +17,7 @@ def _local_run(path) -> RunDir:
 
 
 def test_task_states_come_from_markers_and_submissions(tmp_path):
-    rows = run_status(_local_run(tmp_path / "r"), [("map", 3), ("reduce", 1)])
+    rows = run_status(_local_run(tmp_path / "r"), [PlannedJob("map", 3), PlannedJob("reduce", 1)])
     assert [(r.job, r.task_id, r.executor, r.job_id, r.state) for r in rows] == [
         ("map", 0, "local", "101", "COMPLETED"),
         ("map", 1, "local", "102", "FAILED"),
@@ -30,8 +30,8 @@ def test_a_stage_shows_its_failure_and_a_done_stage_completes(tmp_path):
     failing = _local_run(tmp_path / "a")
     done = RunDir(tmp_path / "b")
     done.mark_done("train", 0, {})
-    records = [("a", "smoke", failing, [("map", 2)], []), ("b", "pretrain", done, [("train", 1)], ["a"]),
-               ("c", "sft", RunDir(tmp_path / "never"), [("train", 1)], ["b"])]
+    records = [StageRecord("a", "smoke", failing, (PlannedJob("map", 2),), ()), StageRecord("b", "pretrain", done, (PlannedJob("train", 1),), ("a",)),
+               StageRecord("c", "sft", RunDir(tmp_path / "never"), (PlannedJob("train", 1),), ("b",))]
     states = {s.name: s for s in stage_states(records)}
     assert (states["a"].state, states["a"].done, states["a"].total) == ("FAILED", 1, 2)
     assert (states["b"].state, states["b"].done) == ("COMPLETED", 1)
@@ -46,7 +46,7 @@ def test_a_preempted_task_is_on_its_way_back_not_failed():
 
 
 def test_a_failed_stage_is_followed_until_its_other_tasks_end(tmp_path):
-    from aistack.pipeline.status import StageState
+    from aistack.launch.status import StageState
 
     def stage(state: str, active: bool) -> StageState:
         return StageState("a", "filter", RunDir(tmp_path / "a"), state, 1, 8, None, "-", [], active=active)

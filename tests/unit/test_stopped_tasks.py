@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from aistack.launch import localproc
-from aistack.launch.rundir import RunDir
+from aistack.launch.local import processes as localproc
+from aistack.rundir import PlannedJob, RunDir, StageRecord
 from aistack.launch.status import cancel_run, run_status
-from aistack.launch.task import TaskContext, TaskRunner
-from aistack.pipeline.status import finished, stage_states
+from aistack.runtime.task import TaskContext, TaskRunner
+from aistack.launch.status import finished, stage_states
 from aistack.recipe import load_recipe
 
 SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "examples" / "smoke.yaml"
@@ -93,19 +93,19 @@ def test_a_failed_quick_save_is_recorded_and_shown_by_status(tmp_path, capsys):
     assert state["quick_save_error"] == "OSError: [Errno 28] No space left on device"
     assert before <= state["quick_save_failed_at"] <= time.time()
 
-    rows = run_status(run, [("map", 1)])
+    rows = run_status(run, [PlannedJob("map", 1)])
     assert "quick-save failed" in rows[0].note and "No space left on device" in rows[0].note
     _print_status(rows)
     out = capsys.readouterr().out
     assert "map task 0: quick-save failed" in out and "No space left on device" in out
-    notes = stage_states([("s", "smoke", run, [("map", 1)], [])])[0].notes  # and in a pipeline's status
+    notes = stage_states([StageRecord("s", "smoke", run, (PlannedJob("map", 1),), ())])[0].notes  # and in a pipeline's status
     assert len(notes) == 1 and notes[0].startswith("map task 0: quick-save failed")
 
     # a later quick-save that works: the requeued task resumed from it, nothing to show
     runner._ctx._on_preempt = [lambda: None]
     runner.checkpoint()
     assert run.task_state("map", 0)["quick_saved_at"] >= state["quick_save_failed_at"]
-    assert run_status(run, [("map", 1)])[0].note == ""
+    assert run_status(run, [PlannedJob("map", 1)])[0].note == ""
 
 
 # --- a local task recorded RUNNING whose processes are gone -------------------------------
@@ -114,18 +114,18 @@ def test_a_failed_quick_save_is_recorded_and_shown_by_status(tmp_path, capsys):
 def test_status_shows_a_dead_local_task_interrupted_and_its_stage_so(tmp_path):
     here = localproc.this_host()
     dead = _local_task(tmp_path / "dead", job_id=str(_dead_pid()), host=here, pid=_dead_pid())
-    rows = run_status(dead, [("map", 1)])
+    rows = run_status(dead, [PlannedJob("map", 1)])
     assert rows[0].state == "INTERRUPTED"
-    stage = stage_states([("a", "smoke", dead, [("map", 1)], [])])[0]
+    stage = stage_states([StageRecord("a", "smoke", dead, (PlannedJob("map", 1),), ())])[0]
     assert stage.state == "INTERRUPTED" and finished([stage]), "nothing more happens without a rerun"
 
     # recorded on another host: this host cannot tell, the record stands
     elsewhere = _local_task(tmp_path / "elsewhere", job_id=str(_dead_pid()), host="another-host.example", pid=_dead_pid())
-    assert run_status(elsewhere, [("map", 1)])[0].state == "RUNNING"
+    assert run_status(elsewhere, [PlannedJob("map", 1)])[0].state == "RUNNING"
 
     # a pid of this host that is not the task (reused): still gone
     reused = _local_task(tmp_path / "reused", job_id=str(os.getpid()), host=here, pid=os.getpid())
-    assert run_status(reused, [("map", 1)])[0].state == "INTERRUPTED"
+    assert run_status(reused, [PlannedJob("map", 1)])[0].state == "INTERRUPTED"
 
 
 def test_status_keeps_a_live_local_task_running(tmp_path):
@@ -133,7 +133,7 @@ def test_status_keeps_a_live_local_task_running(tmp_path):
     job = _fake_job(run.log_dir("map"))
     try:
         _local_task(run.path, job_id=str(job.pid), host=localproc.this_host(), pid=job.rank_pid)
-        assert run_status(run, [("map", 1)])[0].state == "RUNNING"
+        assert run_status(run, [PlannedJob("map", 1)])[0].state == "RUNNING"
     finally:
         _end(job)
 
@@ -171,7 +171,7 @@ def test_cancel_ends_a_local_task_s_whole_process_group(tmp_path, capsys):
         assert not localproc.alive(job.rank_pid)
         assert not localproc.alive(job.helper_pid), "the job's process group was not ended"
         assert run.task_state("map", 0)["state"] == "CANCELLED"
-        assert run_status(run, [("map", 1)])[0].state == "CANCELLED"
+        assert run_status(run, [PlannedJob("map", 1)])[0].state == "CANCELLED"
     finally:
         _end(job)
 
@@ -202,7 +202,7 @@ def test_a_stopped_task_keeps_its_own_pid_and_host(tmp_path, error):
 def test_what_a_tasks_forked_is_ended_and_nothing_else(tmp_path):
     # A rank's child carries the rank's command line (submitit.core._submit <log folder>); a
     # process naming another job's folder, or only the controller module, is not touched.
-    from aistack.launch.local import end_strays
+    from aistack.launch.local.executor import end_strays
 
     def start(*args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", SLEEPER, *args])

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from aistack.launch import rundir as rundir_module
-from aistack.launch.rundir import RunDir
-from aistack.launch.task import TaskRunner
+from aistack import rundir as rundir_module
+from aistack.rundir import RunDir
+from aistack.runtime.task import TaskRunner
 from aistack.recipe import load_recipe
 
 SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "examples" / "smoke.yaml"
@@ -140,7 +140,7 @@ def test_a_sigterm_while_the_task_sets_up_does_not_end_it(tmp_path):
     blob = tmp_path / "runner.pkl"
     blob.write_bytes(pickle.dumps(TaskRunner(str(run.path), "map", "smoke", 2, TASKS, False, recipe=run.recipe)))
     code = ("import os, pickle, signal, sys\n"
-            "from aistack.launch import task\n"
+            "from aistack.runtime import task\n"
             "real = task.TaskRunner._make_context\n"
             "def set_up(self, run):\n"
             "    os.kill(os.getpid(), signal.SIGTERM)\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from aistack.launch.rundir import RunDir
+from aistack.rundir import RunDir
 from aistack.track import lineage, sync
 from aistack.track.wandb_run import WandbRun
 

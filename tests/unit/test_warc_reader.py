@@ -14,7 +14,7 @@ from warcio.warcwriter import WARCWriter
 from aistack.data.readers import make_reader
 from aistack.data.staged_run import run_staged
 from aistack.data.stats import step_rows, task_result
-from aistack.launch.rundir import RunDir, atomic_write_json
+from aistack.rundir import RunDir, atomic_write_json
 
 XHTML = ('<?xml version="1.0" encoding="utf-8"?>\n'
          '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" "http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\n'
@@ -95,7 +95,7 @@ def test_html_without_payload_type_is_kept_and_skipped_records_are_counted(tmp_p
 
 def test_a_task_that_keeps_no_record_warns_in_its_log_result_and_report(tmp_path):
     from aistack.data.stats_report import build_report
-    from aistack.pipeline.report_page import build
+    from aistack.report.page import build
 
     inputs = tmp_path / "in"
     inputs.mkdir()

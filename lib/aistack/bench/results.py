@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from aistack.launch.rundir import atomic_write_json, atomic_write_text
+from aistack.rundir import atomic_write_json, atomic_write_text
 
 COLUMNS = ["precision", "fp8_mode", "fp8_backend", "decode", "batch", "prompt_len", "gen_len", "prefill_ms", "ttft_ms", "decode_tok_s",
            "prefill_tok_s", "throughput_tok_s", "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "peak_mem_mb", "peak_mem_kind",

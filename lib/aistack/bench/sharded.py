@@ -178,7 +178,7 @@ def build_stage(model_cfg: Any, tensor: int, pipeline: int, vocab_size: int, pre
     Megatron's parallel state must be initialised at (tensor, pipeline)."""
     from megatron.core import parallel_state as ps
 
-    from aistack.kinds.pretrain import ParallelConfig
+    from aistack.model.config import ParallelConfig
     from aistack.model import gpt
     from aistack.model.layout import padded_vocab_size
 
@@ -493,7 +493,7 @@ def run_sharded_bench(cfg: Any, work_dir: str | Path, out_dir: str | Path,
     With parallel.compare_single, the same points again at TP 1 x PP 1 on global rank 0 (the
     other ranks only help load the checkpoint): its tokens must be the sharded ones."""
     from aistack.bench.quality import read_texts
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
+    from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
     from aistack.eval.source import describe
     from aistack.eval.tasks import set_offline
 
@@ -604,7 +604,7 @@ def _write_outputs(cfg: Any, source: Any, text: str, results: list[dict], out: P
     import io
 
     from aistack.bench.results import _fmt, plot_throughput
-    from aistack.launch.rundir import atomic_write_json, atomic_write_text
+    from aistack.rundir import atomic_write_json, atomic_write_text
 
     sharded = results[0]
     single = results[1] if len(results) > 1 else None
@@ -657,7 +657,7 @@ def _write_outputs(cfg: Any, source: Any, text: str, results: list[dict], out: P
 
 
 def _write_markdown(out: Path, rows: list[dict], meta: dict, fmt: Callable) -> Path:
-    from aistack.launch.rundir import atomic_write_text
+    from aistack.rundir import atomic_write_text
 
     cpu = meta["cpu_figures"]
     p = meta["parallel"]

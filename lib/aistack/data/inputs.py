@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aistack.data.remote import common_root, relative
 
-from aistack.launch.rundir import atomic_write_text
+from aistack.rundir import atomic_write_text
 
 
 def write_paths_file(files: list[str], path: Path) -> tuple[str, Path]:

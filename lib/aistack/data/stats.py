@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aistack.data import remote
-from aistack.launch.rundir import atomic_write_json, atomic_write_text
+from aistack.rundir import atomic_write_json, atomic_write_text
 
 # datatrove filters count drops as `dropped_<reason>`; these count documents (or
 # files) lost some other way, so they are reasons too.

@@ -7,37 +7,35 @@ WARC records but kept none of them ("job filter: task 3 (input files ...) read .
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 from aistack.data.funnel import plot_funnel
 from aistack.data.stats import funnel_points, job_summary, merge_task_rows, write_tables
-from aistack.launch.rundir import RunDir, read_json
+from aistack.rundir import RunDir, read_json, read_plan_jobs, read_plan_kind
 
 # The job whose steps make the funnel, per kind.
 FUNNEL_JOB = {"filter": "filter", "dedup": "filter", "tokenize": "tokenize"}
 
 
 def build_report(run: RunDir) -> dict:
-    plan = json.loads((run.path / "plan.json").read_text())
+    kind = read_plan_kind(run)
     jobs, warnings = [], []
-    for job in plan["jobs"]:
-        if job["entry"] == "data_stats":
+    for job in read_plan_jobs(run):
+        if job.entry == "data_stats":
             continue
-        results = [run.task_result(job["name"], t) for t in range(job["tasks"])]
+        results = [run.task_result(job.name, t) for t in range(job.tasks)]
         missing = [t for t, r in enumerate(results) if r is None]
         if missing:
-            raise RuntimeError(f"job {job['name']} of run {run.name}: tasks {missing} have not finished")
+            raise RuntimeError(f"job {job.name} of run {run.name}: tasks {missing} have not finished")
         results = [r["result"] for r in results]
-        warnings += [f"job {job['name']}: {w}" for r in results for w in r.get("warnings", [])]
-        summary = job_summary(job["name"], results)
+        warnings += [f"job {job.name}: {w}" for r in results for w in r.get("warnings", [])]
+        summary = job_summary(job.name, results)
         summary["steps"] = merge_task_rows([r.get("steps", []) for r in results])
         jobs.append(summary)
-    table = {"run": run.name, "kind": plan["kind"], "jobs": jobs, "warnings": warnings}
+    table = {"run": run.name, "kind": kind, "jobs": jobs, "warnings": warnings}
     json_path, csv_path = write_tables(run.path, table)
-    funnel_job = next((j for j in jobs if j["job"] == FUNNEL_JOB.get(plan["kind"])), jobs[-1] if jobs else None)
+    funnel_job = next((j for j in jobs if j["job"] == FUNNEL_JOB.get(kind)), jobs[-1] if jobs else None)
     points = funnel_points(funnel_job["steps"]) if funnel_job else []
-    funnel = plot_funnel(points or [("input", 0)], run.path / "funnel.png", f"{plan['kind']} {run.name}: documents kept")
+    funnel = plot_funnel(points or [("input", 0)], run.path / "funnel.png", f"{kind} {run.name}: documents kept")
     return {"table": table, "json": json_path, "csv": csv_path, "funnel": funnel}
 
 

@@ -85,7 +85,7 @@ def recipe_above(path: Path) -> tuple[Path, dict] | None:
 
 def describe(path: str | Path, model: dict | None = None, tokenizer: str | None = None) -> Source:
     """The Source of one checkpoint directory. `model` / `tokenizer` override the recipe's."""
-    from aistack.kinds.pretrain import ModelConfig
+    from aistack.model.config import ModelConfig
     from aistack.model import nemo
 
     path = Path(path).absolute()
@@ -155,8 +155,8 @@ def load_gpt(source: Source, device: str | None = None, dtype: Any = None):
 
 def fresh_model(model_cfg: Any, vocab_size: int, seed: int):
     """An untrained TP=1 PP=1 fp32 GPTModel (megatron's local layers), initialised with `seed`."""
-    from aistack.dist.megatron import init_model_parallel, set_seeds
-    from aistack.kinds.pretrain import ParallelConfig
+    from aistack.model.dist.megatron import init_model_parallel, set_seeds
+    from aistack.model.config import ParallelConfig
     from aistack.model import cpu_compat, gpt
     from aistack.model.layout import padded_vocab_size
 

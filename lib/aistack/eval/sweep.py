@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aistack.launch.rundir import RunDir, atomic_write_json, atomic_write_text
+from aistack.rundir import RunDir, atomic_write_json, atomic_write_text
 
 COLUMNS = ["run", "step", "checkpoint", "task", "metric", "value", "backend"]
 

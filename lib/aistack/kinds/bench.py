@@ -32,7 +32,7 @@ from pydantic import Field, field_validator, model_validator
 
 from aistack.kinds.evaluate import DataTask, ExistingFile, TaskName, expand_checkpoints
 from aistack.kinds.pretrain import ModelConfig
-from aistack.kinds.spec import JobSpec, KindSpec
+from aistack.recipe.kinds import JobSpec, KindSpec
 from aistack.recipe.load import LoadedRecipe
 from aistack.recipe.schema import Recipe, StrictModel
 

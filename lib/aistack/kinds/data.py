@@ -19,7 +19,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from aistack.kinds.spec import JobSpec, KindSpec, single_node
+from aistack.recipe.kinds import JobSpec, KindSpec, single_node
 from aistack.data.remote import check_no_credentials, expand_remote, is_listing, is_url, read_listing
 from aistack.recipe.deferred import defer_missing, defer_remote, expected_shards, is_deferred
 from aistack.recipe.errors import RecipeError

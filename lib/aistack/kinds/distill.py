@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from aistack.kinds.pretrain import CHECKPOINTS, SPEED_KEYS, DataConfig, ModelConfig, ParallelConfig, TrainConfig, estimate
 from aistack.kinds.sft import FinetuneCheckpointConfig
-from aistack.kinds.spec import JobSpec, KindSpec, single_node
+from aistack.recipe.kinds import JobSpec, KindSpec, single_node
 from aistack.model.layout import check_layout
 from aistack.recipe.errors import RecipeError
 from aistack.recipe.load import LoadedRecipe

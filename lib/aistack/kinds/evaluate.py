@@ -24,7 +24,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from aistack.model.nemo import is_nemo_checkpoint
 from aistack.recipe.deferred import defer_missing, is_deferred
 from aistack.kinds.pretrain import ModelConfig
-from aistack.kinds.spec import JobSpec, KindSpec, single_node
+from aistack.recipe.kinds import JobSpec, KindSpec, single_node
 from aistack.recipe.load import LoadedRecipe
 from aistack.recipe.schema import Recipe, StrictModel
 

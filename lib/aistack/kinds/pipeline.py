@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from aistack.kinds.spec import KindSpec
+from aistack.recipe.kinds import KindSpec
 from aistack.recipe.schema import Name, Recipe, StrictModel
 
 
@@ -57,5 +57,5 @@ class PipelineRecipe(Recipe):
     report: bool = Field(default=True, description="a last stage writing report.md/html from every stage's outputs")
 
 
-# No planner: a pipeline expands into its stages (aistack.pipeline.stages).
+# No planner: a pipeline expands into its stages (aistack.launch.stages).
 SPEC = KindSpec("pipeline", PipelineRecipe, None, stage=False)

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from aistack.kinds.pretrain import CHECKPOINTS, SPEED_KEYS, CheckpointConfig, ModelConfig, ParallelConfig, TrainConfig, estimate
-from aistack.kinds.spec import JobSpec, KindSpec
+from aistack.recipe.kinds import JobSpec, KindSpec
 from aistack.model.layout import check_layout
 from aistack.recipe.load import LoadedRecipe
 from aistack.recipe.schema import Recipe, StrictModel

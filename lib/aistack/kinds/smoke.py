@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from aistack.kinds.spec import JobSpec, KindSpec, single_node
+from aistack.recipe.kinds import JobSpec, KindSpec, single_node
 from aistack.recipe.load import LoadedRecipe
 from aistack.recipe.schema import Recipe, StrictModel, TaskCount
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from aistack.launch.profile import ClusterProfile
-from aistack.launch.sbatch import container_launch, container_mounts
+from aistack.launch.slurm.sbatch import container_launch, container_mounts
 from aistack.recipe import RecipeError
 
 if TYPE_CHECKING:
-    from aistack.pipeline.stages import Stage
+    from aistack.launch.stages import Stage
 
 # Sections that place the job rather than name what it reads (the image, the run root).
 PLACEMENT_SECTIONS = ("resources", "output", "tracking")

@@ -4,7 +4,7 @@ have: `submit(plan, run, after=..., dry_run=..., progress=...)`.
 The base class owns the loop every executor shares: jobs in dependency order, only the
 tasks without a DONE marker, each job after the jobs it needs (or after `after`, the
 jobs of earlier pipeline stages), and a failed job stopping its dependents. The local
-and Slurm executors implement one hook, `_submit_job`. `executor_for` picks one.
+and Slurm executors (local/, slurm/) implement one hook, `_submit_job`; the launcher picks one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 if TYPE_CHECKING:
     from aistack.launch.plan import JobSpec, Plan
     from aistack.launch.profile import ClusterProfile
-    from aistack.launch.rundir import RunDir
+    from aistack.rundir import RunDir
 
 # Slurm's job states, grouped by what they mean for a run.
 FINISHED_OK = frozenset({"COMPLETED"})
@@ -123,13 +123,6 @@ class Executor(ABC):
         executor under a submit limit may submit only the first of them: a wave)."""
 
 
-def executor_for(profile: ClusterProfile, dry_run: bool = False, launch_id: str | None = None) -> Executor:
-    """The one place an executor is chosen. A dry run shows the sbatch scripts a Slurm
-    profile would submit; on the local profile it shows them for the default partition."""
-    if profile.executor == "local" and not dry_run:
-        from aistack.launch.local import LocalExecutor
-
-        return LocalExecutor(profile)
-    from aistack.launch.slurm import SlurmExecutor
-
-    return SlurmExecutor(profile, launch_id)
+def wandb_per_task(job: JobSpec) -> bool:
+    # Big shard arrays log to metrics.jsonl only; their gather step reports to W&B.
+    return job.num_tasks <= 16

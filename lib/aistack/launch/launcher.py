@@ -7,21 +7,22 @@ the profile's executor -> jobs. The CLI, the tests and the benchmarks all come t
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from aistack.launch import waves
 from aistack.launch.container_check import check_stage
-from aistack.launch.executor import FINISHED, JobFailed, Progress, Submitted, executor_for
+from aistack.launch.executor import FINISHED, Executor, JobFailed, Progress, Submitted
 from aistack.launch.plan import Plan
 from aistack.launch.profile import ClusterProfile, default_target, load_profile
-from aistack.launch.rundir import RunDir
+from aistack.launch.slurm import waves
+from aistack.launch.stages import Pipeline, resolve
 from aistack.launch.status import TaskStatus, run_status
-from aistack.pipeline.stages import Pipeline, resolve
-from aistack.pipeline.submit import StageOutcome, submit_stages
+from aistack.launch.submit import StageOutcome, submit_stages
 from aistack.recipe import LoadedRecipe, load_recipe
+from aistack.rundir import PlannedJob, RunDir
 
 
 @dataclass
@@ -49,7 +50,20 @@ class Launch:
         return [item for outcome in self.outcomes for item in outcome.submitted]
 
     def status(self) -> list[TaskStatus]:
-        return run_status(self.run, [(j.name, j.num_tasks) for j in self.plan.jobs])
+        return run_status(self.run, [PlannedJob(j.name, j.num_tasks) for j in self.plan.jobs])
+
+
+def executor_for(profile: ClusterProfile, dry_run: bool = False, launch_id: str | None = None) -> Executor:
+    """The one place an executor is chosen. A dry run shows the sbatch scripts a Slurm
+    profile would submit; on the local profile it shows them for the default partition."""
+    # Imported here, not above: `plan` and `status` need neither executor (nor submitit).
+    if profile.executor == "local" and not dry_run:
+        from aistack.launch.local.executor import LocalExecutor
+
+        return LocalExecutor(profile)
+    from aistack.launch.slurm.executor import SlurmExecutor
+
+    return SlurmExecutor(profile, launch_id)
 
 
 def start(loaded: LoadedRecipe, profile: ClusterProfile, dry_run: bool = False,
@@ -108,3 +122,28 @@ def wait(launch_: Launch, timeout_s: float = 3600, poll_s: float = 2.0, on_poll=
         if all(r.state in FINISHED for r in rows) or time.time() > deadline:
             return rows
         time.sleep(poll_s)
+
+
+def continue_launch(continuation: str) -> int:
+    """What a follow-up job runs (waves.py): the same launch again, submitting the next wave."""
+    path = Path(continuation)
+    successor = waves.superseded_by(path)
+    if successor:
+        print(f"superseded by follow-up Slurm job {successor}: nothing to do", flush=True)
+        return 0
+    state = waves.read_continuation(path)
+    result = start(state["loaded"], state["profile"], launch_id=state["launch"])
+    for outcome in result.outcomes:
+        for item in outcome.submitted:
+            print(f"submitted {outcome.stage}/{item.job}: Slurm {item.job_id} ({len(item.task_ids)} tasks)", flush=True)
+        if outcome.error:
+            print(f"{outcome.stage}: {outcome.error}", flush=True)
+    if result.followup:
+        print(f"tasks left for a later wave: follow-up Slurm job {result.followup}", flush=True)
+    else:
+        print("nothing left to submit", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(continue_launch(sys.argv[1]))

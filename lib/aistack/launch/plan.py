@@ -10,7 +10,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from aistack.kinds import JobSpec, spec_for
+from aistack.recipe.kinds import JobSpec, spec_for
 from aistack.recipe import LoadedRecipe, RecipeError
 from aistack.recipe.schema import MAX_ARRAY_TASKS
 

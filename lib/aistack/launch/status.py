@@ -1,15 +1,20 @@
-"""Where a run stands: each job and array task with its state (Slurm's, when on Slurm)."""
+"""Where a run stands: each job and array task with its state (Slurm's, when on Slurm), and
+for a pipeline one state per stage; cancelling a run."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
-from aistack.launch import localproc, waves
-from aistack.launch.executor import FINISHED_BAD
-from aistack.launch.rundir import RunDir
-from aistack.launch.slurm import in_queue, slurm_states
+from aistack.launch.executor import FINISHED, FINISHED_BAD, INTERRUPTED
+from aistack.launch.local import processes as localproc
+from aistack.launch.slurm import waves
+from aistack.launch.slurm.sacct import in_queue, slurm_states
+from aistack.rundir import PlannedJob, RunDir, StageRecord, elapsed
+from aistack.track.sync import is_synced
+from aistack.track.wandb_run import run_id
 
 
 @dataclass
@@ -31,26 +36,18 @@ class Cancelled:
     elsewhere: list[str] = field(default_factory=list)  # local tasks of another host: not from here
 
 
-def latest_submissions(run: RunDir) -> dict[tuple[str, int], tuple[dict, int | None]]:
-    """(job, task) -> (its latest submission record, its array index or None)."""
-    latest: dict[tuple[str, int], tuple[dict, int | None]] = {}
-    for record in run.submissions():
-        for index, task_id in enumerate(record["task_ids"]):
-            latest[(record["job"], task_id)] = (record, index if record["array"] else None)
-    return latest
-
-
-def run_status(run: RunDir, jobs: list[tuple[str, int]]) -> list[TaskStatus]:
-    """`jobs`: (name, num_tasks) of the run's plan, in order."""
-    latest = latest_submissions(run)
+def run_status(run: RunDir, jobs: Sequence[PlannedJob]) -> list[TaskStatus]:
+    """`jobs`: the run's plan, in order."""
+    latest = run.latest_submissions()
     slurm_ids = sorted({rec["job_id"] for rec, _ in latest.values() if rec["executor"] == "slurm"})
     followup = waves.waiting_on(run)  # tasks a follow-up job submits in a later wave
     if followup and followup["followup"] not in in_queue([followup["followup"]]):
         followup = None  # the chain has ended (or was cancelled): nothing will come
     states = slurm_states(slurm_ids) if slurm_ids else {}
     rows: list[TaskStatus] = []
-    for name, num_tasks in jobs:
-        for task_id in range(num_tasks):
+    for job in jobs:
+        name = job.name
+        for task_id in range(job.tasks):
             marker = run.task_state(name, task_id)
             attempt = int(marker.get("attempt", 0)) if marker else 0
             waits = f"next wave: follow-up Slurm job {followup['followup']}" if followup and name in followup["waiting"] else ""
@@ -104,7 +101,7 @@ def cancel_run(run: RunDir) -> Cancelled:
         out.cancelled += slurm_ids
     here = localproc.this_host()
     jobs: dict[tuple[str, int], list[int]] = {}  # (job, controller pid) -> its tasks
-    for (name, task_id), (record, _) in latest_submissions(run).items():
+    for (name, task_id), (record, _) in run.latest_submissions().items():
         if record["executor"] != "local" or run.is_done(name, task_id):
             continue
         marker = run.task_state(name, task_id)
@@ -131,3 +128,64 @@ def cancel_run(run: RunDir) -> Cancelled:
                 run.set_stopped_state(name, task_id, "CANCELLED", cancelled_at=time.time(), error="cancelled (aistack cancel)")
         out.cancelled.append(f"{name} task{'s' if len(task_ids) > 1 else ''} {', '.join(map(str, task_ids))} (pid {controller})")
     return out
+
+
+# --- a pipeline: one state per stage, from its tasks' states ---------------------------
+
+
+@dataclass
+class StageState:
+    name: str
+    kind: str
+    run: RunDir
+    state: str  # COMPLETED, RUNNING, PENDING, FAILED, CANCELLED, INTERRUPTED (stopped here), NOT_SUBMITTED, ...
+    done: int
+    total: int
+    elapsed_s: float | None
+    wandb: str  # the W&B run of the stage's first job, task 0 (id prefix, and "offline" when not synced)
+    needs: list[str]
+    notes: list[str] = field(default_factory=list)  # "job task N: ..." from its tasks' records (a failed quick-save)
+    active: bool = False  # a task still runs or waits to (a FAILED stage's other array tasks go on)
+
+
+_ACTIVE = {"RUNNING", "COMPLETING", "CONFIGURING", "PENDING", "REQUEUE_HOLD", "SUSPENDED", "WAITING"} | INTERRUPTED
+
+
+def stage_states(records: list[StageRecord]) -> list[StageState]:
+    out: list[StageState] = []
+    for record in records:
+        name, kind, run, jobs, needs = record.name, record.kind, record.run, record.jobs, list(record.needs)
+        rows = run_status(run, jobs) if run.path.exists() else []
+        done = sum(r.state == "COMPLETED" for r in rows)
+        total = sum(j.tasks for j in jobs)
+        states = {r.state for r in rows}
+        if rows and done == total:
+            state = "COMPLETED"
+        elif states & FINISHED_BAD:
+            # the cause before its consequences: a failed task cancels the jobs after it
+            state = min(states & FINISHED_BAD, key=lambda s: (s == "CANCELLED", s))
+        elif states & ({"RUNNING", "COMPLETING", "CONFIGURING"} | INTERRUPTED):  # preempted: requeued, going on
+            state = "RUNNING"
+        elif states & {"PENDING", "REQUEUE_HOLD", "SUSPENDED"}:
+            state = "PENDING"
+        elif not rows or states <= {"NOT_SUBMITTED"}:
+            state = "NOT_SUBMITTED"
+        else:
+            state = "PENDING" if done < total else "COMPLETED"
+        wandb_dir = run.path / "wandb"
+        first = jobs[0].name if jobs else ""
+        wandb = "-"
+        if wandb_dir.exists():
+            full = run_id(run.name, first, 0)
+            unsynced = [f for f in wandb_dir.glob(f"offline-run-*-{full}") if not is_synced(f)]
+            wandb = full[:8] + (" offline" if unsynced else "")
+        notes = [f"{r.job} task {r.task_id}: {r.note}" for r in rows if r.note]
+        out.append(StageState(name, kind, run, state, done, total, elapsed(run, jobs) if run.path.exists() else None, wandb, needs,
+                              notes, active=bool(states & _ACTIVE)))
+    return out
+
+
+def finished(states: list[StageState]) -> bool:
+    """Nothing more will happen without a new submission: every stage ended (a failed one once
+    its other tasks have ended too: their results are kept, and a rerun starts from them)."""
+    return all(s.state in FINISHED | {"NOT_SUBMITTED"} and not s.active for s in states)

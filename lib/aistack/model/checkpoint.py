@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,38 +20,22 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from aistack.launch.rundir import atomic_write_text
-from aistack.model import cpu_compat
+from aistack.rundir import LATEST, atomic_write_text, latest_checkpoint, saved_steps, step_dir  # noqa: F401  (the layout's names here too)
+from aistack.model import cpu_compat, nemo
+from aistack.model.gpt import unwrap
 
 log = logging.getLogger("aistack")
 
-LATEST = "latest"
-_STEP_RE = re.compile(r"^step_(\d{6,})$")
 # The distributed optimizer state in a layout-independent form (gathered per parameter).
 _SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
-def step_dir(root: Path, step: int) -> Path:
-    return Path(root) / f"step_{step:06d}"
-
-
 def latest(root: str | Path) -> Path | None:
     """The newest complete checkpoint under root, or None. `root` may itself be a checkpoint."""
-    from aistack.model.nemo import is_nemo_checkpoint
-
     root = Path(root)
-    if (root / "metadata.json").exists() or is_nemo_checkpoint(root):  # a checkpoint directory given directly
+    if (root / "metadata.json").exists() or nemo.is_nemo_checkpoint(root):  # a checkpoint directory given directly
         return root
-    pointer = root / LATEST
-    if pointer.exists():
-        path = root / pointer.read_text().strip()
-        if (path / "metadata.json").exists():
-            return path
-        log.warning("%s names %s, which is not a complete checkpoint: using the newest complete one", pointer, path.name)
-    steps = saved_steps(root) if root.is_dir() else []
-    if steps and not pointer.exists():
-        log.warning("%s is missing: using the newest complete checkpoint, step %d", pointer, steps[-1])
-    return step_dir(root, steps[-1]) if steps else None
+    return latest_checkpoint(root)
 
 
 def _sharded_state_dict(model_chunks: list, optimizer, scheduler, step: int, is_loading: bool,
@@ -119,8 +102,6 @@ def load(path: str | Path, model_chunks: list, optimizer=None, scheduler=None, r
     TP/PP layout; returns {"step": ..., **extra saved}. A NeMo 2 checkpoint gives its weights."""
     from megatron.core import dist_checkpointing
 
-    from aistack.model import nemo
-
     path, prefix = Path(path), ""
     if nemo.is_nemo_checkpoint(path):
         if optimizer is not None:
@@ -162,22 +143,6 @@ def load(path: str | Path, model_chunks: list, optimizer=None, scheduler=None, r
     return {**meta, "step": step}
 
 
-def unwrap(model_chunks: list) -> list:
-    """The GPTModels inside DDP / Float16Module: checkpoint keys are the model's own
-    ("decoder.layers.0...."), whatever wraps it."""
-    out = []
-    for chunk in model_chunks:
-        while hasattr(chunk, "module"):
-            chunk = chunk.module
-        out.append(chunk)
-    return out
-
-
-def saved_steps(root: Path) -> list[int]:
-    """The steps of the complete checkpoints under root, oldest first."""
-    return sorted(int(m.group(1)) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and (p / "metadata.json").exists())
-
-
 def _init_optimizer_state(optimizer) -> None:
     """A fresh torch AdamW has no state until its first step; give it zeros (and a 'step')
     so the loading state dict has the checkpoint's structure."""
@@ -210,7 +175,7 @@ def load_model(path: str | Path, model_cfg: Any, vocab_size: int, tensor: int = 
     """One GPTModel stage (TP=`tensor`, PP=1) with the weights of the checkpoint at `path`,
     whatever layout saved it. `vocab_size` is the unpadded one. Megatron's parallel state
     must be initialised with this TP size and PP=1."""
-    from aistack.kinds.pretrain import ParallelConfig
+    from aistack.model.config import ParallelConfig
     from aistack.model import gpt
     from aistack.model.layout import padded_vocab_size
 
@@ -224,7 +189,7 @@ def load_model_alone(path: str | Path, model_cfg: Any, vocab_size: int):
     """load_model in a process of its own: TP=1, PP=1, fp32, megatron's local layers. Megatron
     needs its parallel state even for one process: a gloo (or NCCL) group of one is
     initialised if none exists (under submitit: the task's own rendezvous)."""
-    from aistack.dist.megatron import init_model_parallel, set_seeds
+    from aistack.model.dist.megatron import init_model_parallel, set_seeds
 
     init_model_parallel(1, 1)
     set_seeds(1234)
@@ -237,7 +202,7 @@ def load_run_model(run_dir: str | Path, job: str = "train", task: int = 0):
     fp32), whatever layout saved it: megatron's dist_checkpointing reshards on load."""
     import yaml
 
-    from aistack.kinds.pretrain import ModelConfig
+    from aistack.model.config import ModelConfig
     from aistack.model.dataset import Tokenizer
     from aistack.model.estimate import recipe_tokenizer
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from aistack.launch.rundir import atomic_write_text
+from aistack.rundir import atomic_write_text
 
 
 @dataclass

@@ -168,3 +168,14 @@ def build_model_chunks(model_cfg: Any, parallel_cfg: Any, vocab_size: int, preci
     if torch.cuda.is_available():  # built on the host (use_cpu_initialization): train on this rank's GPU
         chunks = [chunk.cuda(torch.cuda.current_device()) for chunk in chunks]
     return chunks
+
+
+def unwrap(model_chunks: list) -> list:
+    """The GPTModels inside DDP / Float16Module: checkpoint keys are the model's own
+    ("decoder.layers.0...."), whatever wraps it."""
+    out = []
+    for chunk in model_chunks:
+        while hasattr(chunk, "module"):
+            chunk = chunk.module
+        out.append(chunk)
+    return out

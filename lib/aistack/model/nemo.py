@@ -172,7 +172,7 @@ def save_weights(model: Any, out_dir: str | Path) -> Path:
     from megatron.core import dist_checkpointing
 
     from aistack.model import cpu_compat
-    from aistack.model.checkpoint import unwrap
+    from aistack.model.gpt import unwrap
 
     weights = Path(out_dir) / WEIGHTS
     weights.mkdir(parents=True, exist_ok=True)

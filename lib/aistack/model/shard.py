@@ -30,7 +30,7 @@ def shard_into(model_chunks: list, full: Mapping[str, torch.Tensor]) -> None:
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, apply_factory_merges
     from megatron.core.dist_checkpointing.state_dict_utils import load_preprocess
 
-    from aistack.model.checkpoint import unwrap
+    from aistack.model.gpt import unwrap
 
     for chunk in unwrap(model_chunks):
         sharded, _, factories = load_preprocess(chunk.sharded_state_dict())

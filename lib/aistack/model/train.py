@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from aistack import hardware
-from aistack.dist.megatron import Layout, destroy_model_parallel, init_model_parallel, set_seeds
+from aistack.model.dist.megatron import Layout, destroy_model_parallel, init_model_parallel, set_seeds
 from aistack.model import checkpoint, cpu_compat, dataset, gpt, import_hf, nemo, optim
 from aistack.model.flops import step_flops
 from aistack.model.layout import check_layout, padded_vocab_size

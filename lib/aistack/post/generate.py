@@ -89,7 +89,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
 
 
 def generate_shard(recipe: Any, run_path: Path, task_id: int, num_tasks: int) -> dict[str, Any]:
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
+    from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
     from aistack.post.objectives import load_teacher
 
     seq = recipe.sequence

@@ -36,7 +36,7 @@ def student_sequences(recipe: Any, cache_dir: Path):
 
 def write_teacher_logits(recipe: Any, run_path: Path, task_id: int, num_tasks: int, log: Callable | None = None,
                          micro_batch: int = 8) -> dict[str, Any]:
-    from aistack.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
+    from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
     from aistack.post import topk_store
     from aistack.post.objectives import check_shared_vocab, load_teacher
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from aistack.launch.rundir import fsync_dir
+from aistack.rundir import fsync_dir
 
 COMMITTED = "committed"
 

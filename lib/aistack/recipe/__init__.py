@@ -1,4 +1,4 @@
-"""Recipes: schema, loading, errors. The kinds (aistack.kinds) are reached only to validate."""
+"""Recipes: schema, loading, errors. The kind contract and its registry (kinds.py): kinds are looked up by name."""
 
 from aistack.recipe.errors import RecipeError
 from aistack.recipe.load import LoadedRecipe, load_recipe

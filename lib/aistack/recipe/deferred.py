@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aistack.recipe.urls import is_url
+
 
 @dataclass
 class Deferral:
@@ -48,8 +50,6 @@ def deferring(upstream: dict[str, int | None] | None = None, allow_missing: bool
 
 def _normal(path: str) -> str:
     """An absolute path, or a URL as it is (less a trailing slash)."""
-    from aistack.data.remote import is_url
-
     return str(path).rstrip("/") if is_url(path) else os.path.abspath(os.path.expanduser(path))
 
 

@@ -21,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from aistack.recipe.errors import MISSING, REDACTED, RecipeError, SecretValue
+from aistack.recipe.kinds import all_kinds
 from aistack.recipe.schema import Recipe
 
 OVERRIDES_SOURCE = "command-line override"
@@ -147,9 +148,6 @@ def _refuse_unsafe_scalars(node: Any, sources: dict[str, str], file: str, keypat
 
 
 def validate(data: dict[str, Any], sources: dict[str, str], file: str) -> Recipe:
-    # The kinds declare their schemas (aistack.kinds); recipe/ reaches them only here.
-    from aistack.kinds import all_kinds
-
     kinds = all_kinds()
     kind = data.get("kind", MISSING)
     if not isinstance(kind, str) or kind not in kinds:

@@ -35,7 +35,8 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from aistack.launch.rundir import RunDir, atomic_write_text
+from aistack.recipe.kinds import spec_for
+from aistack.rundir import RunDir, atomic_write_text, latest_checkpoint
 
 log = logging.getLogger("aistack")
 
@@ -110,8 +111,6 @@ def stage_hash(run_name: str) -> str:
 def dataset_manifest(run: RunDir, kind: str) -> dict[str, Any]:
     """Every output of a data run (its kind's outputs: documents, the dataset prefix, the
     tokenizer) with sizes and digests."""
-    from aistack.kinds import spec_for
-
     outputs = {}
     for key, rel in spec_for(kind).outputs.items():
         outputs[key] = {"path": rel, "files": file_entries(output_files(run.path / rel), run.path)}
@@ -289,10 +288,8 @@ def record_lineage(ctx: Any) -> dict[str, Any] | None:
 
 def final_checkpoint(run: RunDir) -> Path | None:
     """The newest complete checkpoint of a training run (None while it has none)."""
-    from aistack.model.checkpoint import latest
-
     root = run.task_dir(TRAIN_JOB, 0) / "checkpoints"
-    return latest(root) if root.is_dir() else None
+    return latest_checkpoint(root) if root.is_dir() else None
 
 
 def model_artifact(run: RunDir):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aistack.launch.rundir import append_jsonl, atomic_write_text, read_jsonl
+from aistack.rundir import append_jsonl, atomic_write_text, read_jsonl
 
 
 class MetricsFile:

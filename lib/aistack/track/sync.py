@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aistack.launch.rundir import RunDir
+from aistack.rundir import RunDir, read_stage_records
 from aistack.track.wandb_run import _has_api_key, has_exit_record, offline_runs
 
 # Exit codes of `aistack sync` (the CLI's: 0 ok, 1 failed, 2 bad input, nothing done).
@@ -97,9 +97,7 @@ def targets(run: RunDir) -> list[SyncTarget]:
     from aistack.track.lineage import read_lineage
 
     if (run.path / "stages.json").exists():
-        from aistack.pipeline.submit import stage_runs
-
-        found = [_target(f"stage {name}", stage_run) for name, _, stage_run, _, _ in stage_runs(run)]
+        found = [_target(f"stage {stage.name}", stage.run) for stage in read_stage_records(run)]
         if offline_runs(run.path):  # nothing logs at the pipeline level today; if it ever does
             found.insert(0, _target("pipeline", run))
     else:

@@ -10,15 +10,14 @@ found here, before anything is written or submitted.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aistack.kinds import spec_for
+from aistack.recipe.kinds import spec_for
 from aistack.launch.plan import Plan, make_plan
-from aistack.launch.rundir import RunDir
+from aistack.rundir import PlannedJob, RunDir, StageRecord, write_stage_records
 from aistack.recipe import LoadedRecipe, RecipeError
 from aistack.recipe.deferred import deferring
 from aistack.recipe.load import OVERRIDES_SOURCE, deep_merge, load_stage, stage_refs_in
@@ -218,24 +217,13 @@ def _report_stage(loaded: LoadedRecipe, pdir: RunDir, stages: list[Stage]) -> St
 
 def write_pipeline_files(pipeline: Pipeline) -> None:
     """<pipeline dir>/recipe.yaml (the pipeline as resolved) and stages.json (the current stage runs)."""
-    from aistack.launch.rundir import atomic_write_json
-
     pdir = pipeline.dir
     assert pdir is not None, "a plain recipe has no pipeline files"
     pdir.path.mkdir(parents=True, exist_ok=True)
     pdir.write_recipe(pipeline.loaded)
-    atomic_write_json(pdir.path / "stages.json", {"stages": [stage_record(s) for s in pipeline.stages]})
+    write_stage_records(pdir, [stage_record(s) for s in pipeline.stages])
 
 
-def stage_record(stage: Stage) -> dict[str, Any]:
-    return {
-        "name": stage.name, "kind": stage.kind, "run": str(stage.run.path), "needs": list(stage.needs),
-        "jobs": [{"name": j.name, "tasks": j.num_tasks, "depends_on": list(j.depends_on)} for j in stage.plan.jobs],
-    }
-
-
-def read_stage_records(pdir: RunDir) -> list[dict[str, Any]]:
-    path = pdir.path / "stages.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{pdir.path} is not a pipeline run (no stages.json)")
-    return json.loads(path.read_text())["stages"]
+def stage_record(stage: Stage) -> StageRecord:
+    return StageRecord(stage.name, stage.kind, stage.run,
+                       tuple(PlannedJob(j.name, j.num_tasks, j.entry, j.depends_on) for j in stage.plan.jobs), stage.needs)

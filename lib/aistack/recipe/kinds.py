@@ -1,14 +1,18 @@
 """What a recipe kind is, declared in one place (as torchtitan's ModelSpec bundles a model
 with its hooks): its schema, its planner, its outputs, its report section.
 
-A kind module in this package defines `SPEC = KindSpec(...)` (or `SPECS = (...)` for
-several kinds sharing a schema module); the registry finds it by itself. Its jobs are
-modules of aistack.jobs named by JobSpec.entry; lib never imports them, so the planner
-checks they exist when it plans (before anything is submitted), not on the node.
+The contract sits here, below the kinds that implement it (as torchtitan keeps its
+protocols below its models). A module of aistack.kinds defines `SPEC = KindSpec(...)` (or
+`SPECS = (...)` for several kinds sharing a schema module); the registry below finds it by
+listing that package, by name: nothing here imports a kind. Its jobs are modules of jobs/
+named by JobSpec.entry; lib never imports them, so the planner checks they exist when it
+plans (before anything is submitted), not on the node.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -44,7 +48,7 @@ class JobSpec:
 
 
 Planner = Callable[["LoadedRecipe"], list[JobSpec]]
-# Sections of a pipeline's report a stage can feed (aistack.pipeline.report_page).
+# Sections of a pipeline's report a stage can feed (aistack.report.page).
 ReportSection = Literal["data", "training", "evaluation", "benchmark"]
 
 
@@ -81,3 +85,23 @@ def single_node(resources: Resources, gpus: bool = False) -> Resources:
     update: dict[str, Any] = {"nodes": 1, "tasks_per_node": 1}
     update["gpus_per_node"] = min(resources.gpus_per_node, 1) if gpus else 0
     return resources.model_copy(update=update)
+
+
+KINDS_PACKAGE = "aistack.kinds"
+_KINDS: dict[str, KindSpec] = {}
+
+
+def all_kinds() -> dict[str, KindSpec]:
+    """Every kind, by its recipe `kind:` name."""
+    if not _KINDS:
+        package = importlib.import_module(KINDS_PACKAGE)
+        for module_info in pkgutil.iter_modules(package.__path__):
+            module = importlib.import_module(f"{KINDS_PACKAGE}.{module_info.name}")
+            specs = getattr(module, "SPECS", ()) or ((module.SPEC,) if hasattr(module, "SPEC") else ())
+            for spec in specs:
+                _KINDS[spec.name] = spec
+    return _KINDS
+
+
+def spec_for(kind: str) -> KindSpec:
+    return all_kinds()[kind]

@@ -142,7 +142,7 @@ def slurm_launch(
     return SlurmLaunch(params=params, python=python)
 
 
-NODE_ENTRY = "aistack.launch.node"  # submitit's node entry, lighter: see node.py
+NODE_ENTRY = "aistack.runtime.node"  # submitit's node entry, lighter: see node.py
 
 
 def node_command(python: str, folder: Path) -> str:

@@ -7,9 +7,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from aistack.kinds import spec_for
-from aistack.pipeline.stages import Pipeline, Stage
-from aistack.pipeline.status import StageState
+from aistack.recipe.kinds import spec_for
+from aistack.launch.stages import Pipeline, Stage
+from aistack.launch.status import StageState
 
 
 def gpu_hours(stage: Stage, device_profile_constraint: str = "") -> tuple[float, float | None]:

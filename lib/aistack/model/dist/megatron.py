@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aistack.dist.init import destroy, init_distributed
+from aistack.model.dist.init import destroy, init_distributed
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ def _run_here(work) -> int:
     keep their DONE markers. One line says so; the exit code is 128 + the signal's number."""
     import signal
 
-    from aistack.launch.localproc import Interrupted
+    from aistack.launch.local.processes import Interrupted
 
     caught: list[int] = []
 
@@ -222,7 +222,7 @@ def _local_outcome(result) -> int:
 
 def _print_data_warnings(result) -> None:
     """A data stage's tasks that read WARC records and kept none (from its stats.json)."""
-    from aistack.launch.rundir import read_json
+    from aistack.rundir import read_json
 
     for stage in result.pipeline.stages:
         _print_warnings((read_json(stage.run.path / "stats.json") or {}).get("warnings", []))
@@ -290,16 +290,16 @@ def _follow(result):
 
 
 def _stage_states(pipeline_dir):
-    from aistack.pipeline.status import stage_states
-    from aistack.pipeline.submit import stage_runs
+    from aistack.launch.status import stage_states
+    from aistack.rundir import read_stage_records
 
-    return stage_states(stage_runs(pipeline_dir))
+    return stage_states(read_stage_records(pipeline_dir))
 
 
 def _print_stages(states) -> None:
     from rich.markup import escape
 
-    from aistack.pipeline.show import print_status
+    from aistack.cli.show import print_status
 
     print_status(console, states)
     for stage in states:
@@ -310,7 +310,7 @@ def _print_stages(states) -> None:
 def _follow_pipeline(pipeline_dir, poll_s: float = 5.0, timeout_s: float = 6 * 3600):
     import time
 
-    from aistack.pipeline.status import finished
+    from aistack.launch.status import finished
 
     deadline = time.time() + timeout_s
     while True:
@@ -331,7 +331,7 @@ def _print_plan(result, scripts: bool) -> None:
     from rich.table import Table
 
     if not result.pipeline.is_single:
-        from aistack.pipeline.show import print_plan
+        from aistack.cli.show import print_plan
 
         print_plan(console, result.pipeline, result.outcomes, result.profile, scripts=scripts)
         return
@@ -369,7 +369,7 @@ def _print_plan(result, scripts: bool) -> None:
 def _print_estimates(result) -> None:
     from rich.table import Table
 
-    from aistack.kinds import spec_for
+    from aistack.recipe.kinds import spec_for
 
     estimate = spec_for(result.loaded.kind).estimate
     if estimate is None:
@@ -389,20 +389,14 @@ def _print_estimates(result) -> None:
 
 
 def _find(args):
-    from aistack.launch.rundir import find_run
+    from aistack.rundir import find_run
 
     return find_run(args.run, args.root)
 
 
-def _plan_jobs(run) -> list[tuple[str, int]]:
-    import json
-
-    plan = json.loads((run.path / "plan.json").read_text())
-    return [(j["name"], j["tasks"]) for j in plan["jobs"]]
-
-
 def cmd_status(args) -> int:
     from aistack.launch.status import run_status
+    from aistack.rundir import read_plan_jobs
 
     if args.run is None:
         root = Path(args.root)
@@ -417,7 +411,7 @@ def cmd_status(args) -> int:
     if (run.path / "stages.json").exists():
         _print_stages(_stage_states(run))
         return 0
-    rows = run_status(run, _plan_jobs(run))
+    rows = run_status(run, read_plan_jobs(run))
     _print_status(rows)
     from aistack.track.lineage import describe  # a training run: the data it was trained on
 
@@ -452,12 +446,12 @@ def _print_status(rows) -> None:
 
 
 def cmd_logs(args) -> int:
-    from aistack.launch.slurm import log_paths
-    from aistack.launch.status import latest_submissions
+    from aistack.launch.slurm.executor import log_paths
+    from aistack.rundir import read_plan_jobs
 
     run = _find(args)
-    job = args.job or _plan_jobs(run)[0][0]
-    latest = latest_submissions(run)
+    job = args.job or read_plan_jobs(run)[0].name
+    latest = run.latest_submissions()
     if (job, args.task) not in latest:
         raise FileNotFoundError(f"task {args.task} of job {job} in run {run.name} was never submitted")
     record, index = latest[(job, args.task)]
@@ -541,9 +535,9 @@ def cmd_cancel(args) -> int:
     run = _find(args)
     runs = [run]
     if (run.path / "stages.json").exists():  # a pipeline: every stage's run
-        from aistack.pipeline.submit import stage_runs
+        from aistack.rundir import read_stage_records
 
-        runs = [stage_run for _, _, stage_run, _, _ in stage_runs(run) if stage_run.path.exists()]
+        runs = [stage.run for stage in read_stage_records(run) if stage.run.path.exists()]
     results = [cancel_run(r) for r in runs]
     cancelled = [c for r in results for c in r.cancelled]
     elsewhere = [e for r in results for e in r.elsewhere]

@@ -8,6 +8,7 @@ marker are submitted, so rerunning a recipe resumes it.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -17,21 +18,33 @@ from pathlib import Path
 
 import submitit
 
-from aistack.launch.executor import FINISHED, FINISHED_BAD, Executor, Progress, Submitted, SubmitRefused, TaskView
-from aistack.launch.limits import SubmitLimit, submit_limit
+from aistack.launch.executor import (FINISHED, FINISHED_BAD, Executor, Progress, Submitted, SubmitRefused, TaskView,
+                                     wandb_per_task)
+from aistack.launch.slurm.limits import SubmitLimit, submit_limit
 from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
-from aistack.launch.rundir import RunDir
-from aistack.launch.sbatch import SlurmLaunch, node_command, render_sbatch, slurm_launch
-from aistack.launch.node import write_tasks_file
-from aistack.launch.task import TaskRunner
+from aistack.launch.slurm.sacct import in_queue, slurm_states
+from aistack.rundir import RunDir
+from aistack.launch.slurm.sbatch import SlurmLaunch, node_command, render_sbatch, slurm_launch
+from aistack.runtime.node import write_tasks_file
+from aistack.runtime.task import TaskRunner
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default
 
 
 def max_array_size(profile: ClusterProfile) -> int:
+    """The profile's, else slurm.conf's (read as a file: no RPC, and no wait while the
+    controller is down), else what the controller says (configless sites), else Slurm's default."""
     if profile.max_array_size:
         return profile.max_array_size
+    conf = Path(os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf")
+    try:
+        text = conf.read_text(errors="replace")
+    except OSError:
+        text = None
+    if text is not None:
+        value = slurm_conf_value(text, "MaxArraySize")
+        return int(value) if value and value.isdigit() else DEFAULT_MAX_ARRAY_SIZE
     if shutil.which("scontrol"):
         try:
             out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=10).stdout
@@ -41,6 +54,17 @@ def max_array_size(profile: ClusterProfile) -> int:
         except (subprocess.SubprocessError, OSError):
             pass
     return DEFAULT_MAX_ARRAY_SIZE
+
+
+def slurm_conf_value(text: str, key: str) -> str | None:
+    """The last `Key=Value` of a slurm.conf for `key` (keys are case-insensitive)."""
+    value = None
+    for line in text.splitlines():
+        for word in line.split("#", 1)[0].split():
+            name, sep, found = word.partition("=")
+            if sep and name.lower() == key.lower():
+                value = found
+    return value
 
 
 def chunks(items: list[int], size: int) -> list[list[int]]:
@@ -78,11 +102,6 @@ def refusal_message(what: str, tasks: int, slurm_says: str) -> str:
     return f"Slurm refused {what} ({tasks} task{'s' if tasks != 1 else ''}): {said}. What to change: {hint}."
 
 
-def wandb_per_task(job: JobSpec) -> bool:
-    # Big shard arrays log to metrics.jsonl only; their gather step reports to W&B.
-    return job.num_tasks <= 16
-
-
 class SlurmExecutor(Executor):
     def __init__(self, profile: ClusterProfile, launch_id: str | None = None):
         super().__init__(profile)
@@ -110,25 +129,31 @@ class SlurmExecutor(Executor):
         pending = run.pending_tasks(job.name, job.num_tasks)
         if dry_run or not pending or not run.submissions_file.exists():
             return TaskView(pending)
-        from aistack.launch.status import latest_submissions, run_status
-
-        latest = latest_submissions(run)
+        # The latest Slurm submission of each pending task, as Slurm shows it (123 or 123_4).
+        latest = run.latest_submissions()
+        shown: dict[int, tuple[str, str, str | None]] = {}  # task -> (shown id, job id, launch)
+        for task_id in pending:
+            record, index = latest.get((job.name, task_id), ({}, None))
+            if record.get("executor") == "slurm":
+                job_id = str(record["job_id"])
+                shown[task_id] = (f"{job_id}_{index}" if index is not None else job_id, job_id, record.get("launch"))
+        states = slurm_states(sorted({job_id for _, job_id, _ in shown.values()}))
+        # Accounting can lag the controller by a moment: ask the queue about what it lacks.
+        queued = in_queue([job_id for task_id, (sid, job_id, _) in shown.items() if sid not in states])
         view = TaskView([])
         live: set[str] = set()
-        rows = run_status(run, [(job.name, job.num_tasks)])
-        # Accounting can lag the controller by a moment: ask the queue about what it lacks.
-        queued = in_queue([r.job_id.split("_")[0] for r in rows if r.state == "UNKNOWN" and r.executor == "slurm"])
-        for row in rows:
-            if row.state == "COMPLETED" and run.is_done(job.name, row.task_id):
+        for task_id in pending:
+            if task_id not in shown:  # never submitted to Slurm: submit it
+                view.pending.append(task_id)
                 continue
-            if row.state == "UNKNOWN" and row.job_id.split("_")[0] in queued:
-                live.add(row.job_id.split("_")[0])
-            elif row.executor == "slurm" and row.state not in FINISHED | {"UNKNOWN", "NOT_SUBMITTED", "WAITING"}:
-                live.add(row.job_id.split("_")[0])
-            elif row.state in FINISHED_BAD and latest[(job.name, row.task_id)][0].get("launch") == self.launch_id:
-                view.failed.append(row.task_id)
-            elif not run.is_done(job.name, row.task_id):
-                view.pending.append(row.task_id)
+            sid, job_id, launch = shown[task_id]
+            state = states.get(sid, "UNKNOWN")
+            if state == "UNKNOWN" and job_id in queued or state not in FINISHED | {"UNKNOWN"}:
+                live.add(job_id)  # queued, running, or preempted and requeued: waited on, not resubmitted
+            elif state in FINISHED_BAD and launch == self.launch_id:
+                view.failed.append(task_id)
+            else:
+                view.pending.append(task_id)
         view.live_ids = sorted(live)
         return view
 
@@ -183,7 +208,7 @@ class SlurmExecutor(Executor):
 
     def _submit_group(self, run: RunDir, job: JobSpec, launch: SlurmLaunch, group: list[int], as_array: bool) -> Submitted:
         """One sbatch through submitit for `group`: its tasks file, then the array (or job)
-        that runs aistack.launch.node on it."""
+        that runs aistack.runtime.node on it."""
         log_dir = run.log_dir(job.name)
         tasks_file = log_dir / f"tasks-{uuid.uuid4().hex[:16]}.pkl"
         runner = TaskRunner(str(run.path), job.name, job.entry, -1, job.num_tasks, wandb_per_task(job), recipe=run.recipe)
@@ -200,66 +225,6 @@ class SlurmExecutor(Executor):
         run.record_submission({"job": job.name, "executor": "slurm", "job_id": job_id, "task_ids": group,
                                "array": as_array, "time": time.time(), "launch": self.launch_id})
         return Submitted(job.name, job_id, group, as_array)
-
-
-# --- reading states back from Slurm -------------------------------------------------
-
-_ARRAY_RANGE_RE = re.compile(r"^(?P<id>\d+)_\[(?P<ranges>[^\]%]+)(%\d+)?\]$")
-
-
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """{'123_4': 'COMPLETED', '124': 'RUNNING', ...} from sacct: accounting has every task,
-    pending array tasks folded into ranges (expanded by parse_sacct)."""
-    if not job_ids:
-        return {}
-    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)]
-    for attempt in range(5):  # slurmdbd can be briefly busy under a burst of job records
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        if out.returncode == 0:
-            break
-        time.sleep(0.5 * (attempt + 1))
-    else:
-        raise RuntimeError(f"sacct failed (exit {out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
-    return parse_sacct(out.stdout)
-
-
-def in_queue(job_ids: list[str]) -> set[str]:
-    """Which of these jobs (or arrays) the controller still has queued or running."""
-    if not job_ids:
-        return set()
-    out = subprocess.run(["squeue", "-h", "-o", "%F", "-j", ",".join(sorted(set(job_ids)))], capture_output=True,
-                         text=True, timeout=60)
-    # squeue exits non-zero when none of the ids is known any more
-    return {line.strip() for line in out.stdout.splitlines() if line.strip()} if out.returncode == 0 else set()
-
-
-def parse_sacct(text: str) -> dict[str, str]:
-    """`sacct -X -n -P -o JobID,State` output -> {job or array task id: state}. Pending
-    array ranges ("123_[4-6,9%2]") are expanded to one entry per task."""
-    states: dict[str, str] = {}
-    for line in text.splitlines():
-        if "|" not in line:
-            continue
-        jid, state = line.split("|", 1)
-        state = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
-        match = _ARRAY_RANGE_RE.match(jid)
-        if match:
-            for index in _expand(match["ranges"]):
-                states[f"{match['id']}_{index}"] = state
-        else:
-            states[jid] = state
-    return states
-
-
-def _expand(ranges: str) -> list[int]:
-    out: list[int] = []
-    for part in ranges.split(","):
-        if "-" in part:
-            lo, hi = part.split("-")
-            out.extend(range(int(lo), int(hi) + 1))
-        elif part:
-            out.append(int(part))
-    return out
 
 
 def log_paths(run: RunDir, job: str, job_id: str, array_index: int | None) -> tuple[Path, Path]:

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import submitit
 
-from aistack.launch.executor import Executor, JobFailed, Progress, Submitted
-from aistack.launch.localproc import CONTROLLER, STOP_GRACE_S, TASK, Interrupted, cmdline, job_processes, stop_jobs, this_host
+from aistack.launch.executor import Executor, JobFailed, Progress, Submitted, wandb_per_task
+from aistack.launch.local.processes import CONTROLLER, STOP_GRACE_S, TASK, Interrupted, cmdline, job_processes, stop_jobs, this_host
 from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
-from aistack.launch.rundir import RunDir
-from aistack.launch.slurm import wandb_per_task
-from aistack.launch.task import TaskRunner
+from aistack.rundir import RunDir
+from aistack.runtime.task import TaskRunner
 
 
 def local_gpu_count() -> int:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aistack.kinds import spec_for
-from aistack.launch.rundir import RunDir, atomic_write_text, read_json
+from aistack.recipe.kinds import spec_for
+from aistack.rundir import RunDir, atomic_write_text, elapsed, read_json, read_plan_jobs
 from aistack.track.metrics import read_metrics
 
 
@@ -54,23 +54,11 @@ def _overview(stages: list[dict[str, str]]) -> Section:
     rows = [["stage", "kind", "run", "tasks done", "elapsed (s)"]]
     for s in stages:
         run = RunDir(Path(s["run"]))
-        plan = read_json(run.path / "plan.json", {"jobs": []})
-        total = sum(j["tasks"] for j in plan["jobs"])
-        done = sum(run.is_done(j["name"], t) for j in plan["jobs"] for t in range(j["tasks"]))
-        rows.append([s["name"], s["kind"], run.name, f"{done}/{total}", _fmt(elapsed(run, plan["jobs"]))])
+        jobs = read_plan_jobs(run, missing_ok=True)
+        total = sum(j.tasks for j in jobs)
+        done = sum(run.is_done(j.name, t) for j in jobs for t in range(j.tasks))
+        rows.append([s["name"], s["kind"], run.name, f"{done}/{total}", _fmt(elapsed(run, jobs))])
     return Section("Stages", tables=[rows])
-
-
-def elapsed(run: RunDir, jobs: list[dict]) -> float | None:
-    """From the first task's start to the last task's end (or its last update)."""
-    starts, ends = [], []
-    for job in jobs:
-        for t in range(job["tasks"]):
-            state = run.task_state(job["name"], t)
-            if state.get("started_at"):
-                starts.append(state["started_at"])
-                ends.append(state.get("ended_at") or state.get("updated_at") or state["started_at"])
-    return (max(ends) - min(starts)) if starts else None
 
 
 def _data_section(stage: dict[str, str]) -> Section:

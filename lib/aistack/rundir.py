@@ -2,12 +2,17 @@
 
     <root>/<name>-<hash>/
       recipe.yaml                 the resolved recipe (no secrets: see recipe.load)
-      plan.json                   jobs, arrays, dependencies
+      plan.json                   jobs, arrays, dependencies (PlannedJob records)
       submissions.jsonl           every submission: job, Slurm/local job id, task ids
       jobs/<job>/logs/            submitit's pickles and stdout/stderr
       jobs/<job>/tasks/<id>/      state.json (the latest attempt), DONE (result, end time),
                                   metrics.jsonl, checkpoints
       wandb/                      W&B run files (offline mode until synced)
+
+    <root>/<pipeline>-<hash>/     a pipeline: recipe.yaml, stages.json (StageRecord
+                                  records), report; its stages' run dirs beside it
+
+The records of these files are read and written here, and only here.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -217,8 +224,123 @@ class RunDir:
     def record_submission(self, record: dict[str, Any]) -> None:
         append_jsonl(self.submissions_file, record)
 
+    def latest_submissions(self) -> dict[tuple[str, int], tuple[dict[str, Any], int | None]]:
+        """(job, task) -> (its latest submission record, its array index or None)."""
+        latest: dict[tuple[str, int], tuple[dict[str, Any], int | None]] = {}
+        for record in self.submissions():
+            for index, task_id in enumerate(record["task_ids"]):
+                latest[(record["job"], task_id)] = (record, index if record["array"] else None)
+        return latest
+
     def submissions(self) -> list[dict[str, Any]]:
         return read_jsonl(self.submissions_file)
+
+
+# A checkpoint folder (a training task's `checkpoints/`): one complete checkpoint per
+# step_NNNNNN (with its metadata.json), `latest` naming the newest, written after it.
+LATEST = "latest"
+_STEP_RE = re.compile(r"^step_(\d{6,})$")
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step_{step:06d}"
+
+
+def saved_steps(root: Path) -> list[int]:
+    """The steps of the complete checkpoints under root, oldest first."""
+    return sorted(int(m.group(1)) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and (p / "metadata.json").exists())
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint of a checkpoint folder, or None."""
+    pointer = root / LATEST
+    if pointer.exists():
+        path = root / pointer.read_text().strip()
+        if (path / "metadata.json").exists():
+            return path
+        log.warning("%s names %s, which is not a complete checkpoint: using the newest complete one", pointer, path.name)
+    steps = saved_steps(root) if root.is_dir() else []
+    if steps and not pointer.exists():
+        log.warning("%s is missing: using the newest complete checkpoint, step %d", pointer, steps[-1])
+    return step_dir(root, steps[-1]) if steps else None
+
+
+# --- records of a run's plan and of a pipeline's stages ------------------------------
+
+PLAN_FILE = "plan.json"
+STAGES_FILE = "stages.json"
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One job of a run's plan, as plan.json records it."""
+
+    name: str
+    tasks: int
+    entry: str = ""
+    depends_on: tuple[str, ...] = ()
+
+
+def read_plan_kind(run: RunDir) -> str:
+    """The kind of the recipe the run's plan.json was made from."""
+    return _read_plan(run)["kind"]
+
+
+def read_plan_jobs(run: RunDir, missing_ok: bool = False) -> list[PlannedJob]:
+    """The jobs of the run's plan.json, in plan order ([] when absent and `missing_ok`)."""
+    if missing_ok and not (run.path / PLAN_FILE).exists():
+        return []
+    return [PlannedJob(j["name"], int(j["tasks"]), j.get("entry", ""), tuple(j.get("depends_on", ())))
+            for j in _read_plan(run)["jobs"]]
+
+
+def _read_plan(run: RunDir) -> dict[str, Any]:
+    plan = read_json(run.path / PLAN_FILE)
+    if plan is None:
+        raise FileNotFoundError(f"{run.path} has no {PLAN_FILE}: not a run directory aistack wrote")
+    return plan
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage of a pipeline run, as stages.json records it."""
+
+    name: str
+    kind: str
+    run: RunDir
+    jobs: tuple[PlannedJob, ...]
+    needs: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "run": str(self.run.path), "needs": list(self.needs),
+                "jobs": [{"name": j.name, "tasks": j.tasks, "depends_on": list(j.depends_on)} for j in self.jobs]}
+
+
+def write_stage_records(pipeline_dir: RunDir, records: list[StageRecord]) -> None:
+    atomic_write_json(pipeline_dir.path / STAGES_FILE, {"stages": [r.to_json() for r in records]})
+
+
+def read_stage_records(pipeline_dir: RunDir) -> list[StageRecord]:
+    """The stages of the pipeline's latest run, in order."""
+    data = read_json(pipeline_dir.path / STAGES_FILE)
+    if data is None:
+        raise FileNotFoundError(f"{pipeline_dir.path} is not a pipeline run (no {STAGES_FILE})")
+    return [StageRecord(r["name"], r["kind"], RunDir(Path(r["run"])),
+                        tuple(PlannedJob(j["name"], int(j["tasks"]), "", tuple(j.get("depends_on", ()))) for j in r["jobs"]),
+                        tuple(r["needs"]))
+            for r in data["stages"]]
+
+
+def elapsed(run: RunDir, jobs: list[PlannedJob] | tuple[PlannedJob, ...]) -> float | None:
+    """From the first task's start to the last task's end (or its last update)."""
+    starts, ends = [], []
+    for job in jobs:
+        for t in range(job.tasks):
+            state = run.task_state(job.name, t)
+            if state.get("started_at"):
+                starts.append(state["started_at"])
+                ends.append(state.get("ended_at") or state.get("updated_at") or state["started_at"])
+    return (max(ends) - min(starts)) if starts else None
 
 
 def find_run(ref: str, root: str | Path = "runs") -> RunDir:

@@ -1,5 +1,5 @@
 """torch.distributed (and, later, Megatron parallel state) from the Slurm/submitit task environment."""
 
-from aistack.dist.init import destroy, init_distributed
+from aistack.model.dist.init import destroy, init_distributed
 
 __all__ = ["init_distributed", "destroy"]

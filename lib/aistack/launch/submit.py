@@ -11,12 +11,11 @@ on its live job ids. Here, stages run in order and a failed stage skips its depe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aistack.launch.executor import Executor, JobFailed, Progress, Submitted
 from aistack.launch.plan import plan_summary
-from aistack.launch.rundir import RunDir, atomic_write_json
-from aistack.pipeline.stages import Pipeline, Stage, read_stage_records, write_pipeline_files
+from aistack.launch.stages import Pipeline, Stage, write_pipeline_files
+from aistack.rundir import PLAN_FILE, atomic_write_json
 
 
 @dataclass
@@ -76,7 +75,7 @@ def submit_stages(pipeline: Pipeline, executor: Executor, dry_run: bool = False,
 def prepare_stage(stage: Stage, profile_name: str) -> None:
     stage.run.path.mkdir(parents=True, exist_ok=True)
     stage.run.write_recipe(stage.loaded)
-    atomic_write_json(stage.run.path / "plan.json", plan_summary(stage.plan, profile_name))
+    atomic_write_json(stage.run.path / PLAN_FILE, plan_summary(stage.plan, profile_name))
 
 
 def _labelled(progress: Progress | None, stage: Stage, single: bool) -> Progress | None:
@@ -84,9 +83,3 @@ def _labelled(progress: Progress | None, stage: Stage, single: bool) -> Progress
     if progress is None or single:
         return progress
     return lambda job, done, total: progress(f"{stage.name}/{job}", done, total)
-
-
-def stage_runs(pipeline_dir: RunDir) -> list[tuple[str, str, RunDir, list[tuple[str, int]], list[str]]]:
-    """(name, kind, run dir, [(job, tasks)], needs) of each stage of the pipeline's latest run."""
-    return [(r["name"], r["kind"], RunDir(Path(r["run"])), [(j["name"], j["tasks"]) for j in r["jobs"]], r["needs"])
-            for r in read_stage_records(pipeline_dir)]

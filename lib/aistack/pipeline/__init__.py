@@ -1,1 +1,0 @@
-"""Pipelines: stages of recipes chained by their outputs, run as one (Slurm afterok, or in order here)."""
