@@ -122,6 +122,15 @@ class RunDir:
         self.path = Path(path)
         self.recipe: Recipe | None = None  # the validated recipe, once write_recipe wrote it
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
     @classmethod
     def for_recipe(cls, loaded: LoadedRecipe) -> "RunDir":
         root = Path(loaded.recipe.output.root).expanduser()

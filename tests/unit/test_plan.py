@@ -68,7 +68,7 @@ def _dry_run(tmp_path, overrides, profile: ClusterProfile):
 def test_dry_run_splits_arrays_and_chains_afterok_only_on_pending_tasks(tmp_path):
     profile = ClusterProfile(name="t", max_array_size=4)
     plan, run, executor = _dry_run(tmp_path, ["smoke.tasks=10"], profile)
-    items = executor.submit(plan, run, dry_run=True)
+    items = executor.submit(plan, run, dry_run=True).submitted
     assert [(i.job, i.task_ids) for i in items] == [
         ("map", [0, 1, 2, 3]), ("map", [4, 5, 6, 7]), ("map", [8, 9]), ("reduce", [0])]
     assert "--dependency=afterok:<map-0>:<map-1>:<map-2>" in items[-1].sbatch.replace("'", "")
@@ -77,7 +77,7 @@ def test_dry_run_splits_arrays_and_chains_afterok_only_on_pending_tasks(tmp_path
 
     for task in range(9):  # all but one map task done: only it, and the reduce after it, remain
         run.mark_done("map", task, {"task": task})
-    items = executor.submit(plan, run, dry_run=True, after=["77"])
+    items = executor.submit(plan, run, dry_run=True, after=["77"]).submitted
     assert [(i.job, i.task_ids) for i in items] == [("map", [9]), ("reduce", [0])]
     assert "--dependency=afterok:77" in items[0].sbatch.replace("'", "")  # waits on the earlier stage
 
@@ -106,7 +106,7 @@ def test_array_parallelism_holds_for_the_whole_job_when_split():
 def test_arrays_of_one_lane_are_chained_afterany(tmp_path):
     plan, run, executor = _dry_run(tmp_path, ["smoke.tasks=10", "resources.array_parallelism=2"],
                                    ClusterProfile(name="t", max_array_size=3))
-    maps = [i for i in executor.submit(plan, run, dry_run=True) if i.job == "map"]
+    maps = [i for i in executor.submit(plan, run, dry_run=True).submitted if i.job == "map"]
     deps = [next((line for line in i.sbatch.splitlines() if "--dependency" in line), "").replace("'", "") for i in maps]
     assert [i.task_ids for i in maps] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     assert deps == ["", "", "#SBATCH --dependency=afterany:<map-0>", "#SBATCH --dependency=afterany:<map-1>"]
@@ -119,13 +119,13 @@ def test_cpu_jobs_go_to_the_cpu_partition_without_gpu_options(tmp_path):
     site = ClusterProfile(name="site", partition="batch", qos="normal", account="team",
                           sbatch_defaults={"exclusive": True, "constraint": "h100", "wckey": "x"})
     plan, run, executor = _dry_run(tmp_path, ["resources.gpus_per_node=8"], site)
-    scripts = {i.job: i.sbatch for i in executor.submit(plan, run, dry_run=True)}
+    scripts = {i.job: i.sbatch for i in executor.submit(plan, run, dry_run=True).submitted}
     assert "--partition=batch" in scripts["map"] and "--exclusive" in scripts["map"] and "--constraint=h100" in scripts["map"]
     # no `cpu` class: the same partition, but no GPU-only options
     assert "--partition=batch" in scripts["reduce"] and "--exclusive" not in scripts["reduce"]
     assert "--constraint" not in scripts["reduce"] and "--wckey=x" in scripts["reduce"]
     site.cpu = JobClass(partition="cpu", sbatch_defaults={"mem-per-cpu": "2G"})
-    scripts = {i.job: i.sbatch for i in executor_for(site, dry_run=True).submit(plan, run, dry_run=True)}
+    scripts = {i.job: i.sbatch for i in executor_for(site, dry_run=True).submit(plan, run, dry_run=True).submitted}
     assert "--partition=cpu" in scripts["reduce"] and "--mem-per-cpu=2G" in scripts["reduce"]
     assert "--qos=normal" in scripts["reduce"] and "--account=team" in scripts["reduce"]  # inherited
     assert "--partition=batch" in scripts["map"]
@@ -142,7 +142,7 @@ def test_local_tasks_see_the_gpus_the_recipe_asks_for(monkeypatch):
 
 def test_one_process_tasks_run_as_the_batch_step_and_get_the_signal_there(tmp_path):
     plan, run, executor = _dry_run(tmp_path, ["smoke.tasks=4", "resources.tasks_per_node=2"], ClusterProfile(name="t"))
-    scripts = {i.job: i.sbatch for i in executor.submit(plan, run, dry_run=True)}
+    scripts = {i.job: i.sbatch for i in executor.submit(plan, run, dry_run=True).submitted}
     # two ranks: an srun step launches them, and the time-limit signal goes to the step
     assert "\nsrun " in scripts["map"] and "--signal=USR1@" in scripts["map"] and "\nexec " not in scripts["map"]
     # one process: python replaces the batch shell, so the batch signal (B:) reaches it

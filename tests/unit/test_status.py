@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aistack.rundir import PlannedJob, RunDir, StageRecord
 from aistack.launch.status import run_status
 from aistack.launch.status import finished, stage_states
@@ -54,3 +56,22 @@ def test_a_failed_stage_is_followed_until_its_other_tasks_end(tmp_path):
     assert not finished([stage("FAILED", active=True)]), "seven array tasks still running: `--wait` goes on"
     assert finished([stage("FAILED", active=False)])
     assert finished([stage("COMPLETED", active=False), stage("NOT_SUBMITTED", active=False)])
+
+
+def test_the_wait_loop_asks_less_often_while_nothing_changes_and_stops_when_done():
+    from aistack.launch.launcher import poll
+
+    reads: list[float] = []
+    states = iter([["PENDING"]] * 6 + [["RUNNING"], ["COMPLETED"]])
+
+    def read():
+        reads.append(time.monotonic())
+        return next(states)
+
+    seen: list[list[str]] = []
+    out = poll(read, lambda s: s == ["COMPLETED"], seen.append, timeout_s=60, poll_s=0.05)
+    assert out == ["COMPLETED"] and len(seen) == 8
+    gaps = [b - a for a, b in zip(reads, reads[1:])]
+    assert gaps[4] > gaps[0] * 2, f"backs off while PENDING stays PENDING: {gaps}"
+    assert max(gaps) < 0.05 * 4 + 0.05, "never more than 4x the poll interval"
+    assert gaps[6] < gaps[5], "a change resets the interval"

@@ -310,20 +310,13 @@ def _print_stages(states) -> None:
 def _follow_pipeline(pipeline_dir, poll_s: float = 5.0, timeout_s: float = 6 * 3600):
     import time
 
-    from aistack.launch.status import finished
+    from aistack.launch.launcher import wait_pipeline
 
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            states = _stage_states(pipeline_dir)
-        except RuntimeError:  # accounting briefly unavailable
-            time.sleep(poll_s)
-            continue
+    def on_poll(states) -> None:
         line = "  ".join(f"{s.name} {s.done}/{s.total} {s.state.lower()}" for s in states)
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", soft_wrap=True)
-        if finished(states) or time.time() > deadline:
-            return states
-        time.sleep(poll_s)
+
+    return wait_pipeline(pipeline_dir, timeout_s, poll_s, on_poll)
 
 
 def _print_plan(result, scripts: bool) -> None:

@@ -1,5 +1,5 @@
 """One interface for running a plan, as submitit's Executor and datatrove's PipelineExecutor
-have: `submit(plan, run, after=..., dry_run=..., progress=...)`.
+have: `submit(plan, run, after=..., dry_run=..., progress=...)` -> SubmitResult.
 
 The base class owns the loop every executor shares: jobs in dependency order, only the
 tasks without a DONE marker, each job after the jobs it needs (or after `after`, the
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 if TYPE_CHECKING:
     from aistack.launch.plan import JobSpec, Plan
     from aistack.launch.profile import ClusterProfile
+    from aistack.recipe import LoadedRecipe
     from aistack.rundir import RunDir
 
 # Slurm's job states, grouped by what they mean for a run.
@@ -42,6 +43,16 @@ class Submitted:
     sbatch: str | None = None  # rendered script, for --dry-run
 
 
+@dataclass
+class SubmitResult:
+    """What one `submit` of a plan did."""
+
+    submitted: list[Submitted] = field(default_factory=list)
+    live_ids: list[str] = field(default_factory=list)  # of earlier submissions, still queued or running
+    waiting: dict[str, int] = field(default_factory=dict)  # job -> tasks left for a later wave (a submit limit)
+    error: str | None = None  # why a job failed or did not run (known at once only on this machine)
+
+
 class JobFailed(RuntimeError):
     """A job of a plan run on this machine failed (Slurm reports failures through status)."""
 
@@ -66,30 +77,26 @@ class TaskView:
 class Executor(ABC):
     def __init__(self, profile: ClusterProfile):
         self.profile = profile
-        # Tasks left for a later wave (a submit limit), per (run dir, job), and the ids of
-        # every job submitted: a follow-up submits the rest once those end (waves.py).
-        self.waiting: dict[tuple[str, str], int] = {}
-        self.submitted_ids: list[str] = []
-        self.live_ids: list[str] = []  # of the last plan submitted: still queued or running
+        self.submitted: list[Submitted] = []  # every job this executor submitted, in order
 
     def submit(self, plan: Plan, run: RunDir, after: Sequence[str] = (), dry_run: bool = False,
-               progress: Progress | None = None) -> list[Submitted]:
+               progress: Progress | None = None) -> SubmitResult:
         """Run or submit every job of `plan` with pending tasks; `after`: job ids (of earlier
         pipeline stages) that jobs with nothing of this plan to wait for wait on."""
-        submitted: list[Submitted] = []
+        result = SubmitResult()
         ids_by_job: dict[str, list[str]] = {}
         failed: dict[str, str] = {}
         views = {job.name: self._task_view(run, job, dry_run) for job in plan.jobs}
-        self.live_ids = sorted({i for view in views.values() for i in view.live_ids})
+        result.live_ids = sorted({i for view in views.values() for i in view.live_ids})
         for job in plan.ordered():
             view = views[job.name]
             blocked = [d for d in job.depends_on if d in failed]
             if blocked:
                 failed[job.name] = f"not run: depends on failed job(s) {blocked}"
                 continue
-            if any((str(run.path), d) in self.waiting for d in job.depends_on):
+            if any(d in result.waiting for d in job.depends_on):
                 if view.pending:  # submitted by the follow-up, after the waves it needs
-                    self.waiting[(str(run.path), job.name)] = len(view.pending)
+                    result.waiting[job.name] = len(view.pending)
                 continue
             if view.failed:
                 failed[job.name] = f"{len(view.failed)} task(s) failed in this launch; rerun to retry them"
@@ -102,19 +109,26 @@ class Executor(ABC):
             except JobFailed as err:
                 failed[job.name] = str(err)
                 continue
-            submitted += items
+            result.submitted += items
             ids_by_job[job.name] += [item.job_id for item in items]
-            self.submitted_ids += [item.job_id for item in items]
+            if not dry_run:
+                self.submitted += items
             left = len(view.pending) - sum(len(item.task_ids) for item in items)
             if left:
-                self.waiting[(str(run.path), job.name)] = left
+                result.waiting[job.name] = left
         if failed:
-            raise JobFailed("; ".join(f"job {name}: {why}" for name, why in failed.items()))
-        return submitted
+            result.error = "; ".join(f"job {name}: {why}" for name, why in failed.items())
+        return result
 
     def _task_view(self, run: RunDir, job: JobSpec, dry_run: bool) -> TaskView:
         """The tasks of `job` to submit: here, every task without a DONE marker."""
         return TaskView(run.pending_tasks(job.name, job.num_tasks))
+
+    def end_pass(self, loaded: LoadedRecipe, top: RunDir, waiting: dict[RunDir, dict[str, int]]) -> str | None:
+        """After every stage of a launch was submitted: what to do about the tasks left
+        `waiting` for a later wave (per run dir, job -> tasks). Here nothing is ever left;
+        a Slurm executor under a submit limit submits the follow-up that submits them."""
+        return None
 
     @abstractmethod
     def _submit_job(self, run: RunDir, job: JobSpec, pending: list[int], needs: list[str], dry_run: bool,

@@ -19,10 +19,10 @@ from aistack.launch.plan import Plan
 from aistack.launch.profile import ClusterProfile, default_target, load_profile
 from aistack.launch.slurm import waves
 from aistack.launch.stages import Pipeline, resolve
-from aistack.launch.status import TaskStatus, run_status
+from aistack.launch.status import StageState, TaskStatus, finished, run_status, stage_states
 from aistack.launch.submit import StageOutcome, submit_stages
 from aistack.recipe import LoadedRecipe, load_recipe
-from aistack.rundir import PlannedJob, RunDir
+from aistack.rundir import PlannedJob, RunDir, read_stage_records
 
 
 @dataclass
@@ -81,11 +81,9 @@ def start(loaded: LoadedRecipe, profile: ClusterProfile, dry_run: bool = False,
     executor = executor_for(profile, dry_run, launch_id)
     outcomes = submit_stages(pipeline, executor, dry_run=dry_run, progress=progress)
     followup = None
-    if not dry_run and profile.executor == "slurm":
-        if executor.waiting:
-            followup = waves.submit_followup(executor, pipeline, loaded, profile)
-        else:
-            waves.clear(pipeline)
+    if not dry_run:
+        waiting = {stage.run: outcome.waiting for stage, outcome in zip(pipeline.stages, outcomes)}
+        followup = executor.end_pass(loaded, pipeline.dir or pipeline.stages[0].run, waiting)
     return Launch(pipeline, profile, outcomes, followup)
 
 
@@ -108,20 +106,35 @@ def prepare(recipe_path: str | Path, overrides=(), on: str | None = None) -> tup
 
 def wait(launch_: Launch, timeout_s: float = 3600, poll_s: float = 2.0, on_poll=None) -> list[TaskStatus]:
     """Poll Slurm until every task of a plain recipe has finished (or the timeout)."""
+    return poll(launch_.status, lambda rows: all(r.state in FINISHED for r in rows), on_poll, timeout_s, poll_s)
+
+
+def wait_pipeline(pipeline_dir: RunDir, timeout_s: float = 6 * 3600, poll_s: float = 5.0, on_poll=None) -> list[StageState]:
+    """Poll until nothing more happens in a pipeline without a new submission (or the timeout)."""
+    return poll(lambda: stage_states(read_stage_records(pipeline_dir)), finished, on_poll, timeout_s, poll_s)
+
+
+def poll(read: Callable[[], list], done: Callable[[list], bool], on_poll, timeout_s: float, poll_s: float) -> list:
+    """The one loop behind `--wait`: read the states, hand them to `on_poll`, stop when `done`.
+    While nothing changes it asks less often (up to 4x `poll_s`): every read is a query to
+    the scheduler's accounting."""
     deadline = time.time() + timeout_s
+    interval, last = poll_s, None
     while True:
         try:
-            rows = launch_.status()
+            states = read()
         except RuntimeError:  # accounting briefly unavailable: ask again
             if time.time() > deadline:
                 raise
             time.sleep(poll_s)
             continue
         if on_poll:
-            on_poll(rows)
-        if all(r.state in FINISHED for r in rows) or time.time() > deadline:
-            return rows
-        time.sleep(poll_s)
+            on_poll(states)
+        if done(states) or time.time() > deadline:
+            return states
+        interval = poll_s if states != last else min(interval * 1.5, 4 * poll_s)
+        last = states
+        time.sleep(interval)
 
 
 def continue_launch(continuation: str) -> int:

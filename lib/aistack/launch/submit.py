@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aistack.launch.executor import Executor, JobFailed, Progress, Submitted
+from aistack.launch.executor import Executor, Progress, Submitted
 from aistack.launch.plan import plan_summary
 from aistack.launch.stages import Pipeline, Stage, write_pipeline_files
 from aistack.rundir import PLAN_FILE, atomic_write_json
@@ -44,31 +44,26 @@ def submit_stages(pipeline: Pipeline, executor: Executor, dry_run: bool = False,
             outcome.error = f"not run: needs failed stage(s) {', '.join(blocked)}"
             failed.add(stage.name)
             continue
+        if not dry_run:
+            prepare_stage(stage, executor.profile.name)
         if any(n in deferred for n in stage.needs):  # the follow-up submits it after the last wave
-            if not dry_run:
-                prepare_stage(stage, executor.profile.name)
             for job in stage.plan.jobs:
                 left = len(stage.run.pending_tasks(job.name, job.num_tasks))
                 if left:
-                    executor.waiting[(str(stage.run.path), job.name)] = left
+                    outcome.waiting[job.name] = left
             deferred.add(stage.name)
             continue
-        if not dry_run:
-            prepare_stage(stage, executor.profile.name)
-        try:
-            outcome.submitted = executor.submit(stage.plan, stage.run, after=outcome.waits_on, dry_run=dry_run,
-                                                progress=_labelled(progress, stage, pipeline.is_single))
-        except JobFailed as err:
-            outcome.error = str(err)
+        result = executor.submit(stage.plan, stage.run, after=outcome.waits_on, dry_run=dry_run,
+                                 progress=_labelled(progress, stage, pipeline.is_single))
+        outcome.submitted, outcome.waiting, outcome.error = result.submitted, result.waiting, result.error
+        if result.error:
             failed.add(stage.name)
         # A stage still queued or running from an earlier submission is not submitted
         # again: its live ids are what later stages wait on.
-        outcome.in_flight = [] if outcome.submitted else list(executor.live_ids)
-        ids[stage.name] = [s.job_id for s in outcome.submitted] + list(executor.live_ids)
-        if any(path == str(stage.run.path) for path, _ in executor.waiting):
+        outcome.in_flight = [] if outcome.submitted else list(result.live_ids)
+        ids[stage.name] = [s.job_id for s in outcome.submitted] + list(result.live_ids)
+        if outcome.waiting:
             deferred.add(stage.name)
-    for outcome, stage in zip(outcomes, pipeline.stages):
-        outcome.waiting = {job: n for (path, job), n in executor.waiting.items() if path == str(stage.run.path)}
     return outcomes
 
 

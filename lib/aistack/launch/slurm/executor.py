@@ -20,10 +20,12 @@ import submitit
 
 from aistack.launch.executor import (FINISHED, FINISHED_BAD, Executor, Progress, Submitted, SubmitRefused, TaskView,
                                      wandb_per_task)
+from aistack.launch.slurm import waves
 from aistack.launch.slurm.limits import SubmitLimit, submit_limit
 from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.slurm.sacct import in_queue, slurm_states
+from aistack.recipe import LoadedRecipe
 from aistack.rundir import RunDir
 from aistack.launch.slurm.sbatch import SlurmLaunch, node_command, render_sbatch, slurm_launch
 from aistack.runtime.node import write_tasks_file
@@ -123,6 +125,17 @@ class SlurmExecutor(Executor):
             self._limits[qos] = submit_limit(self.profile.max_submit_jobs, qos)
         return self._limits[qos]
 
+    def end_pass(self, loaded: LoadedRecipe, top: RunDir, waiting: dict[RunDir, dict[str, int]]) -> str | None:
+        """Under a submit limit, the follow-up job that submits what is `waiting` once every
+        job submitted in this pass has ended (waves.py); with nothing waiting, no stage
+        waits on a follow-up any more."""
+        runs = list(waiting)
+        if not any(waiting.values()):
+            waves.clear(runs)
+            return None
+        return waves.submit_followup(self.profile, loaded, top, self.launch_id, [s.job_id for s in self.submitted],
+                                     {run: jobs for run, jobs in waiting.items() if jobs})
+
     def _task_view(self, run: RunDir, job: JobSpec, dry_run: bool) -> TaskView:
         """Tasks without DONE, less those still queued or running from an earlier
         submission (their ids are waited on) and those that failed in this launch."""
@@ -198,7 +211,7 @@ class SlurmExecutor(Executor):
             return pending
         if job.is_array and room >= 2:
             return pending[: room - 1]
-        if self.submitted_ids or self.is_followup:  # a follow-up submits it later
+        if self.submitted or self.is_followup:  # a follow-up submits it later
             return []
         raise SubmitRefused(
             f"cannot submit {run.name}/{job.name} ({len(pending)} task{'s' if len(pending) != 1 else ''}): "

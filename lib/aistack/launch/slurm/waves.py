@@ -29,8 +29,6 @@ from aistack.recipe.schema import Resources
 
 if TYPE_CHECKING:
     from aistack.launch.profile import ClusterProfile
-    from aistack.launch.slurm.executor import SlurmExecutor
-    from aistack.launch.stages import Pipeline
     from aistack.recipe import LoadedRecipe
 
 FOLLOWUP_JOB = "next-wave"
@@ -39,22 +37,18 @@ CONTINUATION_ENTRY = "aistack.launch.launcher"  # `python -m` it with the contin
 POLL_S = 60  # a follow-up with nothing to wait on (the queue was full) starts this much later
 
 
-def top_dir(pipeline: Pipeline) -> RunDir:
-    return pipeline.dir or pipeline.stages[0].run
-
-
-def submit_followup(executor: SlurmExecutor, pipeline: Pipeline, loaded: LoadedRecipe,
-                    profile: ClusterProfile) -> str:
-    """The follow-up job of this pass: after every job it submitted, it submits the rest."""
-    top = top_dir(pipeline)
+def submit_followup(profile: ClusterProfile, loaded: LoadedRecipe, top: RunDir, launch_id: str, after: list[str],
+                    waiting: dict[RunDir, dict[str, int]]) -> str:
+    """The follow-up job of this pass: after every job in `after` (all this pass
+    submitted), it submits the rest: `waiting`, per run dir, job -> tasks."""
     folder = top.path / "waves"
     folder.mkdir(parents=True, exist_ok=True)
     continuation = folder / f"continue-{uuid.uuid4().hex[:12]}.pkl"
-    atomic_write_bytes(continuation, pickle.dumps({"loaded": loaded, "profile": profile, "launch": executor.launch_id}))
+    atomic_write_bytes(continuation, pickle.dumps({"loaded": loaded, "profile": profile, "launch": launch_id}))
     job = JobSpec(FOLLOWUP_JOB, "", 1, Resources(time=10))
-    after = f"afterany:{':'.join(executor.submitted_ids)}" if executor.submitted_ids else None
-    launch = slurm_launch(job, profile, f"{top.name}.{FOLLOWUP_JOB}", top.path.parent, after)
-    if after is None:
+    dependency = f"afterany:{':'.join(after)}" if after else None
+    launch = slurm_launch(job, profile, f"{top.name}.{FOLLOWUP_JOB}", top.path.parent, dependency)
+    if dependency is None:
         launch.params["additional_parameters"]["begin"] = f"now+{POLL_S}"
     slurm = submitit.SlurmExecutor(folder=folder, python=launch.python)
     slurm.update_parameters(**launch.params)
@@ -63,11 +57,11 @@ def submit_followup(executor: SlurmExecutor, pipeline: Pipeline, loaded: LoadedR
     except submitit.core.utils.FailedJobError as err:
         continuation.unlink(missing_ok=True)
         raise SubmitRefused(f"could not submit the follow-up that submits the next wave: {err}") from None
-    record = {"followup": job_id, "launch": executor.launch_id, "after": executor.submitted_ids, "time": time.time()}
-    for run_path in sorted({path for path, _ in executor.waiting}):
-        waiting = {name: n for (path, name), n in executor.waiting.items() if path == run_path}
-        atomic_write_json(Path(run_path) / WAVES_FILE, {**record, "waiting": waiting})
-    append_jsonl(folder / "followups.jsonl", {**record, "waiting": {f"{Path(p).name}/{n}": k for (p, n), k in executor.waiting.items()}})
+    record = {"followup": job_id, "launch": launch_id, "after": after, "time": time.time()}
+    for run, jobs in sorted(waiting.items(), key=lambda item: str(item[0].path)):
+        atomic_write_json(run.path / WAVES_FILE, {**record, "waiting": jobs})
+    append_jsonl(folder / "followups.jsonl",
+                 {**record, "waiting": {f"{run.name}/{job}": n for run, jobs in waiting.items() for job, n in jobs.items()}})
     return job_id
 
 
@@ -76,10 +70,10 @@ def waiting_on(run: RunDir) -> dict | None:
     return read_json(run.path / WAVES_FILE)
 
 
-def clear(pipeline: Pipeline) -> None:
+def clear(runs: list[RunDir]) -> None:
     """A pass that leaves nothing waiting: no stage waits on a follow-up any more."""
-    for stage in pipeline.stages:
-        (stage.run.path / WAVES_FILE).unlink(missing_ok=True)
+    for run in runs:
+        (run.path / WAVES_FILE).unlink(missing_ok=True)
 
 
 def superseded_by(continuation: Path) -> str | None:
