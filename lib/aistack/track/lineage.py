@@ -35,12 +35,11 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from aistack.recipe.kinds import spec_for
+from aistack.recipe.kinds import all_kinds, spec_for
 from aistack.rundir import RunDir, atomic_write_text, latest_checkpoint
 
 log = logging.getLogger("aistack")
 
-DATA_KINDS = ("filter", "dedup", "tokenize")
 MANIFEST = "dataset-manifest.json"
 LINEAGE = "lineage.json"
 HASH_MAX_BYTES = 1 << 20  # larger files are recorded by size (an .idx is always hashed): a stats job
@@ -48,8 +47,16 @@ HASH_MAX_BYTES = 1 << 20  # larger files are recorded by size (an .idx is always
 ARTIFACT_TYPE = "dataset"
 MODEL_TYPE = "model"
 RESULTS_TYPE = "eval-results"
-TRAIN_KINDS = ("pretrain", "sft", "distill")
 TRAIN_JOB = "train"  # the training job of every training kind (its task 0 keeps the checkpoints)
+
+
+
+
+def feeds(kind: str, section: str) -> bool:
+    """Whether runs of `kind` make data ("data") or models ("training"): the report
+    section its KindSpec names."""
+    spec = all_kinds().get(kind)
+    return spec is not None and spec.report == section
 
 
 # --- files and digests -----------------------------------------------------------------
@@ -236,7 +243,7 @@ def lineage(run: RunDir, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         if upstream.path == run.path or up_kind == "pipeline":
             continue
         rel = _rel(path, upstream.path)
-        if up_kind in DATA_KINDS:
+        if feeds(up_kind, "data"):
             if upstream.name not in datasets:
                 manifest = current_manifest(upstream, up_kind)
                 datasets[upstream.name] = {
@@ -272,7 +279,7 @@ def record_lineage(ctx: Any) -> dict[str, Any] | None:
         return record
     builders = [lambda m=m: dataset_artifact(m) for m in manifests]
     builders += [lambda r=r: model_artifact(RunDir(Path(r["run"])))
-                 for r in record["runs"] if r["kind"] in TRAIN_KINDS and final_checkpoint(RunDir(Path(r["run"])))]
+                 for r in record["runs"] if feeds(r["kind"], "training") and final_checkpoint(RunDir(Path(r["run"])))]
     for build in builders:
         try:
             artifact = build()

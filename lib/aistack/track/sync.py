@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aistack.rundir import RunDir, read_stage_records
+from aistack.track.lineage import feeds, read_lineage
 from aistack.track.wandb_run import _has_api_key, has_exit_record, offline_runs
 
 # Exit codes of `aistack sync` (the CLI's: 0 ok, 1 failed, 2 bad input, nothing done).
@@ -49,9 +50,7 @@ class SyncTarget:
 
     @property
     def produces_datasets(self) -> bool:
-        from aistack.track.lineage import DATA_KINDS
-
-        return self.kind in DATA_KINDS
+        return self.kind is not None and feeds(self.kind, "data")
 
     @property
     def pending(self) -> list[Path]:
@@ -94,8 +93,6 @@ def targets(run: RunDir) -> list[SyncTarget]:
     """The run directories behind RUN: itself, or each stage of a pipeline (stages.json);
     and before them, the data runs they were trained on (lineage.json) that are not among
     them, so that the dataset artifact reaches W&B from the run that made it."""
-    from aistack.track.lineage import read_lineage
-
     if (run.path / "stages.json").exists():
         found = [_target(f"stage {stage.name}", stage.run) for stage in read_stage_records(run)]
         if offline_runs(run.path):  # nothing logs at the pipeline level today; if it ever does
