@@ -45,10 +45,10 @@ def _worker(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from aistack.bench import sharded
+    from aistack.bench import fp8, sharded
     from aistack.model.dist.megatron import destroy_model_parallel, init_model_parallel, set_seeds
     from aistack.kinds.pretrain import ModelConfig
-    from aistack.model import checkpoint
+    from aistack.model import checkpoint, cpu_compat
 
     m = ModelConfig(**MODEL)
     prompts = torch.randint(1, VOCAB, (BATCH, PROMPT), generator=torch.Generator().manual_seed(7))
@@ -56,7 +56,7 @@ def _worker(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
     try:
         init_model_parallel(1, 1)
         set_seeds(1234)
-        with sharded._cpu_inference():
+        with cpu_compat.inference_scope():
             # Random weights with a fixed seed, saved once (fp32, TP 1 x PP 1), loaded at each layout.
             model, _ = sharded.build_stage(m, 1, 1, VOCAB, "fp32")
             checkpoint.save(ckpt, 1, [model], None, None)
@@ -68,7 +68,7 @@ def _worker(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
                     stage, padded = sharded.build_stage(m, tp, pp, VOCAB, "fp32" if precision == "fp32" else "bf16")
                     sharded.load_stage(path, stage)
                     if precision == "fp8":
-                        sharded.emulate_fp8(stage, "row", True, ["lm_head"])
+                        fp8.emulate_fp8(stage, "row", True, ["lm_head"])
                     gen = sharded.ShardedGenerator(stage, m.hidden_size, padded, VOCAB, dtype, BATCH, 64, eod=0)
                     tokens, timing = gen.generate(prompts, GEN)
                     logits = gen.logits(prompts)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
+import torch.distributed as dist
 import torch.nn.functional as F
 
 FP8 = torch.float8_e4m3fn
@@ -245,3 +246,63 @@ def quantize_model(model: nn.Module, scaling: Scaling = "row", mode: Mode = "w8a
     if not report.layers:
         raise ValueError("quantize_model: the model has no Linear layer to quantize")
     return report
+
+
+# --- emulated FP8 on megatron's tensor-parallel Linear layers (the sharded benchmark) ---
+
+
+def _tp_max_(tensor: torch.Tensor) -> torch.Tensor:
+    from megatron.core import parallel_state as ps
+
+    if ps.get_tensor_model_parallel_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ps.get_tensor_model_parallel_group())
+    return tensor
+
+
+def _qdq_at(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """fp8.qdq with a given amax (fp8.scale_of's formula): the same numbers as one device."""
+    scale = (amax.float() / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    q = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return dequantize(q, scale, x.dtype)
+
+
+def emulate_fp8(model, scaling: str, activations: bool, skip: list[str]) -> dict[str, Any]:
+    """Quantize-dequantize this stage's Linear layers in place (weights), and their inputs
+    per token on every forward (activations). Row-parallel amaxes are TP-group maxima."""
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    skip_names = set(skip) | ({"output_layer"} if "lm_head" in skip else set())
+    layers, skipped, bf16_bytes, fp8_bytes = 0, [], 0, 0
+    for name, module in model.named_modules():
+        if not isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
+            continue
+        if any(name == s or name.endswith("." + s) for s in skip_names):
+            skipped.append(name)
+            continue
+        row_parallel = isinstance(module, RowParallelLinear)
+        w = module.weight.data
+        if scaling == "row":
+            amax = w.detach().float().abs().amax(dim=-1, keepdim=True)
+            amax = _tp_max_(amax) if row_parallel else amax
+        else:
+            amax = _tp_max_(w.detach().float().abs().amax().reshape(1))
+        module.weight.data.copy_(_qdq_at(w, amax))
+        bf16_bytes += w.numel() * 2
+        fp8_bytes += w.numel() + (w.shape[0] * 4 if scaling == "row" else 4)
+        if activations:
+            module.register_forward_pre_hook(_activation_qdq(row_parallel))
+        layers += 1
+    return {"backend": "emulate", "emulated": True, "scaling": scaling, "activations": activations, "layers": layers,
+            "skipped": sorted(set(n.rsplit(".", 1)[-1] for n in skipped)), "weight_bytes_bf16": bf16_bytes,
+            "weight_bytes_fp8": fp8_bytes}
+
+
+def _activation_qdq(row_parallel: bool):
+    def hook(_module, args):
+        x = args[0]
+        amax = x.detach().float().abs().amax(dim=-1, keepdim=True)  # per token
+        if row_parallel:  # each TP rank holds a slice of every token
+            amax = _tp_max_(amax.contiguous())
+        return (_qdq_at(x, amax), *args[1:])
+
+    return hook

@@ -9,7 +9,7 @@ pipeline stage per rank, loaded from an aistack checkpoint of any layout (dist c
 reshard on load).
 
 On a machine without a GPU the same code runs over gloo: aistack.model.cpu_compat maps
-megatron's cuda tensors to the CPU, and `_cpu_inference` neutralises what the inference
+megatron's cuda tensors to the CPU, and `cpu_compat.inference_scope` neutralises what the inference
 path adds to the CUDA assumptions (timing events, a cuda sampling generator, an is_cuda
 assertion). Figures measured there are CPU figures, and the report says so.
 
@@ -40,63 +40,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from aistack.bench import fp8 as fp8_lib
+from aistack.bench import results as bench_results
+from aistack.bench.run import device_name
+from aistack.model import cpu_compat
 
 LM_HEAD_NAMES = ("lm_head", "output_layer")  # the HF name the recipe's fp8.skip uses, and megatron's
 
 
-# ----------------------------------------------------------------------------- CPU stand-ins
-
-
-class _HostEvent:
-    """torch.cuda.Event's stand-in: the controller times each step with events."""
-
-    def __init__(self, *_a, **_k) -> None:
-        self.t = 0.0
-
-    def record(self, *_a, **_k) -> None:
-        self.t = time.perf_counter()
-
-    def synchronize(self) -> None:
-        pass
-
-    def elapsed_time(self, other: "_HostEvent") -> float:
-        return (other.t - self.t) * 1e3
-
-
-@contextlib.contextmanager
-def _cpu_inference() -> Iterator[None]:
-    """megatron.core.inference on the CPU (a no-op with a GPU): host timing events, no
-    is_cuda assertion on broadcast tensors; device_scope for the rest."""
-    from aistack.model import cpu_compat
-
-    if not cpu_compat.needed():
-        yield
-        return
-    from megatron.core.inference import communication_utils as comm
-
-    saved = (torch.cuda.Event, comm._is_cuda)
-    torch.cuda.Event, comm._is_cuda = _HostEvent, (lambda tensor: None)
-    try:
-        with cpu_compat.device_scope():
-            yield
-    finally:
-        torch.cuda.Event, comm._is_cuda = saved
-
-
-@contextlib.contextmanager
-def _host_generator() -> Iterator[None]:
-    """The controller makes its sampling generator on torch.cuda.current_device()."""
-    from aistack.model import cpu_compat
-
-    if not cpu_compat.needed():
-        yield
-        return
-    saved = torch.cuda.current_device
-    torch.cuda.current_device = lambda: "cpu"
-    try:
-        yield
-    finally:
-        torch.cuda.current_device = saved
+# ----------------------------------------------------------------------------- the controller's tokenizer
 
 
 class _Tokens:
@@ -207,63 +158,6 @@ def load_stage(path: str | Path, model) -> None:
     checkpoint.load(path, [model], restore_rng=False)
 
 
-def _tp_max_(tensor: torch.Tensor) -> torch.Tensor:
-    from megatron.core import parallel_state as ps
-
-    if ps.get_tensor_model_parallel_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ps.get_tensor_model_parallel_group())
-    return tensor
-
-
-def _qdq_at(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
-    """fp8.qdq with a given amax (fp8.scale_of's formula): the same numbers as one device."""
-    scale = (amax.float() / fp8_lib.FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-    q = (x.float() / scale).clamp(-fp8_lib.FP8_MAX, fp8_lib.FP8_MAX).to(fp8_lib.FP8)
-    return fp8_lib.dequantize(q, scale, x.dtype)
-
-
-def emulate_fp8(model, scaling: str, activations: bool, skip: list[str]) -> dict[str, Any]:
-    """Quantize-dequantize this stage's Linear layers in place (weights), and their inputs
-    per token on every forward (activations). Row-parallel amaxes are TP-group maxima."""
-    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
-
-    skip_names = set(skip) | ({"output_layer"} if "lm_head" in skip else set())
-    layers, skipped, bf16_bytes, fp8_bytes = 0, [], 0, 0
-    for name, module in model.named_modules():
-        if not isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
-            continue
-        if any(name == s or name.endswith("." + s) for s in skip_names):
-            skipped.append(name)
-            continue
-        row_parallel = isinstance(module, RowParallelLinear)
-        w = module.weight.data
-        if scaling == "row":
-            amax = w.detach().float().abs().amax(dim=-1, keepdim=True)
-            amax = _tp_max_(amax) if row_parallel else amax
-        else:
-            amax = _tp_max_(w.detach().float().abs().amax().reshape(1))
-        module.weight.data.copy_(_qdq_at(w, amax))
-        bf16_bytes += w.numel() * 2
-        fp8_bytes += w.numel() + (w.shape[0] * 4 if scaling == "row" else 4)
-        if activations:
-            module.register_forward_pre_hook(_activation_qdq(row_parallel))
-        layers += 1
-    return {"backend": "emulate", "emulated": True, "scaling": scaling, "activations": activations, "layers": layers,
-            "skipped": sorted(set(n.rsplit(".", 1)[-1] for n in skipped)), "weight_bytes_bf16": bf16_bytes,
-            "weight_bytes_fp8": fp8_bytes}
-
-
-def _activation_qdq(row_parallel: bool):
-    def hook(_module, args):
-        x = args[0]
-        amax = x.detach().float().abs().amax(dim=-1, keepdim=True)  # per token
-        if row_parallel:  # each TP rank holds a slice of every token
-            amax = _tp_max_(amax.contiguous())
-        return (_qdq_at(x, amax), *args[1:])
-
-    return hook
-
-
 # ----------------------------------------------------------------------------- generation
 
 
@@ -283,7 +177,7 @@ class ShardedGenerator:
                                         inference_batch_times_seqlen_threshold=-1,  # whole batch through each stage
                                         inference_max_requests=max_batch, inference_max_seq_length=max_seq)
         self.wrapper = GPTInferenceWrapper(model, config, StaticInferenceContext.from_config(config))
-        with _host_generator():
+        with cpu_compat.host_generator():
             self.controller = TextGenerationController(self.wrapper, _Tokens(eod))
         self.clock = StageClock()
         forward = self.wrapper.run_one_forward_step
@@ -381,7 +275,7 @@ def _precision_models(cfg: Any, model, rebuild: Callable[[], Any]) -> dict[str, 
             # Emulated here, so bench.fp8.mode auto's per-batch choice (a speed choice) does not
             # apply: activations are quantized unless the mode is weight_only.
             activations = cfg.fp8.mode != "weight_only"
-            out["fp8"] = (quant, emulate_fp8(quant, cfg.fp8.scaling, activations, cfg.fp8.skip))
+            out["fp8"] = (quant, fp8_lib.emulate_fp8(quant, cfg.fp8.scaling, activations, cfg.fp8.skip))
     return out
 
 
@@ -520,7 +414,7 @@ def run_sharded_bench(cfg: Any, work_dir: str | Path, out_dir: str | Path,
         if layout.world_size != tp * pp:
             raise ValueError(f"bench.parallel TP {tp} x PP {pp} needs {tp * pp} ranks (nodes = PP, tasks per node = TP); "
                              f"this job has {layout.world_size}")
-        with _cpu_inference():
+        with cpu_compat.inference_scope():
             set_seeds(cfg.seed)
             start = time.time()
             results = [run_layout(cfg, source, vocab, eod, tp, pp, quality_texts=texts, encode=encode)]
@@ -593,19 +487,8 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
-COLUMNS = ["layout", "precision", "fp8_mode", "batch", "prompt_len", "gen_len", "prefill_ms", "ttft_ms", "decode_tok_s",
-           "prefill_tok_s", "throughput_tok_s", "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "bubble_ms_per_stage",
-           "bubble_frac_per_stage", "tokens_match_single", "kv_cache", "repeats"]
-
-
 def _write_outputs(cfg: Any, source: Any, text: str, results: list[dict], out: Path,
                    log: Callable[[int, dict], None] | None) -> dict[str, Any]:
-    import csv
-    import io
-
-    from aistack.bench.results import _fmt, plot_throughput
-    from aistack.rundir import atomic_write_json, atomic_write_text
-
     sharded = results[0]
     single = results[1] if len(results) > 1 else None
     fp8 = sharded["fp8"] or {"backend": "-", "emulated": False, "scaling": "-", "activations": False, "layers": 0, "skipped": []}
@@ -633,7 +516,8 @@ def _write_outputs(cfg: Any, source: Any, text: str, results: list[dict], out: P
     quality = {"text": text, "task": None, **quality_of(sharded), "layouts": {layout: quality_of(sharded)}}
     if single:
         quality["layouts"][single["rows"][0]["layout"]] = quality_of(single)
-    device = _device_name(sharded.get("threads_per_rank"))
+    device = device_name(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"),
+                         sharded.get("threads_per_rank"))
     meta = {"model": str(cfg.model), "device": device, "cpu_figures": device.startswith("CPU"), "roofline_device": None,
             "kv_cache": True, "repeats": cfg.repeats, "fp8": fp8, "quality": quality,
             "parallel": {"tensor": cfg.parallel.tensor, "pipeline": cfg.parallel.pipeline},
@@ -641,69 +525,11 @@ def _write_outputs(cfg: Any, source: Any, text: str, results: list[dict], out: P
                               "TextGenerationController, greedy)",
             "tokens_match_single": (all(r["tokens_match_single"] for r in sharded["rows"]) if single else None)}
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_json(out / "results.json", {"rows": rows, **meta})
+    bench_results.write_table(out, rows, meta, bench_results.SHARDED_COLUMNS)
     plot_rows = [{**r, "precision": f"{r['precision']} {r['layout']}"} for r in rows]
-    plot = plot_throughput(out, plot_rows, f"{Path(str(cfg.model)).name}, {layout}, on {device}"
+    plot = bench_results.plot_throughput(out, plot_rows, f"{Path(str(cfg.model)).name}, {layout}, on {device}"
                            + (" (CPU figures)" if meta["cpu_figures"] else "") + (" (FP8 emulated)" if fp8["emulated"] else ""))
-    report = _write_markdown(out, rows, meta, _fmt)
+    report = bench_results.write_sharded_markdown(out, rows, meta)
     return {"csv": str(out / "results.csv"), "json": str(out / "results.json"), "plot": str(plot), "report": str(report),
             "points": len(sharded["rows"]), "layout": layout, "fp8": fp8, "quality": quality,
             "tokens_match_single": meta["tokens_match_single"]}
-
-
-def _write_markdown(out: Path, rows: list[dict], meta: dict, fmt: Callable) -> Path:
-    from aistack.rundir import atomic_write_text
-
-    cpu = meta["cpu_figures"]
-    p = meta["parallel"]
-    lines = [f"# Sharded inference benchmark: {meta['model']}", "",
-             f"- layout: TP {p['tensor']} (ranks within a node) x PP {p['pipeline']} (stages, one node each)",
-             f"- device: {meta['device']}" + ("; **CPU figures** (gloo between ranks): they show the layout's "
-                                             "overheads, not a GPU's speed" if cpu else ""),
-             f"- generation: {meta['inference_path']}; KV cache; repeats per point: {meta['repeats']}",
-             f"- FP8: {'EMULATED (quantize-dequantize), speed is not FP8 speed' if meta['fp8']['emulated'] else meta['fp8']['backend']}, "
-             f"weights {meta['fp8']['scaling']}-wise scales (TP-group amax), activations "
-             f"{'per token' if meta['fp8']['activations'] else 'not quantized'}, kept in BF16: {', '.join(meta['fp8']['skipped']) or 'none'}",
-             f"- TP 1 x PP 1 reference: rank 0 alone, with the threads of every rank on its host" if len(meta["quality"]["layouts"]) > 1 else None,
-             "- prefill: until the last stage holds the prompt's logits; TTFT: until the first token is on the first "
-             "stage's host (each rank times from its own exit of a barrier); bubble: per stage, the time it waits "
-             "(activations from the stage before, the logits broadcast, its sends), in ms and as a fraction of the generation",
-             ]
-    lines = [line for line in lines if line is not None]
-    if meta["tokens_match_single"] is not None:
-        lines.append(f"- greedy tokens identical to TP 1 x PP 1 at every point: **{'yes' if meta['tokens_match_single'] else 'NO'}**")
-    title = "## Speed" + (" (CPU figures)" if cpu else "")
-    cols = COLUMNS[:17]
-    lines += ["", title, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    lines += ["", "## Pipeline bubble per stage" + (" (CPU figures)" if cpu else ""), "",
-              "| layout | precision | batch | prompt_len | gen_len | stage | compute_ms | wait_ms | of which recv / send / logits | bubble_frac |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        for s in r["stages"]:
-            split = " / ".join(fmt(s[f"wait_{k}_ms"]) for k in ("recv", "send", "logits"))
-            lines.append(f"| {r['layout']} | {r['precision']} | {r['batch']} | {r['prompt_len']} | {r['gen_len']} | {s['stage']} | "
-                         f"{fmt(s['compute_ms'])} | {fmt(s['wait_ms'])} | {split} | {fmt(s['bubble_frac'])} |")
-    q = meta["quality"]
-    lines += ["", "## Quality (BF16 vs FP8) per layout", "", f"held-out text: {q.get('text')}; lm-eval task: not run sharded", "",
-              "| layout | metric | bf16 | fp8 | fp8 - bf16 |", "|---|---|---|---|---|"]
-    for layout, lq in q["layouts"].items():
-        for key, value in (lq.get("bf16") or {}).items():
-            lines.append(f"| {layout} | {key} | {fmt(value)} | {fmt(lq.get('fp8', {}).get(key))} | "
-                         f"{fmt(lq.get('delta_fp8_minus_bf16', {}).get(key))} |")
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
-
-
-def _device_name(threads: int | None) -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    import platform
-
-    return f"CPU ({platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} thread(s) per rank)"

@@ -17,6 +17,7 @@ when there is no GPU (`needed()`):
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Iterator
 
 import torch
@@ -147,3 +148,54 @@ def _install_rng_tracker() -> None:
 
     mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+
+
+# --- megatron.core.inference on the CPU ----------------------------------------------
+
+
+class HostEvent:
+    """torch.cuda.Event's stand-in: the controller times each step with events."""
+
+    def __init__(self, *_a, **_k) -> None:
+        self.t = 0.0
+
+    def record(self, *_a, **_k) -> None:
+        self.t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, other: "HostEvent") -> float:
+        return (other.t - self.t) * 1e3
+
+
+@contextlib.contextmanager
+def inference_scope() -> Iterator[None]:
+    """megatron.core.inference on the CPU (a no-op with a GPU): host timing events, no
+    is_cuda assertion on broadcast tensors; device_scope for the rest."""
+    if not needed():
+        yield
+        return
+    from megatron.core.inference import communication_utils as comm
+
+    saved = (torch.cuda.Event, comm._is_cuda)
+    torch.cuda.Event, comm._is_cuda = HostEvent, (lambda tensor: None)
+    try:
+        with device_scope():
+            yield
+    finally:
+        torch.cuda.Event, comm._is_cuda = saved
+
+
+@contextlib.contextmanager
+def host_generator() -> Iterator[None]:
+    """The controller makes its sampling generator on torch.cuda.current_device()."""
+    if not needed():
+        yield
+        return
+    saved = torch.cuda.current_device
+    torch.cuda.current_device = lambda: "cpu"
+    try:
+        yield
+    finally:
+        torch.cuda.current_device = saved
