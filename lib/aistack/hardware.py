@@ -56,3 +56,17 @@ def current() -> GPU | None:
     if not torch.cuda.is_available():
         return None
     return lookup(torch.cuda.get_device_name())
+
+
+def device_name(device, threads_per_rank: int | None = None) -> str:
+    """The GPU's name (a torch.device), or the CPU's with the threads each process used."""
+    import platform
+
+    import torch  # here: plans and estimates read this module without torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    if threads_per_rank is not None:
+        return f"CPU ({cpu}, {threads_per_rank} thread(s) per rank)"
+    return f"CPU ({cpu}, {torch.get_num_threads()} threads)"

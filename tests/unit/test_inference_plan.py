@@ -208,3 +208,14 @@ def test_the_gpu_comes_from_the_recipe_or_profile_constraint_through_the_hardwar
     assert h200.gpu is lookup("H200") and h200.requested["bf16"].fits
     assert (h200.smallest["bf16"].tp, h200.smallest["bf16"].pp) == (8, 1)
     assert h200.requested["bf16"].tok_s_per_sequence == pytest.approx(h100.requested["bf16"].tok_s_per_sequence * 4.8 / 3.35)
+
+
+def test_device_name_says_which_gpu_or_how_many_cpu_threads(monkeypatch):
+    import torch
+
+    from aistack import hardware
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    assert hardware.device_name(torch.device("cuda")) == "NVIDIA H200"
+    assert hardware.device_name(torch.device("cpu"), threads_per_rank=3).endswith("3 thread(s) per rank)")
+    assert hardware.device_name(torch.device("cpu")).startswith("CPU (")

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from aistack import hardware
 from aistack.bench import decode as decode_lib
 from aistack.bench import fp8 as fp8_lib
 from aistack.bench.generate import time_point
@@ -130,7 +131,7 @@ def run_bench(cfg: Any, work_dir: str | Path, out_dir: str | Path, log: Callable
               f"{', fp8 ' + fp8_mode if fp8_mode else ''} ({time.time() - start:.1f}s)", flush=True)
 
     meta = {
-        "model": str(cfg.model), "hf_folder": str(folder), "device": device_name(device),
+        "model": str(cfg.model), "hf_folder": str(folder), "device": hardware.device_name(device),
         "roofline_device": spec.name if spec else None, "kv_cache": cfg.kv_cache, "repeats": cfg.repeats, "decode": cfg.decode,
         "fp8": ({**quant.as_dict(), "modes": fp8_modes, "mode": cfg.fp8.mode, "weight_only_max_batch": cfg.fp8.weight_only_max_batch}
                 if quant else {"backend": "-", "emulated": False, "scaling": "-", "modes": [], "layers": 0, "skipped": []}),
@@ -150,15 +151,3 @@ def _fp8_backend(mode: str | None, quant: fp8_lib.QuantReport | None) -> str:
     if mode is None or quant is None:
         return "-"
     return "bf16 matmul" if mode == "weight_only" else quant.as_dict()["backend"]
-
-
-def device_name(device: torch.device, threads_per_rank: int | None = None) -> str:
-    """The GPU's name, or the CPU's with the threads each process used."""
-    if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    if threads_per_rank is not None:
-        return f"CPU ({cpu}, {threads_per_rank} thread(s) per rank)"
-    return f"CPU ({cpu}, {torch.get_num_threads()} threads)"

@@ -39,9 +39,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from aistack import hardware
 from aistack.bench import fp8 as fp8_lib
 from aistack.bench import results as bench_results
-from aistack.bench.run import device_name
 from aistack.model import cpu_compat
 
 LM_HEAD_NAMES = ("lm_head", "output_layer")  # the HF name the recipe's fp8.skip uses, and megatron's
@@ -516,7 +516,7 @@ def _write_outputs(cfg: Any, source: Any, text: str, results: list[dict], out: P
     quality = {"text": text, "task": None, **quality_of(sharded), "layouts": {layout: quality_of(sharded)}}
     if single:
         quality["layouts"][single["rows"][0]["layout"]] = quality_of(single)
-    device = device_name(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"),
+    device = hardware.device_name(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"),
                          sharded.get("threads_per_rank"))
     meta = {"model": str(cfg.model), "device": device, "cpu_figures": device.startswith("CPU"), "roofline_device": None,
             "kv_cache": True, "repeats": cfg.repeats, "fp8": fp8, "quality": quality,
