@@ -118,7 +118,7 @@ def cmd_run(args) -> int:
     if not result.submitted and not result.followup and not any(o.in_flight for o in result.outcomes):
         return 0  # every task done already
     if not args.wait:
-        console.print(f"follow it with: aistack status {_top_dir(result)}")
+        console.print(f"follow it with: aistack status {result.pipeline.top.path}")
         return 0
     if result.pipeline.is_single:
         rows = _follow(result)
@@ -185,10 +185,6 @@ def _say(line: str) -> None:
 def cmd_plan(args) -> int:
     args.dry_run = True
     return cmd_run(args)
-
-
-def _top_dir(result) -> Path:
-    return result.run.path if result.pipeline.is_single else result.pipeline.dir.path
 
 
 def _announce(pipeline, profile) -> None:

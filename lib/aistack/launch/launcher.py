@@ -83,7 +83,7 @@ def start(loaded: LoadedRecipe, profile: ClusterProfile, dry_run: bool = False,
     followup = None
     if not dry_run:
         waiting = {stage.run: outcome.waiting for stage, outcome in zip(pipeline.stages, outcomes)}
-        followup = executor.end_pass(loaded, pipeline.dir or pipeline.stages[0].run, waiting)
+        followup = executor.end_pass(loaded, pipeline.top, waiting)
     return Launch(pipeline, profile, outcomes, followup)
 
 

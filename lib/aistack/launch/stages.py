@@ -55,6 +55,11 @@ class Pipeline:
     def is_single(self) -> bool:
         return self.dir is None
 
+    @property
+    def top(self) -> RunDir:
+        """Where `aistack status` looks: the pipeline's directory, or the plain recipe's run."""
+        return self.dir or self.stages[0].run
+
 
 def single_stage(loaded: LoadedRecipe) -> Pipeline:
     """A plain recipe: one stage, named after the recipe, in its usual run directory."""
