@@ -64,12 +64,12 @@ def evaluate_pair(cfg: Any, checkpoint: str, task: str, work_dir: str | Path) ->
 
     start = time.time()
     source = source_of(cfg, checkpoint)
-    folders = list(cfg.task_paths)
+    folders = list(cfg.task_folders)
     if task in cfg.data_tasks:  # built from a local file, with this checkpoint's chat template
         from aistack.eval.data_tasks import write_data_tasks
 
         folders.append(write_data_tasks({task: cfg.data_tasks[task]}, work / "data_tasks", source.tokenizer))
-    manager = task_lib.task_manager(folders, work, [task])
+    manager = task_lib.task_manager(folders, work, [task], cfg.code_allowed)
     task_lib.load_task(task, manager)  # fails fast, naming the dataset, when it is missing
     lm = make_lm(cfg, source, work)
     out = simple_evaluate(lm, tasks=[task], task_manager=manager,

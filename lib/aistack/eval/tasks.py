@@ -106,6 +106,20 @@ def stage_task_dirs(sources: list[str | Path], out_dir: str | Path) -> Path:
     return out
 
 
+def code_in(folder: str | Path) -> list[str]:
+    """What in an lm-eval task folder would make lm-eval import Python: `.py` files, and
+    YAML files with a `!function` tag (lm-eval imports the module it names)."""
+    found: list[str] = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix == ".py":
+            found.append(f"{path} (Python)")
+        elif path.suffix in (".yaml", ".yml") and path.is_file():
+            text = path.read_text(errors="replace")
+            if "!function" in text:
+                found.append(f"{path} (!function)")
+    return found
+
+
 def local_task_names(folders: list[str | Path]) -> set[str]:
     """Task, group and tag names defined by the YAML files under these folders (no lm-eval import)."""
     names: set[str] = set()
@@ -128,10 +142,20 @@ def local_task_names(folders: list[str | Path]) -> set[str]:
 # --- loading tasks with clear errors ----------------------------------------------------
 
 
-def task_manager(extra_folders: list[str | Path], work_dir: str | Path, needed: list[str]):
+def task_manager(extra_folders: list[str | Path], work_dir: str | Path, needed: list[str],
+                 code_allowed: list[str | Path] = ()):
     """An lm-eval TaskManager over the project's tasks and `extra_folders` (staged under work_dir).
-    lm-eval's built-in tasks are indexed only when a needed task is not local (~10 s saved)."""
+    lm-eval's built-in tasks are indexed only when a needed task is not local (~10 s saved).
+    A folder of `extra_folders` with code is refused unless it is in `code_allowed`: checked
+    again here, on the node, for a folder changed since the plan."""
     from lm_eval.tasks import TaskManager
+
+    allowed = {str(Path(p).absolute()) for p in code_allowed}
+    for folder in extra_folders:
+        code = code_in(folder) if str(Path(folder).absolute()) not in allowed else []
+        if code:
+            raise PermissionError(f"lm-eval task folder {folder} carries code that lm-eval would import: {', '.join(code[:3])}; "
+                                  "task folders are data (evaluate.task_paths: {path: ..., allow_code: true} if you trust it)")
 
     folders = [project_tasks(), *extra_folders]
     staged = stage_task_dirs(folders, Path(work_dir) / "lm_eval_tasks")

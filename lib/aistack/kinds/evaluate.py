@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
+from aistack.eval.tasks import code_in
 from aistack.model.nemo import is_nemo_checkpoint
 from aistack.recipe.deferred import defer_missing, is_deferred
 from aistack.kinds.pretrain import ModelConfig
@@ -95,12 +96,20 @@ class DataTask(StrictModel):
     max_gen_toks: int = Field(default=32, ge=1, description="chat: tokens generated at most")
 
 
+class TaskFolder(StrictModel):
+    path: ExistingDir
+    allow_code: bool = Field(default=False, description="let lm-eval import this folder's Python (`.py` files, `!function` "
+                                                        "in its YAML): only for a folder whose code you trust")
+
+
 class EvaluateConfig(StrictModel):
     all_steps: bool = Field(default=False, description="every saved step of each checkpoints root, not only the latest")
     checkpoints: list[str] = Field(min_length=1, description="pretrain runs, checkpoints roots, step_* dirs or HF model folders")
     tasks: list[TaskName] = Field(min_length=1, description="lm-eval task (or group) names")
     data_tasks: dict[TaskName, DataTask] = Field(default_factory=dict, description="tasks built from local jsonl files, by name")
-    task_paths: list[ExistingDir] = Field(default_factory=list, description="more folders of lm-eval task YAMLs (recipes/eval/tasks is always included)")
+    task_paths: list[ExistingDir | TaskFolder] = Field(
+        default_factory=list, description="more folders of lm-eval task YAMLs (recipes/eval/tasks is always included): a path, "
+                                          "or {path, allow_code: true} for a folder with Python that lm-eval may import")
     backend: Literal["aistack", "hf"] = Field(default="aistack", description="aistack: the registered megatron model; hf: export to HF, lm-eval's `hf` model")
     untrained: list[str] = Field(default_factory=list, description="runs (or their checkpoints) whose model is also evaluated "
                                  "untrained: the run's model block freshly initialised with its train.seed, as step 0")
@@ -135,6 +144,24 @@ class EvaluateConfig(StrictModel):
 
         models = [UNTRAINED + c for c in self.untrained] + self.checkpoints
         return [(c, t) for c in models for t in self.tasks]
+
+    @field_validator("task_paths")
+    @classmethod
+    def _task_folders_are_data(cls, folders: list) -> list:
+        for folder in folders:
+            path, allowed = (folder, False) if isinstance(folder, str) else (folder.path, folder.allow_code)
+            if not allowed and not is_deferred(path) and (code := code_in(path)):
+                raise ValueError(f"a folder of task YAMLs only: {', '.join(code[:3])} would make lm-eval import and run "
+                                 f"Python from it; if you trust it, write {{path: {path}, allow_code: true}}")
+        return folders
+
+    @property
+    def task_folders(self) -> list[str]:
+        return [f if isinstance(f, str) else f.path for f in self.task_paths]
+
+    @property
+    def code_allowed(self) -> list[str]:
+        return [f.path for f in self.task_paths if not isinstance(f, str) and f.allow_code]
 
 
 class EvaluateRecipe(Recipe):

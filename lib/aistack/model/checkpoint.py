@@ -21,10 +21,13 @@ import torch
 import torch.distributed as dist
 
 from aistack.rundir import LATEST, atomic_write_text, latest_checkpoint, saved_steps, step_dir  # noqa: F401  (the layout's names here too)
-from aistack.model import cpu_compat, nemo
+from aistack.model import cpu_compat, nemo, safe_load
 from aistack.model.gpt import unwrap
 
 log = logging.getLogger("aistack")
+
+# Checkpoints are data: whatever this process loads is read without running code (safe_load.py).
+safe_load.install()
 
 # The distributed optimizer state in a layout-independent form (gathered per parameter).
 _SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
@@ -135,7 +138,7 @@ def load(path: str | Path, model_chunks: list, optimizer=None, scheduler=None, r
         scheduler.step(increment=0)  # the schedule is a function of the step: recompute the lr
     rng_file = path / "rng" / f"rank{dist.get_rank():05d}.pt"
     if restore_rng and meta.get("world_size") == dist.get_world_size() and rng_file.exists():
-        rng = torch.load(rng_file, weights_only=False)
+        rng = read_rng_file(rng_file)
         torch.set_rng_state(rng["cpu"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
@@ -156,6 +159,11 @@ def _init_optimizer_state(optimizer) -> None:
         init(torch_opt, getattr(opt, "config", None))
         for state in torch_opt.state.values():
             state.setdefault("step", torch.tensor(0.0))
+
+
+def read_rng_file(path: Path) -> dict[str, Any]:
+    """A rank's RNG states: tensors in dicts, read as data (a pickle naming code is refused)."""
+    return torch.load(path, weights_only=True)
 
 
 def _tracker_states() -> dict:
