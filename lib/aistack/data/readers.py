@@ -1,10 +1,14 @@
-"""datatrove readers that never lose the rest of a shard to one bad file.
+"""datatrove readers that never lose the rest of a shard to one bad file, and never
+succeed on nothing.
 
-A truncated gzip, a file that is not WARC/jsonl/parquet, or an unreadable file either
-stops the task with an error naming the file (`on_bad_file: fail`), or is counted under
-the reader's `bad_files` stat and the shard goes on with its next file (`skip`). The
-documents read from a bad file before the damage are kept and counted either way.
-An empty file is not bad: it simply has no documents.
+A truncated gzip, a file that is not WARC/jsonl/parquet, an unreadable file, a record
+that cannot be decoded (a jsonl line that is not UTF-8, not JSON, not an object or
+without the text key; a parquet file without the text column; a WARC response without
+its target URI or date) either stops the task with an error naming the file and the
+line or record (`on_bad_file: fail`), or is counted under the reader's `bad_files` stat
+and the shard goes on with its next file (`skip`). The documents read from a bad file
+before the damage are kept and counted either way. An empty file is not bad: it simply
+has no documents (a stage whose whole input has none fails in its stats job).
 
 WARC records become documents here (not in datatrove's `process_record`), so that
 crawls without `WARC-Identified-Payload-Type` keep their HTML: a record's payload type
@@ -53,13 +57,18 @@ class BadInputFile(RuntimeError):
     pass
 
 
+class BadRecord(ValueError):
+    """A line or record of an input file that makes no document: the file is bad."""
+
+
 def _bad_file_errors() -> tuple[type[BaseException], ...]:
     import json
 
     import pyarrow
     from warcio.exceptions import ArchiveLoadFailed
 
-    return (EOFError, zlib.error, OSError, ArchiveLoadFailed, NotAWarcFile, json.JSONDecodeError, pyarrow.ArrowException, UnicodeDecodeError)
+    return (EOFError, zlib.error, OSError, ArchiveLoadFailed, NotAWarcFile, BadRecord, json.JSONDecodeError, pyarrow.ArrowException,
+            UnicodeDecodeError)
 
 
 class _Checked:
@@ -70,7 +79,7 @@ class _Checked:
     def read_file(self, filepath: str):
         read = 0
         try:
-            inner = self._read_warc(filepath) if isinstance(self, WarcReader) else super().read_file(filepath)  # type: ignore[misc]
+            inner = self._read_checked(filepath)
             for document in inner:
                 read += 1
                 yield document
@@ -149,8 +158,11 @@ def process_record(record: "ArcWarcRecord") -> tuple[dict | None, str, str | Non
     if text is None:
         return None, "undecodable", mime
     headers = record.rec_headers
-    url = headers.get_header("WARC-Target-URI") or dict(headers.headers)["uri"]  # older (ARC) formats
-    date = headers.get_header("WARC-Date") or dict(headers.headers)["archive-date"]
+    url = headers.get_header("WARC-Target-URI") or dict(headers.headers).get("uri")  # older (ARC) formats
+    date = headers.get_header("WARC-Date") or dict(headers.headers).get("archive-date")
+    for header, value in (("WARC-Target-URI", url), ("WARC-Date", date)):
+        if not value:
+            raise BadRecord(f"a {record.rec_type} record without its {header} header")
     return {"text": text, "id": headers.get_header("WARC-Record-ID"), "url": url, "date": date}, "", mime
 
 
@@ -173,7 +185,7 @@ class CheckedWarcReader(_Checked, WarcReader):
         self.stat_update(*names)
         self._counts.update(names)
 
-    def _read_warc(self, filepath: str):
+    def _read_checked(self, filepath: str):
         from warcio.archiveiterator import ArchiveIterator
 
         self._files.append(self.data_folder.resolve_paths(filepath))
@@ -187,10 +199,14 @@ class CheckedWarcReader(_Checked, WarcReader):
                 f.seek(0)
             except (OSError, io.UnsupportedOperation):  # a stream that cannot go back
                 f = opened.enter_context(self.data_folder.open(filepath, "rb", compression=self.compression))
-            for ri, record in enumerate(ArchiveIterator(f)):
+            records = ArchiveIterator(f)
+            for ri, record in enumerate(_parsed(records)):
                 with self.track_time():
                     self._count("records")
-                    data, why, mime = process_record(record)
+                    try:
+                        data, why, mime = process_record(record)
+                    except BadRecord as err:
+                        raise BadRecord(f"record {ri} at byte {records.get_record_offset()}: {err}") from None
                     document = self.get_document_from_dict(data, filepath, ri) if data else None
                     if document is None:
                         why = why or "empty"  # a document without text
@@ -202,12 +218,70 @@ class CheckedWarcReader(_Checked, WarcReader):
                 yield document
 
 
+def _parsed(records):
+    """warcio's records; a record warcio itself cannot parse (a response without its
+    target URI trips it) is a bad record, named by its index and byte offset."""
+    iterator = iter(records)
+    index = 0
+    while True:
+        try:
+            record = next(iterator)
+        except StopIteration:
+            return
+        except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as err:
+            at = getattr(records, "offset", None)  # where the record it could not parse starts
+            raise BadRecord(f"record {index}{f' at byte {at}' if at is not None else ''}: warcio cannot parse it, a header "
+                            f"it needs is missing, such as WARC-Target-URI ({type(err).__name__}: {str(err)[:200]})") from None
+        yield record
+        index += 1
+
+
 class CheckedJsonlReader(_Checked, JsonlReader):
-    pass
+    def _read_checked(self, filepath: str):
+        """datatrove's JsonlReader logs and skips a line it cannot read, and ends the file
+        quietly at a byte that is not UTF-8: here either makes the file bad."""
+        import base64
+
+        import orjson
+
+        with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
+            for li, raw in enumerate(f):
+                with self.track_time():
+                    where = f"line {li + 1}"
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as err:
+                        raise BadRecord(f"{where}: not UTF-8 ({err.reason} at byte {err.start} of the line)") from None
+                    if not line.strip():
+                        continue
+                    try:
+                        data = orjson.loads(line)
+                    except orjson.JSONDecodeError as err:
+                        raise BadRecord(f"{where}: not JSON ({err})") from None
+                    if not isinstance(data, dict):
+                        raise BadRecord(f"{where}: a JSON {type(data).__name__}, not an object")
+                    if self.text_key not in data:
+                        raise BadRecord(f"{where}: no {self.text_key!r} key (its keys: {', '.join(list(data)[:10])}); "
+                                        "set input.text_key to the key that holds the text")
+                    for media in data.get("media", []):  # as datatrove's reader
+                        if media.get("media_bytes") is not None:
+                            media["media_bytes"] = base64.decodebytes(media["media_bytes"].encode("ascii"))
+                    document = self.get_document_from_dict(data, filepath, li)
+                if document:
+                    yield document
 
 
 class CheckedParquetReader(_Checked, ParquetReader):
-    pass
+    def _read_checked(self, filepath: str):
+        """A file without the text (or id) column makes no document: it is bad."""
+        import pyarrow.parquet as pq
+
+        with self.data_folder.open(filepath, "rb") as f:
+            columns = pq.ParquetFile(f).schema_arrow.names
+        if self.text_key not in columns:
+            raise BadRecord(f"no {self.text_key!r} column (its columns: {', '.join(columns[:10])}); "
+                            "set input.text_key to the column that holds the text")
+        yield from ParquetReader.read_file(self, filepath)  # datatrove's own (super() is the checked one)
 
 
 def make_reader(fmt: str, data_folder: str, paths_file: str, on_bad_file: OnBadFile, text_key: str = "text", id_key: str = "id"):
