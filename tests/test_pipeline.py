@@ -401,19 +401,23 @@ def assert_lineage(pipeline) -> None:
 
 
 def figures(stage) -> object:
-    """What a stage's part of the report says that does not depend on time or place."""
+    """What a stage's part of the report says that does not depend on time or place; never
+    empty (a missing results file fails here, not as an equal pair of empty figures)."""
     from aistack.data.stats_report import load_report
     from aistack.rundir import read_json
 
     run = stage.run
     if stage.kind in ("filter", "dedup", "tokenize"):
         jobs = load_report(run)["table"]["jobs"]
-        return [(j["job"], s["name"], s["documents_in"], s["documents_out"], s["dropped_by"]) for j in jobs for s in j["steps"]]
-    if stage.kind in ("pretrain", "sft", "distill"):
-        return [{k: v for k, v in r.items() if k in ("step", "loss", "val_loss")}
-                for r in read_metrics(run.task_dir("train", 0) / "metrics.jsonl") if "loss" in r or "val_loss" in r]
-    if stage.kind == "evaluate":
-        rows = read_json(run.path / "results.json", {}).get("rows", [])
-        return sorted((r["run"].rsplit("-", 1)[0], r["step"], r["task"], r["metric"], r["value"]) for r in rows)
-    quality = read_json(run.path / "results.json", {}).get("quality") or {}
-    return {k: v for k, v in quality.items() if k != "text"}  # bench: the quality deltas (not timings)
+        found = [(j["job"], s["name"], s["documents_in"], s["documents_out"], s["dropped_by"]) for j in jobs for s in j["steps"]]
+    elif stage.kind in ("pretrain", "sft", "distill"):
+        found = [{k: v for k, v in r.items() if k in ("step", "loss", "val_loss")}
+                 for r in read_metrics(run.task_dir("train", 0) / "metrics.jsonl") if "loss" in r or "val_loss" in r]
+    elif stage.kind == "evaluate":
+        rows = read_json(run.path / "results.json")["rows"]
+        found = sorted((r["run"].rsplit("-", 1)[0], r["step"], r["task"], r["metric"], r["value"]) for r in rows)
+    else:
+        quality = read_json(run.path / "results.json")["quality"]
+        found = {k: v for k, v in quality.items() if k != "text"}  # bench: the quality deltas (not timings)
+    assert found, f"stage {stage.name}: no figures in {run.path}"
+    return found

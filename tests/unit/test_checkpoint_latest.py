@@ -19,6 +19,7 @@ def _step(root, step: int, complete: bool = True):
 def test_latest_names_a_complete_checkpoint(tmp_path):
     _step(tmp_path, 5)
     ten = _step(tmp_path, 10)
+    _step(tmp_path, 15)  # complete, newer, but not the one `latest` names (a rolled-back run)
     (tmp_path / LATEST).write_text("step_000010\n")
     assert latest(tmp_path) == ten
 

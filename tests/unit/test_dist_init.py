@@ -3,8 +3,11 @@ multi-process job's port stays below the kernel's ephemeral range."""
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -28,15 +31,25 @@ def slurm_array_task(monkeypatch):
 
 
 def test_a_one_process_task_starts_even_when_the_port_its_id_maps_to_is_taken(slurm_array_task):
-    # the port submitit would derive from this task's id (and used to): held by another process
-    derived = random.Random(slurm_array_task).randint(20000, 60000)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", derived))
+    from aistack.model.dist.init import master_port
+
+    # the ports this task's id maps to, submitit's (used before) and aistack's own: held by
+    # other processes (two array tasks on one host)
+    derived = {random.Random(slurm_array_task).randint(20000, 60000), master_port(slurm_array_task)}
+    held = []
+    for port in derived:
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", port))
         taken.listen()
+        held.append(taken)
+    try:
         assert init_distributed() == (0, 1)
         value = torch.ones(3)
         dist.all_reduce(value)
         assert value.tolist() == [1.0, 1.0, 1.0]
+    finally:
+        for taken in held:
+            taken.close()
 
 
 def test_master_port_is_the_same_on_every_rank_and_below_the_ephemeral_range():
@@ -45,4 +58,8 @@ def test_master_port_is_the_same_on_every_rank_and_below_the_ephemeral_range():
     ports = {master_port(f"{job}_{task}") for job in range(1000, 1010) for task in range(20)}
     assert len(ports) > 150  # concurrent jobs get different ports
     assert all(10_000 <= p < max(_ephemeral_low(), 20_000) for p in ports)
-    assert master_port("1234_5") == master_port("1234_5")
+    # every rank is its own process, with its own hash seed: the port must not depend on it
+    code = "from aistack.model.dist.init import master_port; print(master_port('1234_5'))"
+    seen = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True,
+                           text=True, timeout=60, check=True).stdout.strip() for seed in ("1", "2")}
+    assert seen == {str(master_port("1234_5"))}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import json
 import pickle
 import subprocess
 import sys
@@ -110,9 +111,16 @@ def test_a_rerun_resumes_from_the_checkpoint_as_the_next_attempt(tmp_path):
         _runner(failing)()
     run = _planned(tmp_path)  # failure injection is not identity: the same run directory
     assert run.path == failing.path
+    # Mark the checkpoint: a rerun that starts from it carries the mark to its result; one
+    # that starts over (never reads it) does not.
+    saved = run.task_dir("map", 0) / "checkpoint.json"
+    state = json.loads(saved.read_text())
+    assert state["step"] == 2
+    saved.write_text(json.dumps({**state, "total": state["total"] + 1000}))
     result = _runner(run)()
-    clean = _planned(tmp_path / "clean")
-    assert result == _runner(clean)()  # the hash chain: each step ran exactly once
+    clean = _runner(_planned(tmp_path / "clean"))()
+    assert result["total"] == clean["total"] + 1000, "resumed from the checkpoint, not from step 0"
+    assert result["digest"] == clean["digest"]  # the hash chain: each step ran exactly once
     assert run.task_state("map", 0)["attempt"] == 1
 
 
