@@ -84,3 +84,15 @@ stages:
         launch(pipeline, [])
     assert "stage second" in str(err.value) and "key 'resources.tasks_per_node' = 2" in str(err.value)
     assert submitted == []
+
+
+def test_a_path_that_steps_out_of_a_mount_with_dotdot_is_outside_it(site):
+    crawl, _, base, submitted = site
+    # mounted: the crawl's parent's sibling "mnt"; the input climbs out of it to the crawl
+    mnt = crawl.parent / "mnt"
+    mnt.mkdir()
+    climbing = f"{mnt}/../crawl"
+    mounted = [*base[:2], f"resources.container.mounts=['{REPO / 'recipes'}:{REPO / 'recipes'}:ro', '{mnt}:{mnt}:ro']"]
+    with pytest.raises(RecipeError, match=r"key 'filter.input.paths\[0\]'"):
+        launch(FINEWEB, [*mounted, f"filter.input.paths=['{climbing}']"])
+    assert submitted == []

@@ -14,6 +14,7 @@ the paths are checked for oci only.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -75,8 +76,10 @@ def host_paths(data: Any, key: str = "") -> Iterator[tuple[str, str]]:
 
 
 def _under(path: str, folder: str) -> bool:
-    folder = folder.rstrip("/") or "/"
-    return path == folder or path.startswith(folder if folder == "/" else folder + "/")
+    """Whether `path` is `folder` or inside it, as the container resolves it: `..` steps out
+    (/data/../etc is /etc, not under /data)."""
+    path, folder = os.path.normpath(path), os.path.normpath(folder)
+    return path == folder or folder == "/" or path.startswith(folder + "/")
 
 
 def _in_image(rootfs: Path, path: str) -> bool:
