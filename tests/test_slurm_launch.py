@@ -14,7 +14,7 @@ import pytest
 from aistack.cli import main
 from aistack.launch import launcher
 from aistack.rundir import PlannedJob, RunDir
-from aistack.launch.status import run_status
+from aistack.launch.status import cancel_run, run_status
 from aistack.track.metrics import read_metrics
 from aistack.track.wandb_run import offline_runs, read_offline_run, run_id
 from conftest import RECIPES, wait_until
@@ -224,3 +224,21 @@ def test_a_profile_that_allows_more_than_the_qos_gets_slurm_s_refusal_explained(
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert "QOSMaxSubmitJobPerUserLimit" in err and "every array task counts" in err
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_cancel_leaves_alone_a_recorded_id_that_now_names_another_job(runs_root):
+    # After a cluster is rebuilt its job ids start again: a run's old id may be someone else's job now.
+    other = subprocess.run(["sbatch", "--parsable", "-J", "someone-else.train", "-o", "/dev/null", "--begin", "now+600",
+                            "--wrap", "sleep 1"], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    try:
+        run = RunDir(runs_root / "old-run-0123456789")
+        run.path.mkdir()
+        run.record_submission({"job": "map", "executor": "slurm", "job_id": other, "task_ids": [0], "array": False})
+        result = cancel_run(run)
+        assert result.cancelled == [] and result.not_ours == [f"{other} (someone-else.train)"]
+        queued = subprocess.run(["squeue", "-h", "-j", other, "-o", "%i"], capture_output=True, text=True, timeout=60)
+        assert queued.stdout.strip() == other, "still queued: not this run's to cancel"
+    finally:
+        subprocess.run(["scancel", other], check=False, timeout=60)

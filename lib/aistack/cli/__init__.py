@@ -532,6 +532,10 @@ def cmd_cancel(args) -> int:
     elsewhere = [e for r in results for e in r.elsewhere]
     if cancelled or not elsewhere:
         console.print(f"cancelled: {', '.join(cancelled) if cancelled else 'nothing was running'}", soft_wrap=True)
+    not_ours = [n for r in results for n in r.not_ours]
+    if not_ours:
+        console.print(f"[yellow]left alone: Slurm ids this run recorded now name other jobs: {', '.join(not_ours)}[/]",
+                      soft_wrap=True)
     if elsewhere:
         err_console.print(f"[bold red]not cancelled:[/] running on another host, cannot cancel from here (run "
                           f"`aistack cancel` there): {', '.join(elsewhere)}", soft_wrap=True)

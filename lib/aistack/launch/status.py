@@ -11,7 +11,7 @@ from typing import Sequence
 from aistack.launch.executor import FINISHED, FINISHED_BAD, INTERRUPTED
 from aistack.launch.local import processes as localproc
 from aistack.launch.slurm import waves
-from aistack.launch.slurm.sacct import in_queue, slurm_states
+from aistack.launch.slurm.sacct import in_queue, queued_names, slurm_states
 from aistack.rundir import PlannedJob, RunDir, StageRecord, elapsed
 from aistack.track.sync import is_synced
 from aistack.track.wandb_run import run_id
@@ -34,6 +34,7 @@ class TaskStatus:
 class Cancelled:
     cancelled: list[str] = field(default_factory=list)  # what was cancelled
     elsewhere: list[str] = field(default_factory=list)  # local tasks of another host: not from here
+    not_ours: list[str] = field(default_factory=list)  # recorded ids the cluster now gives to other jobs: left alone
 
 
 def run_status(run: RunDir, jobs: Sequence[PlannedJob]) -> list[TaskStatus]:
@@ -90,15 +91,21 @@ def cancel_run(run: RunDir) -> Cancelled:
     on this host (recorded CANCELLED). A local task recorded on another host is named in
     `elsewhere`: its pid means nothing here."""
     out = Cancelled()
-    slurm_ids = sorted({r["job_id"] for r in run.submissions() if r["executor"] == "slurm"})
+    slurm_ids = sorted({str(r["job_id"]) for r in run.submissions() if r["executor"] == "slurm"})
     followup = waves.waiting_on(run)
+    # Only jobs the controller still holds under this run's names: a recorded id may belong
+    # to someone else's job now (ids start again when a cluster is rebuilt).
+    names = queued_names(slurm_ids + ([followup["followup"]] if followup else []))
     if followup:  # first, or the end of the waves it waits on would start it
-        subprocess.run(["scancel", followup["followup"]], check=False, capture_output=True, timeout=60)
-        out.cancelled.append(followup["followup"])
+        if names.get(followup["followup"], "").endswith(f".{waves.FOLLOWUP_JOB}"):
+            subprocess.run(["scancel", followup["followup"]], check=False, capture_output=True, timeout=60)
+            out.cancelled.append(followup["followup"])
         (run.path / waves.WAVES_FILE).unlink(missing_ok=True)
-    if slurm_ids:
-        subprocess.run(["scancel", *slurm_ids], check=False, capture_output=True, timeout=60)
-        out.cancelled += slurm_ids
+    ours = [i for i in slurm_ids if names.get(i, "").startswith(f"{run.name}.")]
+    out.not_ours = [f"{i} ({names[i]})" for i in slurm_ids if i in names and i not in ours]
+    if ours:
+        subprocess.run(["scancel", *ours], check=False, capture_output=True, timeout=60)
+        out.cancelled += ours
     here = localproc.this_host()
     jobs: dict[tuple[str, int], list[int]] = {}  # (job, controller pid) -> its tasks
     for (name, task_id), (record, _) in run.latest_submissions().items():

@@ -37,6 +37,17 @@ def in_queue(job_ids: list[str]) -> set[str]:
     return {line.strip() for line in out.stdout.splitlines() if line.strip()} if out.returncode == 0 else set()
 
 
+def queued_names(job_ids: list[str]) -> dict[str, str]:
+    """{job or array id: its job name} of these jobs that the controller still holds."""
+    if not job_ids:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-o", "%F|%j", "-j", ",".join(sorted(set(job_ids)))], capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0:  # none of the ids is known any more
+        return {}
+    return dict(line.strip().split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+
+
 def parse_sacct(text: str) -> dict[str, str]:
     """`sacct -X -n -P -o JobID,State` output -> {job or array task id: state}. Pending
     array ranges ("123_[4-6,9%2]") are expanded to one entry per task."""
