@@ -123,6 +123,16 @@ def _assignment(text: str) -> str:
     return text
 
 
+def write_config(path: str, config: dict) -> None:
+    """The completed config in place of Slurm's. It holds the job's whole environment:
+    readable by root (runc) only, whatever the umask."""
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older .tmp keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        json.dump(config, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="oci-run", description=__doc__.splitlines()[0])
     parser.add_argument("--runc", required=True, help="the runc binary")
@@ -143,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, Refused, subprocess.SubprocessError) as err:
         print(f"oci-run: {err}", file=sys.stderr)
         return 127
-    with open(path + ".tmp", "w") as f:
-        json.dump(config, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_config(path, config)
 
     runc = [args.runc, "--root", args.root]
     if subprocess.run([*runc, "state", args.id], capture_output=True).returncode == 0:

@@ -14,6 +14,13 @@ for b in munged mariadbd mariadb-install-db mariadb slurmdbd slurmctld slurmd sb
 done
 
 umask 022
+# The state folder holds the slurm.conf and prolog that root's daemons run, under a folder
+# anyone may write to (/var/tmp): it must be root's own, made by us or by root before.
+if [[ -e $STATE || -L $STATE ]]; then
+  [[ -d $STATE && ! -L $STATE && $(stat -c %u "$STATE") == 0 ]] \
+    || die "$STATE exists but is not a folder owned by root: refusing to run daemons from it (remove it, or set AISTACK_SLURM_DIR)"
+  (( (8#$(stat -c %a "$STATE") & 8#022) == 0 )) || die "$STATE is writable by others than root: refusing (chmod go-w it, or remove it)"
+fi
 mkdir -p "$STATE"/{etc,run,log,ctld,spool,munge,fakegpu}
 chmod 700 "$STATE/munge"
 # One up.sh/down.sh at a time (e.g. parallel test sessions starting the cluster together).

@@ -86,3 +86,19 @@ def test_site_mounts_and_variables_from_oci_conf(tmp_path, scontrol):
     # a site mount whose source is missing (no munge socket on this node) is left out
     assert [(m["source"], m["destination"]) for m in config["mounts"] if m["type"] == "bind"] == [
         (str(conf), "/etc/slurm/slurm.conf")]
+
+
+def test_the_completed_config_holding_the_job_environment_is_root_only(tmp_path):
+    import os
+
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    (tmp_path / "config.json.tmp").write_text("")  # left by an earlier step, world-readable
+    os.chmod(tmp_path / "config.json.tmp", 0o644)
+    old = os.umask(0o022)
+    try:
+        oci_run.write_config(str(path), slurm_config(["SECRET_TOKEN_FROM_THE_JOB=x"]))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "SECRET_TOKEN_FROM_THE_JOB=x" in path.read_text()
