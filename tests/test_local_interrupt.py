@@ -113,3 +113,40 @@ def test_a_signal_stops_a_local_run_and_the_same_command_resumes(runs_root, sig,
     assert reduce["ok"] and reduce["total"] == reduce["expected"]
     rerun = [r for r in run.submissions() if r["time"] > signalled_at]
     assert sorted((r["job"], r["task_ids"][0]) for r in rerun) == sorted([("map", t) for t in running] + [("reduce", 0)])
+
+
+def test_a_second_run_is_refused_and_a_run_killed_outright_leaves_no_task_to_run_twice(runs_root):
+    # kill -9 of `aistack run` cannot stop its tasks (each controller leads its own session):
+    # they live on. The lock went with the killed process; the rerun stops what it left
+    # running, then runs every unfinished task once.
+    args = ["run", str(SMOKE), "--on", "local", f"output.root={runs_root}", "smoke.tasks=2", f"smoke.steps={STEPS}",
+            "smoke.step_seconds=0.2", "resources.array_parallelism=2", "tracking.mode=disabled"]
+    cwd = runs_root.parent
+    with open(cwd / "first.txt", "w") as output:
+        first = subprocess.Popen([sys.executable, "-m", "aistack.cli", *args], cwd=cwd, stdout=output, stderr=output,
+                                 start_new_session=True)
+    try:
+        run = RunDir(wait_until(lambda: next(runs_root.glob("smoke-*"), None), 60, what="the run directory"))
+        wait_until(lambda: all(run.task_state("map", t).get("state") == "RUNNING" for t in (0, 1)), 60, interval=0.05,
+                   what="both map tasks running")
+        second = _aistack(*args, cwd=cwd)
+        assert second.returncode == 1 and f"is being run by pid {first.pid}" in second.stderr, second.stderr
+        assert len(run.submissions()) == 2, "the second run submitted nothing"
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    orphans = _processes_naming(str(run.path))
+    assert orphans, "the killed run's tasks live on"
+
+    again = _aistack(*args, cwd=cwd)
+    assert again.returncode == 0, again.stderr
+    assert "left running by an earlier `aistack run`" in again.stderr
+    assert _processes_naming(str(run.path)) == []
+    for task in (0, 1):
+        expected = _expected_map(task)
+        result = run.task_result("map", task)["result"]
+        assert {key: result[key] for key in expected} == expected, f"map task {task} differs from an undisturbed run"
+    assert run.task_result("reduce", 0)["result"]["ok"]

@@ -274,6 +274,61 @@ def latest_checkpoint(root: Path) -> Path | None:
     return step_dir(root, steps[-1]) if steps else None
 
 
+# --- one live launch per run directory --------------------------------------------------
+
+LOCK_FILE = ".aistack.lock"
+
+
+class RunBusy(RuntimeError):
+    """Another `aistack run` holds the run directory: starting this one could run a task twice."""
+
+
+class RunLock:
+    """An exclusive lock on run directories for one launch: `aistack run` holds it while it
+    submits (on Slurm) or runs (here). flock on a lock file in each directory: on a shared
+    file system (NFSv4, Lustre mounted with flock) it holds across hosts, and the kernel
+    drops it when its holder dies, however it dies. Who holds it is written in the file."""
+
+    def __init__(self, paths: list[Path], wait_s: float = 0.0):
+        self.paths = sorted({Path(p) for p in paths})  # one order for everyone: no deadlock
+        self.wait_s = wait_s
+        self._held: list[int] = []
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        deadline = time.monotonic() + self.wait_s
+        try:
+            for path in self.paths:
+                path.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+                            os.close(fd)
+                            raise RunBusy(f"{path} is being run by {holder}: a second run of the same recipe would run "
+                                          f"its tasks twice; follow it with `aistack status {path}`, or stop it with "
+                                          f"`aistack cancel {path}`") from None
+                        time.sleep(0.5)
+                self._held.append(fd)
+                holder = f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, holder.encode(), 0)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fd in self._held:
+            os.close(fd)  # closing drops the lock
+        self._held = []
+
+
 # --- records of a run's plan and of a pipeline's stages ------------------------------
 
 PLAN_FILE = "plan.json"

@@ -8,7 +8,6 @@ Exit codes: 0 ok, 1 a job failed, 2 bad input (recipe, override, profile, run na
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -29,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from aistack.launch.executor import SubmitRefused
     from aistack.recipe.errors import RecipeError
+    from aistack.rundir import RunBusy
 
     # Messages quote recipe values: escaped, so that "[/]" in a value is shown, not taken as markup.
     try:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
-    except SubmitRefused as err:
+    except (SubmitRefused, RunBusy) as err:
         err_console.print(f"[bold red]refused:[/] {escape(str(err))}", soft_wrap=True)
         return 1
     except KeyboardInterrupt:  # not a run here (those stop their tasks: _run_here)
@@ -555,6 +555,3 @@ def cmd_sync(args) -> int:
         (err_console if last_failed else console).print(escape(line), soft_wrap=True)
     return result.code
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ from aistack.launch.stages import Pipeline, resolve
 from aistack.launch.status import StageState, TaskStatus, finished, run_status, stage_states
 from aistack.launch.submit import StageOutcome, submit_stages
 from aistack.recipe import LoadedRecipe, load_recipe
-from aistack.rundir import PlannedJob, RunDir, read_stage_records
+from aistack.rundir import PlannedJob, RunDir, RunLock, read_stage_records
 
 
 @dataclass
@@ -79,9 +79,11 @@ def start(loaded: LoadedRecipe, profile: ClusterProfile, dry_run: bool = False,
     if announce:
         announce(pipeline, profile)
     executor = executor_for(profile, dry_run, launch_id)
-    outcomes = submit_stages(pipeline, executor, dry_run=dry_run, progress=progress)
-    followup = None
-    if not dry_run:
+    if dry_run:
+        return Launch(pipeline, profile, submit_stages(pipeline, executor, dry_run=True, progress=progress))
+    # One launch at a time in these run directories; a follow-up (launch_id) waits its turn.
+    with RunLock([pipeline.top.path, *(stage.run.path for stage in pipeline.stages)], wait_s=600 if launch_id else 0):
+        outcomes = submit_stages(pipeline, executor, progress=progress)
         waiting = {stage.run: outcome.waiting for stage, outcome in zip(pipeline.stages, outcomes)}
         followup = executor.end_pass(loaded, pipeline.top, waiting)
     return Launch(pipeline, profile, outcomes, followup)

@@ -24,7 +24,8 @@ from pathlib import Path
 import submitit
 
 from aistack.launch.executor import Executor, JobFailed, Progress, Submitted, wandb_per_task
-from aistack.launch.local.processes import CONTROLLER, STOP_GRACE_S, TASK, Interrupted, cmdline, job_processes, stop_jobs, this_host
+from aistack.launch.local.processes import (CONTROLLER, LIVE_STATES, STOP_GRACE_S, TASK, Interrupted, cmdline, job_processes,
+                                            stop_jobs, this_host)
 from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
 from aistack.rundir import RunDir
@@ -97,6 +98,7 @@ class LocalExecutor(Executor):
         return [Submitted(job.name, "local", pending, job.is_array)]
 
     def _run_job(self, run: RunDir, job: JobSpec, pending: list[int], progress: Progress | None) -> dict[int, str]:
+        pending = self._stop_orphans(run, job, pending)
         res = job.resources
         executor = SessionLocalExecutor(folder=run.log_dir(job.name), max_num_timeout=res.max_requeues)
         ranks = res.world_size
@@ -148,6 +150,26 @@ class LocalExecutor(Executor):
             raise
         end_strays(run.log_dir(job.name))
         return errors
+
+    @staticmethod
+    def _stop_orphans(run: RunDir, job: JobSpec, pending: list[int]) -> list[int]:
+        """Tasks still running from an `aistack run` that was killed outright (SIGKILL, a
+        crash: it could not stop them): this launch holds the run's lock, so nothing else
+        owns them. They are stopped and recorded INTERRUPTED before any task starts again,
+        so no task runs twice; one that finished meanwhile keeps its DONE."""
+        log_dir = run.log_dir(job.name)
+        orphans = sorted({p.pid for p in job_processes(log_dir) if CONTROLLER.encode() in cmdline(p.pid)})
+        if not orphans:
+            return pending
+        print(f"stopping job {job.name}'s tasks left running by an earlier `aistack run` (controller pids "
+              f"{', '.join(map(str, orphans))}): they are rerun from their checkpoints", file=sys.stderr, flush=True)
+        stop_jobs([(pid, log_dir) for pid in orphans], grace_s=STOP_GRACE_S)
+        end_strays(log_dir)
+        for task_id in pending:
+            state = run.task_state(job.name, task_id).get("state")
+            if not run.is_done(job.name, task_id) and state in LIVE_STATES:
+                run.set_stopped_state(job.name, task_id, "INTERRUPTED", interrupted_by="orphaned", interrupted_at=time.time())
+        return [t for t in pending if not run.is_done(job.name, t)]
 
     @staticmethod
     def _stop(run: RunDir, job: JobSpec, tasks: list[int], running: dict[int, submitit.Job], why: str) -> list[int]:
