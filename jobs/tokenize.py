@@ -6,12 +6,13 @@ from aistack.data.readers import make_reader
 from aistack.data.run_paths import output_dir
 from aistack.data.shard_task import paths_file_for, run_shard_task
 from aistack.data.tokenize import HeldOutSplit, MegatronTokenWriter
+from aistack.data.inputs import planned_files
 from aistack.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> dict:
     cfg = ctx.recipe.tokenize
-    files = cfg.input.files()
+    files = planned_files(ctx.run, cfg.input)  # the shards fixed when the run was planned
     data_folder, paths_file = paths_file_for(ctx, files)
     tokenizer = output_dir(ctx.run.path, "tokenize") / "tokenizer.json"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from aistack.data.inputs import write_paths_file
+from aistack.data.inputs import planned_files, write_paths_file
 from aistack.data.run_paths import output_dir
 from aistack.data.readers import make_reader
 from aistack.data.tokenize import copy_tokenizer, is_held_out, load_tokenizer, train_bpe
@@ -20,7 +20,7 @@ def run(ctx: TaskContext) -> dict:
         trained_on = 0
     else:
         i = cfg.input
-        data_folder, paths_file = write_paths_file(i.files(), ctx.task_dir / "inputs.txt")
+        data_folder, paths_file = write_paths_file(planned_files(ctx.run, i), ctx.task_dir / "inputs.txt")
         reader = make_reader(i.format, data_folder, str(paths_file), i.on_bad_file, i.text_key, i.id_key)
         docs = (d for d in reader.run(None, 0, 1) if not is_held_out(d.id, cfg.heldout_fraction))  # never seen in training
         texts = [d.text for d in itertools.islice(docs, tk.max_train_documents)]

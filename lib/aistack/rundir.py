@@ -3,6 +3,7 @@
     <root>/<name>-<hash>/
       recipe.yaml                 the resolved recipe (no secrets: see recipe.load)
       plan.json                   jobs, arrays, dependencies (PlannedJob records)
+      inputs.json                 a data stage's input files as planned (paths, sizes, mtimes)
       submissions.jsonl           every submission: job, Slurm/local job id, task ids
       jobs/<job>/logs/            submitit's pickles and stdout/stderr
       jobs/<job>/tasks/<id>/      state.json (the latest attempt), DONE (result, end time),
@@ -333,6 +334,15 @@ class RunLock:
 
 PLAN_FILE = "plan.json"
 STAGES_FILE = "stages.json"
+INPUTS_FILE = "inputs.json"  # the input files a data stage was planned with (data/inputs.py)
+
+
+def write_input_manifest(run: RunDir, manifest: dict[str, Any]) -> None:
+    atomic_write_json(run.path / INPUTS_FILE, manifest)
+
+
+def read_input_manifest(run: RunDir) -> dict[str, Any] | None:
+    return read_json(run.path / INPUTS_FILE)
 
 
 @dataclass(frozen=True)

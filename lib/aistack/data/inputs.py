@@ -1,12 +1,82 @@
-"""Input files -> the paths file datatrove shards by rank (files[rank::world_size])."""
+"""Input files -> the paths file datatrove shards by rank (files[rank::world_size]).
+
+A data stage's inputs are fixed when it is planned: the manifest (every input file with its
+size and modification time; a remote one by its path) is part of the run's identity and is
+written to the run directory, and its tasks take their shards from it. A file added to the
+input folder afterwards is a new run when the recipe is planned again, never a reshuffle of
+a run's shards; a file changed or removed under a planned run stops its task, saying so.
+Paths an upstream stage writes (a pipeline's `${stages...}`) are listed when the task runs:
+the upstream stage's own identity fixes them.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import os
 from pathlib import Path
+from typing import Any
 
-from aistack.data.remote import common_root, relative
+from aistack.data.remote import common_root, is_url, relative
+from aistack.recipe.deferred import is_deferred
+from aistack.rundir import RunDir, atomic_write_text, read_input_manifest
 
-from aistack.rundir import atomic_write_text
+
+class InputsChanged(RuntimeError):
+    """An input file of a planned run changed, vanished or appeared since it was planned."""
+
+
+def input_manifest(block: Any) -> dict[str, Any]:
+    """The input files of an InputBlock as planned now: {"files": [{path, size, mtime_ns}],
+    "deferred": [paths an upstream stage writes]}."""
+    files = [{"path": f, **_stat(f)} for f in block.files()]
+    return {"files": files, "deferred": [p for p in block.paths if is_deferred(p)]}
+
+
+def planned_files(run: RunDir, block: Any) -> list[str]:
+    """The files a task reads: the manifest's (checked unchanged), plus what the paths an
+    upstream stage wrote hold now; without a manifest (a run planned before there was one),
+    the input paths listed now."""
+    manifest = read_input_manifest(run)
+    if manifest is None:
+        return block.files()
+    changed = [f"{e['path']} ({why})" for e in manifest["files"] if (why := _changed(e))]
+    if changed:
+        raise InputsChanged(f"input files of run {run.name} changed since it was planned: {', '.join(changed[:5])}"
+                            f"{f' and {len(changed) - 5} more' if len(changed) > 5 else ''}; its shards were fixed "
+                            "then. Restore them, or run the recipe again: changed inputs plan a new run")
+    files = {e["path"] for e in manifest["files"]}
+    upstream = manifest["deferred"]
+    if upstream:  # on the node nothing is deferred: the listing has the upstream stages' files too
+        files |= {f for f in block.files() if any(_within(f, d) for d in upstream)}
+    return sorted(files)
+
+
+def _within(path: str, spec: str) -> bool:
+    if any(c in spec for c in "*?["):
+        return fnmatch.fnmatch(path, spec)
+    spec = spec.rstrip("/")
+    return path == spec or path.startswith(spec + "/")
+
+
+def _stat(path: str) -> dict[str, Any]:
+    if is_url(path):
+        return {}
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _changed(entry: dict[str, Any]) -> str:
+    if "size" not in entry:
+        return ""
+    try:
+        now = _stat(entry["path"])
+    except OSError:
+        return "gone"
+    if now["size"] != entry["size"]:
+        return f"size {entry['size']} -> {now['size']}"
+    if now["mtime_ns"] != entry["mtime_ns"]:
+        return "modified"
+    return ""
 
 
 def write_paths_file(files: list[str], path: Path) -> tuple[str, Path]:

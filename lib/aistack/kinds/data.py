@@ -20,6 +20,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from aistack.recipe.kinds import JobSpec, KindSpec, single_node
+from aistack.data.inputs import input_manifest
 from aistack.data.remote import check_no_credentials, expand_remote, is_listing, is_url, read_listing
 from aistack.recipe.deferred import defer_missing, defer_remote, expected_shards, is_deferred
 from aistack.recipe.errors import RecipeError
@@ -444,10 +445,13 @@ def plan_tokenize(loaded: LoadedRecipe) -> list[JobSpec]:
 
 SPECS = (
     KindSpec("filter", FilterRecipe, plan_filter, outputs={"output": "output/filter/documents"},
-             moved_outputs=lambda r: {"output": r.filter.output.path}, sharded_by="filter", report="data"),
+             moved_outputs=lambda r: {"output": r.filter.output.path}, sharded_by="filter", report="data",
+             inputs=lambda r: input_manifest(r.filter.input)),
     KindSpec("dedup", DedupRecipe, plan_dedup, outputs={"output": "output/dedup/documents"},
-             moved_outputs=lambda r: {"output": r.dedup.output_path}, sharded_by="filter", report="data"),
+             moved_outputs=lambda r: {"output": r.dedup.output_path}, sharded_by="filter", report="data",
+             inputs=lambda r: input_manifest(r.dedup.input)),
     KindSpec("tokenize", TokenizeRecipe, plan_tokenize,
              outputs={"output": "output/tokenize/data", "tokenizer": "output/tokenize/tokenizer.json",
-                      "heldout": "output/tokenize/heldout.jsonl"}, report="data"),
+                      "heldout": "output/tokenize/heldout.jsonl"}, report="data",
+             inputs=lambda r: input_manifest(r.tokenize.input)),
 )

@@ -63,8 +63,15 @@ class Pipeline:
 
 def single_stage(loaded: LoadedRecipe) -> Pipeline:
     """A plain recipe: one stage, named after the recipe, in its usual run directory."""
+    fix_inputs(loaded)
     stage = Stage(loaded.recipe.name, loaded, make_plan(loaded), RunDir.for_recipe(loaded), ())
     return Pipeline(loaded, None, [stage], [])
+
+
+def fix_inputs(loaded: LoadedRecipe) -> None:
+    """The stage's input files as planned (KindSpec.inputs), before its run directory is named."""
+    inputs = spec_for(loaded.kind).inputs
+    loaded.input_manifest = inputs(loaded.recipe) if inputs else None
 
 
 def references(stage: str, kind: str, run_path: Path, recipe: Any = None) -> dict[str, str]:
@@ -116,6 +123,7 @@ def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
                 raise RecipeError.single(str(file), f"{key}.recipe", stage_loaded.kind, "a recipe of a stage kind (not pipeline or report)")
             stage_loaded.path_aliases = {str(pdir.path): PIPELINE_TOKEN}
             plan = make_plan(stage_loaded)
+            fix_inputs(stage_loaded)  # here: paths an upstream stage writes are deferred
         stage_loaded.deferred = bool(deferral.deferred)
         stage_loaded.upstream_runs = [s.run.name for s in stages if s.name in needs and _locations(s)[1:]]
         missing += deferral.missing

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from aistack.launch.executor import Executor, Progress, Submitted
 from aistack.launch.plan import plan_summary
 from aistack.launch.stages import Pipeline, Stage, write_pipeline_files
-from aistack.rundir import PLAN_FILE, atomic_write_json
+from aistack.rundir import PLAN_FILE, atomic_write_json, write_input_manifest
 
 
 @dataclass
@@ -71,6 +71,8 @@ def prepare_stage(stage: Stage, profile_name: str) -> None:
     stage.run.path.mkdir(parents=True, exist_ok=True)
     stage.run.write_recipe(stage.loaded)
     atomic_write_json(stage.run.path / PLAN_FILE, plan_summary(stage.plan, profile_name))
+    if stage.loaded.input_manifest is not None:
+        write_input_manifest(stage.run, stage.loaded.input_manifest)
 
 
 def _labelled(progress: Progress | None, stage: Stage, single: bool) -> Progress | None:

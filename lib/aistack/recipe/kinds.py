@@ -78,6 +78,9 @@ class KindSpec:
     # device constraint) -> Estimates.
     estimate: Callable[[Any, str, str], Estimates] | None = None
     stage: bool = True  # may be a stage of a pipeline
+    # The input files it reads, fixed when planned (a manifest: data.inputs.input_manifest):
+    # recipe -> manifest; written to the run directory and part of the run's identity.
+    inputs: Callable[[Any], dict[str, Any]] | None = None
 
 
 def single_node(resources: Resources, gpus: bool = False) -> Resources:

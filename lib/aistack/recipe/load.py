@@ -48,6 +48,9 @@ class LoadedRecipe:
     # Run directories of upstream stages read through a location that does not name them (an
     # output moved to s3://): part of the identity, so a changed upstream reruns this stage.
     upstream_runs: list[str] = field(default_factory=list)
+    # The input files as planned (KindSpec.inputs: paths, sizes, mtimes): part of the
+    # identity, so a changed input folder plans a new run instead of reshuffling this one.
+    input_manifest: dict[str, Any] | None = None
 
     @property
     def kind(self) -> str:
@@ -67,6 +70,8 @@ class LoadedRecipe:
             blob = blob.replace(prefix, token)
         if self.upstream_runs:
             blob += json.dumps(sorted(self.upstream_runs))
+        if self.input_manifest and self.input_manifest.get("files"):
+            blob += json.dumps(self.input_manifest["files"], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
