@@ -337,6 +337,22 @@ STAGES_FILE = "stages.json"
 INPUTS_FILE = "inputs.json"  # the input files a data stage was planned with (data/inputs.py)
 
 
+OWNER_FILE = ".aistack-run"  # in an output folder outside the run directory: the run whose output it is
+
+
+def output_owner(folder: Path) -> str | None:
+    """The run an output folder outside its run directory belongs to, if any."""
+    try:
+        return (Path(folder) / OWNER_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def claim_output(folder: Path, run: RunDir) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(folder) / OWNER_FILE, run.name + "\n")
+
+
 def write_input_manifest(run: RunDir, manifest: dict[str, Any]) -> None:
     atomic_write_json(run.path / INPUTS_FILE, manifest)
 

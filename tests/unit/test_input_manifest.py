@@ -85,3 +85,27 @@ def test_inputs_an_upstream_stage_writes_are_listed_when_the_task_runs(tmp_path)
     stage.run.path.mkdir(parents=True)
     (stage.run.path / "inputs.json").write_text(json.dumps(manifest))
     assert planned_files(stage.run, loaded.recipe.filter.input) == [str(upstream / "00000.jsonl"), str(user / "u.jsonl")]
+
+
+def test_an_output_folder_outside_the_run_holds_one_runs_output(tmp_path):
+    from aistack.launch.stages import check_outputs
+    from aistack.recipe import RecipeError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _doc(folder, "b.jsonl")
+    shared = tmp_path / "documents"
+
+    def stage(*extra):
+        loaded = load_recipe(FINEWEB, [f"output.root={tmp_path / 'runs'}", f"filter.input.paths=['{folder}']",
+                                       "filter.input.format=jsonl", f"filter.output.path={shared}", *extra])
+        return resolve(loaded).stages[0]
+
+    first = stage()
+    check_outputs(first)
+    prepare_stage(first, "local")  # as its submission does: the folder is the first run's now
+    check_outputs(stage())  # the same run again: its own folder
+    other = stage("filter.language.threshold=0.9")  # another version of the recipe: another run
+    assert other.run != first.run
+    with pytest.raises(RecipeError, match=rf"key 'filter.output.path' = '{shared}'.*holds run {first.run.name}'s"):
+        check_outputs(other)

@@ -18,7 +18,7 @@ from aistack.launch.executor import FINISHED, Executor, JobFailed, Progress, Sub
 from aistack.launch.plan import Plan
 from aistack.launch.profile import ClusterProfile, default_target, load_profile
 from aistack.launch.slurm import waves
-from aistack.launch.stages import Pipeline, resolve
+from aistack.launch.stages import Pipeline, check_outputs, resolve
 from aistack.launch.status import StageState, TaskStatus, finished, run_status, stage_states
 from aistack.launch.submit import StageOutcome, submit_stages
 from aistack.recipe import LoadedRecipe, load_recipe
@@ -76,6 +76,7 @@ def start(loaded: LoadedRecipe, profile: ClusterProfile, dry_run: bool = False,
     pipeline = resolve(loaded, allow_missing=dry_run)
     for stage in pipeline.stages:
         check_stage(stage, profile)
+        check_outputs(stage)
     if announce:
         announce(pipeline, profile)
     executor = executor_for(profile, dry_run, launch_id)

@@ -17,7 +17,8 @@ from typing import Any
 
 from aistack.recipe.kinds import spec_for
 from aistack.launch.plan import Plan, make_plan
-from aistack.rundir import PlannedJob, RunDir, StageRecord, write_stage_records
+from aistack.recipe.urls import is_url
+from aistack.rundir import PlannedJob, RunDir, StageRecord, output_owner, write_stage_records
 from aistack.recipe import LoadedRecipe, RecipeError
 from aistack.recipe.deferred import deferring
 from aistack.recipe.load import OVERRIDES_SOURCE, deep_merge, load_stage, stage_refs_in
@@ -84,6 +85,33 @@ def references(stage: str, kind: str, run_path: Path, recipe: Any = None) -> dic
         name = f"stages.{stage}.output" if key == "output" else f"stages.{stage}.output.{key}"
         refs[name] = moved.get(key) or str(run_path / rel)
     return refs
+
+
+def moved_outputs(stage: Stage) -> list[str]:
+    """Folders on this file system a stage writes outside its run directory (filter.output.path, ...)."""
+    spec = spec_for(stage.kind)
+    moved = spec.moved_outputs(stage.loaded.recipe) if spec.moved_outputs else {}
+    return [v for v in moved.values() if v and not is_url(v)]
+
+
+def check_outputs(stage: Stage) -> None:
+    """An output folder outside the run directory holds one run's output: another run's
+    shards there would be overwritten in part and read by the next stage in full."""
+    for folder in moved_outputs(stage):
+        owner = output_owner(Path(folder))
+        if owner and owner != stage.run.name:
+            key = next((k for k, v in _flat(stage.loaded.data) if v == folder), "output")
+            raise RecipeError.single(stage.loaded.sources.get(key) or str(stage.loaded.path), key, folder,
+                                     f"a folder that holds no other run's output (it holds run {owner}'s: "
+                                     "choose another folder, or remove that one)")
+
+
+def _flat(data: Any, key: str = ""):
+    if isinstance(data, dict):
+        for name, value in data.items():
+            yield from _flat(value, f"{key}.{name}" if key else str(name))
+    else:
+        yield key, data
 
 
 def _locations(stage: Stage) -> list[str]:

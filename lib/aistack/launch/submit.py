@@ -11,11 +11,12 @@ on its live job ids. Here, stages run in order and a failed stage skips its depe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aistack.launch.executor import Executor, Progress, Submitted
 from aistack.launch.plan import plan_summary
-from aistack.launch.stages import Pipeline, Stage, write_pipeline_files
-from aistack.rundir import PLAN_FILE, atomic_write_json, write_input_manifest
+from aistack.launch.stages import Pipeline, Stage, moved_outputs, write_pipeline_files
+from aistack.rundir import PLAN_FILE, atomic_write_json, claim_output, write_input_manifest
 
 
 @dataclass
@@ -73,6 +74,8 @@ def prepare_stage(stage: Stage, profile_name: str) -> None:
     atomic_write_json(stage.run.path / PLAN_FILE, plan_summary(stage.plan, profile_name))
     if stage.loaded.input_manifest is not None:
         write_input_manifest(stage.run, stage.loaded.input_manifest)
+    for folder in moved_outputs(stage):
+        claim_output(Path(folder), stage.run)
 
 
 def _labelled(progress: Progress | None, stage: Stage, single: bool) -> Progress | None:
