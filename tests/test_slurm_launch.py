@@ -242,3 +242,24 @@ def test_cancel_leaves_alone_a_recorded_id_that_now_names_another_job(runs_root)
         assert queued.stdout.strip() == other, "still queued: not this run's to cancel"
     finally:
         subprocess.run(["scancel", other], check=False, timeout=60)
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_the_same_recipe_started_twice_at_once_submits_each_task_once(runs_root):
+    import sys
+
+    args = [sys.executable, "-m", "aistack.cli", "run", str(SMOKE), "--on", "slurm", f"output.root={runs_root}",
+            "smoke.tasks=6", "smoke.steps=3", "tracking.mode=disabled"]
+    both = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in both]
+    codes = sorted(p.returncode for p in both)
+    said = "\n".join(out + err for out, err in outputs)
+    # The second either found the run held (refused, naming the holder) or found its jobs queued.
+    assert codes in ([0, 0], [0, 1]), said
+    assert codes == [0, 0] or "is being run by pid" in said, said
+    run = RunDir(next(runs_root.glob("smoke-*")))
+    submitted = [(r["job"], t) for r in run.submissions() for t in r["task_ids"]]
+    assert sorted(submitted) == sorted([("map", t) for t in range(6)] + [("reduce", 0)]), "each task submitted once"
+    wait_until(lambda: run.is_done("reduce", 0), timeout=300, what="the reduce task")
+    assert all(run.task_state("map", t).get("attempt", 0) == 0 for t in range(6)), "no task ran twice"
