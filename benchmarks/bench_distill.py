@@ -72,12 +72,13 @@ def store_sizes(source: Path, root: Path, ks: tuple[int, ...]) -> dict[int, floa
     src = TopKStore(source)
     n = src.spec.num_sequences
     ids, values = src.read(list(range(n)))
+    keys = [key for block in range(src.spec.num_blocks) for key in src.block_keys(block)]
     out = {}
     for k in ks:
         store = create(root / f"k{k}.zarr", StoreSpec(n, src.spec.seq_length, k, src.spec.vocab_size, src.spec.block))
         for block in range(store.spec.num_blocks):
             lo, hi = store.block_range(block)
-            store.write_block(block, ids[lo:hi, :, :k], values[lo:hi, :, :k])
+            store.write_block(block, ids[lo:hi, :, :k], values[lo:hi, :, :k], keys[lo:hi])
         out[k] = store.nbytes_on_disk() / (n * src.spec.seq_length)  # bytes per token = MB per 1M tokens
     return out
 

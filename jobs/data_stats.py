@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aistack.data.stats_report import build_report
+from aistack.data.stats_report import NoDocuments, build_report, no_documents
 from aistack.runtime.task import TaskContext
 from aistack.track.lineage import log_dataset
 
@@ -12,6 +12,8 @@ def run(ctx: TaskContext) -> dict:
     for job in report["table"]["jobs"]:
         ctx.log(0, {f"{job['job']}/{k}": v for k, v in job.items() if isinstance(v, (int, float)) and k != "steps"})
     _log_table(ctx, report)
+    if why := no_documents(report["table"]):  # the table is written: `aistack report` shows it
+        raise NoDocuments(f"run {ctx.run.name}: {why}")
     log_dataset(ctx)  # dataset-manifest.json, and the outputs as a W&B artifact (lineage)
     return {"stats": str(report["json"]), "csv": str(report["csv"]), "funnel": str(report["funnel"])}
 

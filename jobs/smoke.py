@@ -18,8 +18,8 @@ def run(ctx: TaskContext) -> dict:
     cfg = SimpleNamespace(**ctx.data["smoke"])
     ckpt_file = ctx.task_dir / "checkpoint.json"
     state = read_json(ckpt_file, default={"step": 0, "digest": f"task-{ctx.task_id}", "total": 0})
+    ctx.resumed_at(state["step"])  # from scratch too: an earlier attempt may have logged steps
     if state["step"]:
-        ctx.resumed_at(state["step"])
         print(f"task {ctx.task_id}: resuming from step {state['step']}", flush=True)
 
     def save() -> None:

@@ -202,15 +202,17 @@ def _image_crawl(path: Path) -> Path:
     return path
 
 
-def test_a_filter_run_that_keeps_no_record_says_so_in_the_log_the_table_and_at_the_end(tmp_path, capsys):
+def test_a_filter_run_whose_whole_input_makes_no_document_fails_saying_why_in_the_log_the_table_and_at_the_end(tmp_path, capsys):
     from aistack.cli import main
 
     warc = _image_crawl(tmp_path / "crawl" / "images.warc.gz")
     why = "read 5 WARC records but kept none: not_response 3, not_html 2 (image/png 2)"
     args = ["run", str(FINEWEB), f"output.root={tmp_path / 'runs'}", f"filter.input.paths=[{warc.parent}]", *COMMON, *LIGHT, "--on", "local"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
+    assert main(args) == 1, "a stage whose whole input makes no document fails"
+    captured = capsys.readouterr()
+    out = captured.out
     assert f"warning: job filter: task 0 (input files {warc}) {why}" in out, out
+    assert f"job filter read no document from the whole input (1 task): {why}" in captured.err, captured.err
     run = next((tmp_path / "runs").glob("fineweb-*"))
     table = json.loads((run / "stats.json").read_text())
     assert table["warnings"] == [f"job filter: task 0 (input files {warc}) {why}"]

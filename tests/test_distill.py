@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from aistack.launch import launcher
 from aistack.recipe import RecipeError
@@ -111,7 +112,7 @@ WRITER = textwrap.dedent("""
             continue
         lo, hi = store.block_range(block)
         ids = np.broadcast_to(np.arange(lo, hi, dtype=np.int32)[:, None, None], (hi - lo, 32, 8)).copy()
-        store.write_block(block, ids, (ids % 1000).astype(np.float16))
+        store.write_block(block, ids, (ids % 1000).astype(np.float16), [str(i) for i in range(lo, hi)])
         print(block, flush=True)
         time.sleep(float(sys.argv[2]))
 """)
@@ -146,6 +147,24 @@ def test_store_survives_a_killed_writer(tmp_path):
     assert store.committed_blocks() == list(range(40))
     ids, values = store.read(list(range(400)))
     assert (ids == np.arange(400)[:, None, None]).all() and (values == ids % 1000).all()
+
+
+def test_store_is_keyed_by_its_data_another_runs_tokens_are_refused(tmp_path):
+    """Two recipes pointing logit.store at one folder: the second (other data, or the same data
+    in another order) neither reuses nor overwrites the first one's logits."""
+    from aistack.post.topk_store import OtherData, StoreSpec, TopKStore, create, sequence_key
+
+    spec = StoreSpec(num_sequences=20, seq_length=4, top_k=2, vocab_size=50, block=10)
+    tokens = np.arange(80).reshape(20, 4)
+    store = create(tmp_path / "store.zarr", spec)
+    ids = np.ones((10, 4, 2), np.int32)
+    store.write_block(0, ids, ids.astype(np.float16), [sequence_key(t) for t in tokens[:10]])
+    store = TopKStore(tmp_path / "store.zarr")
+    store.check_data(range(20), [sequence_key(torch.from_numpy(t).int()) for t in tokens])  # same tokens, any dtype
+    shuffled = tokens[::-1]
+    with pytest.raises(OtherData, match=r"store.zarr: sequence 0 \(block 0\) holds the teacher's logits for other tokens"):
+        store.check_data(range(10), [sequence_key(t) for t in shuffled[:10]])
+    assert store.block_keys(1) is None, "block 1 is not written: a writer computes it, a reader is refused"
 
 
 # --- sequence-level distillation under the local Slurm cluster ----------------------------------

@@ -61,6 +61,24 @@ def test_wandb_offline_run_holds_recipe_config_and_metrics(runs_root, monkeypatc
     assert runs[run_id(result.run.name, "reduce", 0)]["history"][0]["ok"] is True
 
 
+def test_a_task_restarted_from_scratch_logs_each_step_once_in_metrics_and_wandb(runs_root, monkeypatch):
+    """Killed before its first checkpoint, a task starts over under the same W&B id: the
+    steps the first attempt logged are redone, but neither file holds any step twice."""
+    from aistack.track.wandb_run import offline_runs, read_offline_run, run_id
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    base = [f"output.root={runs_root}", "smoke.tasks=1", "smoke.steps=6", "smoke.checkpoint_every=1000", "tracking.mode=offline"]
+    with pytest.raises(JobFailed, match="injected failure in task 0 at step 4"):
+        launcher.launch(SMOKE, [*base, "smoke.fail_tasks=[0]", "smoke.fail_at_step=4"], on="local")
+    result = launcher.launch(SMOKE, base, on="local")
+    assert result.run.task_state("map", 0)["attempt"] == 1
+    assert [r["step"] for r in read_metrics(result.run.task_dir("map", 0) / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    attempts = [r for r in map(read_offline_run, offline_runs(result.run.path)) if r["id"] == run_id(result.run.name, "map", 0)]
+    assert len(attempts) == 2
+    steps = sorted(row["_step"] for attempt in attempts for row in attempt["history"])
+    assert steps == [1, 2, 3, 4, 5, 6], "each step once under the task's W&B id"
+
+
 def test_secrets_never_land_in_the_run_directory_or_scripts(runs_root, monkeypatch, capsys):
     from aistack.cli import main
 

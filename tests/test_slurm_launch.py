@@ -263,3 +263,24 @@ def test_the_same_recipe_started_twice_at_once_submits_each_task_once(runs_root)
     assert sorted(submitted) == sorted([("map", t) for t in range(6)] + [("reduce", 0)]), "each task submitted once"
     wait_until(lambda: run.is_done("reduce", 0), timeout=300, what="the reduce task")
     assert all(run.task_state("map", t).get("attempt", 0) == 0 for t in range(6)), "no task ran twice"
+
+
+def test_a_rehearsal_runs_the_real_schedule_with_stand_ins_that_meet_across_nodes(runs_root, capsys):
+    """Two 2-node jobs asking 2 GPUs per node and 4 ranks, and the reduce after them: the
+    stand-ins of each node meet at the job's master address, see their GPUs, and the real
+    run directory is never made."""
+    overrides = [f"output.root={runs_root}", "smoke.tasks=2", "resources.nodes=2", "resources.tasks_per_node=2",
+                 "resources.gpus_per_node=2"]
+    assert main(["run", str(SMOKE), *overrides, "--on", "slurm", "--rehearse", "--wait"]) == 0
+    out = capsys.readouterr().out
+    assert "rehearsal map: 2/2 passed; ranks 2 of 4 on 2 nodes" in out, out
+    assert "rehearsal reduce: 1/1 passed" in out, out
+    rehearsal = next((runs_root / "rehearsals").iterdir())
+    assert [p.name for p in runs_root.iterdir()] == ["rehearsals"], "the real run is not touched"
+    seen = RunDir(rehearsal).task_result("map", 1)["result"]
+    assert seen["ranks"]["nodes"] == ["node1", "node2"] and seen["ranks"]["master"].startswith("node1:")
+    assert all(len(gpus) == 2 for gpus in seen["ranks"]["gpus"].values())
+    assert seen["rehearses"].startswith(f"{runs_root / rehearsal.name} job map (smoke) task 1 of 2")
+    job_id = json.loads((rehearsal / "submissions.jsonl").read_text().splitlines()[0])["job_id"]
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NNodes,AllocTRES", "-j", job_id], capture_output=True, text=True, check=True)
+    assert all(line.startswith("2|") and "gres/gpu=4" in line for line in out.stdout.split()), out.stdout

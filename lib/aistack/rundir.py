@@ -335,6 +335,7 @@ class RunLock:
 PLAN_FILE = "plan.json"
 STAGES_FILE = "stages.json"
 INPUTS_FILE = "inputs.json"  # the input files a data stage was planned with (data/inputs.py)
+REHEARSAL_FILE = "rehearsal.json"  # in a rehearsal run dir: the real run and jobs it stands in for (launch/rehearsal.py)
 
 
 OWNER_FILE = ".aistack-run"  # in an output folder outside the run directory: the run whose output it is

@@ -53,7 +53,7 @@ def test_a_one_process_task_starts_even_when_the_port_its_id_maps_to_is_taken(sl
 
 
 def test_master_port_is_the_same_on_every_rank_and_below_the_ephemeral_range():
-    from aistack.model.dist.init import _ephemeral_low, master_port
+    from aistack.runtime.rendezvous import _ephemeral_low, master_port
 
     ports = {master_port(f"{job}_{task}") for job in range(1000, 1010) for task in range(20)}
     assert len(ports) > 150  # concurrent jobs get different ports

@@ -20,3 +20,23 @@ def test_a_limit_says_which_limit_it_is():
     assert SubmitLimit("limited", 60, None).describe() == "QOS limited MaxSubmitJobsPerUser=60"
     assert SubmitLimit(None, None, 500).describe() == "association MaxSubmitJobs=500"
     assert not SubmitLimit("normal", None, None).limited and SubmitLimit("normal", None, None).room() is None
+
+
+def test_the_lookup_reads_both_sacctmgr_answers_for_the_qos_or_the_default_one(monkeypatch):
+    from aistack.launch.slurm import limits
+
+    answers = {"assoc": "200|limited\n|\n", "qos": "normal|\nlimited|60\nurgent|5\n"}
+    asked = []
+
+    def sacctmgr(cmd):
+        asked.append(cmd)
+        return answers[cmd[4]]
+
+    monkeypatch.setattr(limits, "_run", sacctmgr)
+    lookup = limits.LimitLookup(None)
+    assert lookup.limit(None) == SubmitLimit("limited", 60, 200), "the association's default QOS"
+    assert lookup.limit("urgent") == SubmitLimit("urgent", 5, 200)
+    assert lookup.limit("normal") == SubmitLimit("normal", None, 200)
+    assert len(asked) == 2, "two questions per launch, whatever the jobs' QOS"
+    assert limits.LimitLookup(500).limit("urgent") == SubmitLimit(None, None, 500), "the profile's limit, no question"
+    assert len(asked) == 2

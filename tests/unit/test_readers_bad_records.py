@@ -86,3 +86,26 @@ def test_a_warc_response_without_its_uri_or_date_is_a_bad_record_not_a_crash(tmp
         read(path, "warc", "fail")
     texts, stats = read(path, "warc", "skip")
     assert len(texts) == 1 and stats.get("bad_files") == 1
+
+
+def test_a_run_whose_whole_input_was_bad_files_has_no_documents_and_says_why(tmp_path):
+    """From the reader's own stats to the gather job's verdict: every file skipped as bad
+    is no document at all; one good document anywhere is not an empty run."""
+    from datatrove.utils.stats import PipelineStats
+
+    from aistack.data.stats import step_rows
+    from aistack.data.stats_report import no_documents
+
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"content": ["wrong column"]}), path)
+    paths_file = tmp_path / "paths.txt"
+    paths_file.write_text(path.name + "\n")
+    reader = make_reader("parquet", str(tmp_path), str(paths_file), "skip")
+    assert list(reader.run(rank=0, world_size=1)) == []
+    rows = step_rows(json.loads(PipelineStats([reader]).to_json()))  # what a task's stats file holds
+    table = {"jobs": [{"job": "filter", "tasks": 2, "steps": rows}]}
+    assert no_documents(table) == ("job filter read no document from the whole input (2 tasks): "
+                                   "1 bad input files skipped (on_bad_file: skip)")
+    rows[0]["documents_out"] = 1
+    assert no_documents(table) is None
+    assert no_documents({"jobs": [{"job": "clusters", "tasks": 1, "steps": []}]}) is None

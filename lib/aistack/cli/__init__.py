@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     recipe_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and sbatch scripts; submit nothing")
     p.add_argument("--wait", action="store_true", help="on Slurm: follow the run until every task has finished")
+    p.add_argument("--rehearse", action="store_true",
+                   help="submit the same jobs, each task a stand-in that checks its ranks, GPUs, input shard and "
+                        "checkpoint in seconds (run dirs under OUTPUT_ROOT/rehearsals; the real run is untouched)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("plan", help="show the resolved recipe, its jobs, resources and sbatch scripts")
@@ -107,13 +110,16 @@ def cmd_run(args) -> int:
 
     loaded = load_recipe(args.recipe, args.overrides)
     profile = load_profile(args.on or default_target())
+    rehearse = getattr(args, "rehearse", False)
     if args.dry_run:
-        _print_plan(start(loaded, profile, dry_run=True), scripts=True)
+        _print_plan(start(loaded, profile, dry_run=True, rehearse=rehearse), scripts=True)
         console.print("[yellow]dry run: nothing was submitted[/]")
         return 0
     if profile.executor == "local":
-        return _run_here(lambda: _with_progress(lambda progress: start(loaded, profile, progress=progress, announce=_announce)))
-    result = start(loaded, profile, announce=_announce)
+        code = _run_here(lambda: _with_progress(lambda progress: start(loaded, profile, progress=progress, announce=_announce,
+                                                                         rehearse=rehearse)))
+        return _rehearsal_outcome(code, loaded, profile) if rehearse else code
+    result = start(loaded, profile, announce=_announce, rehearse=rehearse)
     _print_submissions(result)
     if not result.submitted and not result.followup and not any(o.in_flight for o in result.outcomes):
         return 0  # every task done already
@@ -123,10 +129,43 @@ def cmd_run(args) -> int:
     if result.pipeline.is_single:
         rows = _follow(result)
         _print_status(rows)
-        return 0 if all(r.state == "COMPLETED" for r in rows) else 1
-    states = _follow_pipeline(result.pipeline.dir)
-    _print_stages(states)
-    return 0 if all(s.state == "COMPLETED" for s in states) else 1
+        code = 0 if all(r.state == "COMPLETED" for r in rows) else 1
+    else:
+        states = _follow_pipeline(result.pipeline.dir)
+        _print_stages(states)
+        code = 0 if all(s.state == "COMPLETED" for s in states) else 1
+    return _print_findings(result.pipeline, code) if rehearse else code
+
+
+def _rehearsal_outcome(code: int, loaded, profile) -> int:
+    """After a rehearsal here: what each job's stand-ins found."""
+    from aistack.launch.rehearsal import rehearsal_of
+    from aistack.launch.stages import resolve
+
+    return _print_findings(rehearsal_of(resolve(loaded)), code) if code in (0, 1) else code
+
+
+def _print_findings(pipeline, code: int) -> int:
+    """One line per job of a rehearsal: passed, failed (why), not run; what a task saw."""
+    from rich.markup import escape
+
+    from aistack.launch.rehearsal import findings
+
+    rows = findings(pipeline)
+    for row in rows:
+        where = f"{row['stage']}/{row['job']}" if not pipeline.is_single else row["job"]
+        seen = row["seen"] or {}
+        ranks = seen.get("ranks") or {}
+        saw = (f"ranks {ranks.get('rehearsed')} of {ranks.get('planned_world_size')} on {len(ranks.get('nodes', []))} nodes"
+               if ranks else "")
+        colour = "red" if row["failed"] else ("yellow" if row["not_run"] else "green")
+        console.print(f"[{colour}]rehearsal[/] {escape(where)}: {row['passed']}/{row['tasks']} passed"
+                      + (f", {row['failed']} failed" if row["failed"] else "")
+                      + (f", {row['not_run']} not run" if row["not_run"] else "") + (f"; {saw}" if saw else ""), soft_wrap=True)
+        for error in row["errors"]:
+            err_console.print(f"  [red]{escape(error)}[/]", soft_wrap=True)
+    failed = any(row["failed"] or row["not_run"] for row in rows)
+    return 1 if failed else code
 
 
 def _run_here(work) -> int:

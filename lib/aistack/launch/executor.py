@@ -124,10 +124,12 @@ class Executor(ABC):
         """The tasks of `job` to submit: here, every task without a DONE marker."""
         return TaskView(run.pending_tasks(job.name, job.num_tasks))
 
-    def end_pass(self, loaded: LoadedRecipe, top: RunDir, waiting: dict[RunDir, dict[str, int]]) -> str | None:
+    def end_pass(self, loaded: LoadedRecipe, top: RunDir, waiting: dict[RunDir, dict[str, int]],
+                 rehearse: bool = False) -> str | None:
         """After every stage of a launch was submitted: what to do about the tasks left
         `waiting` for a later wave (per run dir, job -> tasks). Here nothing is ever left;
-        a Slurm executor under a submit limit submits the follow-up that submits them."""
+        a Slurm executor under a submit limit submits the follow-up that submits them
+        (the same launch again, a rehearsal's as a rehearsal)."""
         return None
 
     @abstractmethod

@@ -17,6 +17,7 @@ from aistack.launch.container_check import check_stage
 from aistack.launch.executor import FINISHED, Executor, JobFailed, Progress, Submitted
 from aistack.launch.plan import Plan
 from aistack.launch.profile import ClusterProfile, default_target, load_profile
+from aistack.launch.rehearsal import rehearsal_of
 from aistack.launch.slurm import waves
 from aistack.launch.stages import Pipeline, check_outputs, resolve
 from aistack.launch.status import StageState, TaskStatus, finished, run_status, stage_states
@@ -63,30 +64,32 @@ def executor_for(profile: ClusterProfile, dry_run: bool = False, launch_id: str 
         return LocalExecutor(profile)
     from aistack.launch.slurm.executor import SlurmExecutor
 
-    return SlurmExecutor(profile, launch_id)
+    return SlurmExecutor(profile, launch_id, dry_run)
 
 
 def start(loaded: LoadedRecipe, profile: ClusterProfile, dry_run: bool = False,
           progress: Progress | None = None, announce: Callable[[Pipeline, ClusterProfile], None] | None = None,
-          launch_id: str | None = None) -> Launch:
+          launch_id: str | None = None, rehearse: bool = False) -> Launch:
     """Resolve and plan every stage (all bad input fails here, before anything is
     written), then hand the stages to the profile's executor. Under a submit limit, what
     did not fit is left to a follow-up job (waves.py); `launch_id`: the launch that
-    follow-up continues."""
+    follow-up continues. `rehearse`: the same jobs, each task a stand-in (rehearsal.py)."""
+    executor = executor_for(profile, dry_run, launch_id)  # first: a Slurm one asks its limits meanwhile
     pipeline = resolve(loaded, allow_missing=dry_run)
+    if rehearse:
+        pipeline = rehearsal_of(pipeline)
     for stage in pipeline.stages:
         check_stage(stage, profile)
-        check_outputs(stage)
+        check_outputs(stage.rehearses or stage)
     if announce:
         announce(pipeline, profile)
-    executor = executor_for(profile, dry_run, launch_id)
     if dry_run:
         return Launch(pipeline, profile, submit_stages(pipeline, executor, dry_run=True, progress=progress))
     # One launch at a time in these run directories; a follow-up (launch_id) waits its turn.
     with RunLock([pipeline.top.path, *(stage.run.path for stage in pipeline.stages)], wait_s=600 if launch_id else 0):
         outcomes = submit_stages(pipeline, executor, progress=progress)
         waiting = {stage.run: outcome.waiting for stage, outcome in zip(pipeline.stages, outcomes)}
-        followup = executor.end_pass(loaded, pipeline.top, waiting)
+        followup = executor.end_pass(loaded, pipeline.top, waiting, rehearse)
     return Launch(pipeline, profile, outcomes, followup)
 
 
@@ -148,7 +151,7 @@ def continue_launch(continuation: str) -> int:
         print(f"superseded by follow-up Slurm job {successor}: nothing to do", flush=True)
         return 0
     state = waves.read_continuation(path)
-    result = start(state["loaded"], state["profile"], launch_id=state["launch"])
+    result = start(state["loaded"], state["profile"], launch_id=state["launch"], rehearse=state.get("rehearse", False))
     for outcome in result.outcomes:
         for item in outcome.submitted:
             print(f"submitted {outcome.stage}/{item.job}: Slurm {item.job_id} ({len(item.task_ids)} tasks)", flush=True)

@@ -14,7 +14,9 @@ from aistack.recipe.kinds import JobSpec, spec_for
 from aistack.recipe import LoadedRecipe, RecipeError
 from aistack.recipe.schema import MAX_ARRAY_TASKS
 
-__all__ = ["JobSpec", "Plan", "make_plan", "plan_summary"]
+__all__ = ["JobSpec", "Plan", "REHEARSE_ENTRY", "make_plan", "plan_summary"]
+
+REHEARSE_ENTRY = "rehearse"  # the stand-in every job of a rehearsal runs (launch/rehearsal.py)
 
 
 @dataclass

@@ -34,6 +34,7 @@ class Stage:
     plan: Plan
     run: RunDir
     needs: tuple[str, ...]  # stages that must finish first
+    rehearses: Stage | None = None  # a rehearsal's stage: the real one it stands in for (rehearsal.py)
 
     @property
     def kind(self) -> str:

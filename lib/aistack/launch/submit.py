@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aistack.launch.executor import Executor, Progress, Submitted
 from aistack.launch.plan import plan_summary
+from aistack.launch.rehearsal import write_rehearsal_file
 from aistack.launch.stages import Pipeline, Stage, moved_outputs, write_pipeline_files
 from aistack.rundir import PLAN_FILE, atomic_write_json, claim_output, write_input_manifest
 
@@ -74,6 +75,9 @@ def prepare_stage(stage: Stage, profile_name: str) -> None:
     atomic_write_json(stage.run.path / PLAN_FILE, plan_summary(stage.plan, profile_name))
     if stage.loaded.input_manifest is not None:
         write_input_manifest(stage.run, stage.loaded.input_manifest)
+    if stage.rehearses is not None:  # a rehearsal writes no output: it claims no folder
+        write_rehearsal_file(stage)
+        return
     for folder in moved_outputs(stage):
         claim_output(Path(folder), stage.run)
 

@@ -20,6 +20,7 @@ from aistack.model.train import Objective, lm_forward_step
 from aistack.post.chat import ChatTokenizer, load_chat_tokenizer
 from aistack.post.distill_loss import KDLoss, gather_vocab, topk
 from aistack.post.sft_data import build_sft_readers
+from aistack.post.topk_store import TopKStore, sequence_key
 
 
 class SFTObjective(Objective):
@@ -60,6 +61,7 @@ class _WithTeacherTopK:
 
     def microbatches(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
         for indices, batch in zip(self.reader.sample_indices(step), self.reader.microbatches(step)):
+            self.store.check_data(indices, [sequence_key(tokens) for tokens in batch["tokens"]])
             ids, values = self.store.read(indices)
             yield {**batch, "teacher_ids": torch.from_numpy(ids), "teacher_values": torch.from_numpy(values)}
 
@@ -91,8 +93,6 @@ class DistillObjective(Objective):
     def readers(self, recipe: Any, layout: Any, ctx: Any):
         train, valid = super().readers(recipe, layout, ctx)
         if recipe.logit.source == "offline":
-            from aistack.post.topk_store import TopKStore
-
             store = TopKStore(self.store_path)
             check_store(store, recipe, self.vocab)
             train = _WithTeacherTopK(train, store)

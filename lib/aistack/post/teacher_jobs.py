@@ -55,11 +55,14 @@ def write_teacher_logits(recipe: Any, run_path: Path, task_id: int, num_tasks: i
             teacher = load_teacher(recipe, tensor=1)
             written, skipped, start = 0, 0, time.perf_counter()
             for block in range(task_id, spec.num_blocks, num_tasks):
+                sequences = range(*store.block_range(block))
+                keys = [topk_store.sequence_key(train_ds[i]["tokens"]) for i in sequences]
                 if store.is_committed(block):
+                    store.check_data(sequences, keys)  # written for these tokens, not another run's
                     skipped += 1
                     continue
-                ids, values = teacher_topk(teacher, train_ds, range(*store.block_range(block)), spec.top_k, vocab, micro_batch)
-                store.write_block(block, ids, values)
+                ids, values = teacher_topk(teacher, train_ds, sequences, spec.top_k, vocab, micro_batch)
+                store.write_block(block, ids, values, keys)
                 written += 1
                 if log:
                     log(written, {"block": block, "blocks_written": written})

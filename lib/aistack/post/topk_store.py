@@ -3,7 +3,15 @@
     <store>/zarr.json        group; attrs: vocab_size, top_k, seq_length, num_sequences, block, ...
     <store>/ids/             int32   [num_sequences, seq_length, k], one chunk per block of sequences
     <store>/values/          float16 [num_sequences, seq_length, k], same chunks; zstd (Blosc)
-    <store>/committed/block_000012   written once both chunks of block 12 are on disk
+    <store>/committed/block_000012   written once both chunks of block 12 are on disk; holds the
+                                     key of each of its sequences' input tokens
+
+Keyed by its data. A block's logits belong to the tokens they were computed on: its commit
+marker keeps a fingerprint of each sequence's input tokens (`sequence_key`). A writer that
+finds a block committed, and the student that reads it, check those keys against their own
+sequences (`check_data`): a store written for other data, or another order of it (another
+dataset, seed or split behind the same `logit.store` path), is refused naming the sequence,
+never silently reused or overwritten.
 
 Crash safety. zarr writes each chunk file atomically (temporary file + rename), but a block is
 two chunks (ids, values), and a chunk that was never written reads back as the fill value,
@@ -17,6 +25,7 @@ a half-created store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +43,16 @@ COMMITTED = "committed"
 
 class IncompleteBlock(RuntimeError):
     pass
+
+
+class OtherData(ValueError):
+    """A committed block holds the teacher's logits for other tokens than the reader's."""
+
+
+def sequence_key(tokens: Any) -> str:
+    """A short fingerprint of one sequence's input tokens (any int dtype, numpy or torch)."""
+    array = np.ascontiguousarray(np.asarray(tokens), dtype=np.int64)
+    return hashlib.blake2b(array.tobytes(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,7 @@ class TopKStore:
         self.spec = StoreSpec(**{k: attrs[k] for k in ("num_sequences", "seq_length", "top_k", "vocab_size", "block", "teacher")})
         self.ids, self.values = self.group["ids"], self.group["values"]
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._keys: dict[int, list[str] | None] = {}
 
     # --- writing ----------------------------------------------------------------------
 
@@ -115,21 +135,42 @@ class TopKStore:
         lo = block * self.spec.block
         return lo, min(lo + self.spec.block, self.spec.num_sequences)
 
-    def write_block(self, block: int, ids: np.ndarray, values: np.ndarray) -> None:
-        """Write one whole block (chunk-aligned) and commit it."""
+    def write_block(self, block: int, ids: np.ndarray, values: np.ndarray, keys: list[str]) -> None:
+        """Write one whole block (chunk-aligned) and commit it with its sequences' keys."""
         lo, hi = self.block_range(block)
         want = (hi - lo, self.spec.seq_length, self.spec.top_k)
-        if ids.shape != want or values.shape != want:
-            raise ValueError(f"block {block}: expected arrays of shape {want}, got {ids.shape} and {values.shape}")
+        if ids.shape != want or values.shape != want or len(keys) != hi - lo:
+            raise ValueError(f"block {block}: expected arrays of shape {want} and {hi - lo} keys, "
+                             f"got {ids.shape}, {values.shape} and {len(keys)} keys")
         self.ids[lo:hi] = ids.astype(np.int32)
         self.values[lo:hi] = values.astype(np.float16)
         for array in ("ids", "values"):  # this block's chunk files (v3 default keys: c/<block>/0/0)
             _fsync_tree(self.path / array / "c" / str(block))
         marker = self._marker(block)
         tmp = marker.with_name(f".{marker.name}.tmp")
-        tmp.write_text(json.dumps({"sequences": [lo, hi]}))
+        tmp.write_text(json.dumps({"sequences": [lo, hi], "keys": list(keys)}))
         os.replace(tmp, marker)  # the commit point
         fsync_dir(marker.parent)
+
+    def block_keys(self, block: int) -> list[str] | None:
+        """The keys of a committed block's sequences (None: not committed, or written unkeyed)."""
+        if block not in self._keys:
+            marker = json.loads(self._marker(block).read_text()) if self.is_committed(block) else {}
+            self._keys[block] = marker.get("keys")
+        return self._keys[block]
+
+    def check_data(self, indices: list[int] | range, keys: list[str]) -> None:
+        """Refuse sequences whose committed logits were computed on other tokens than `keys`."""
+        for i, key in zip(indices, keys):
+            block = i // self.spec.block
+            if not self.is_committed(block):
+                continue  # not written yet: nothing to compare (reading it raises IncompleteBlock)
+            held = self.block_keys(block)
+            if held is None or held[i % self.spec.block] != key:
+                raise OtherData(
+                    f"{self.path}: sequence {i} (block {block}) holds the teacher's logits for other tokens than this "
+                    "run's data (another dataset, seed or split was distilled into this store, or it predates keyed "
+                    "stores); remove it or point logit.store elsewhere")
 
     # --- reading ----------------------------------------------------------------------
 

@@ -94,9 +94,13 @@ class TaskContext:
         self.wandb.log(step, values)
 
     def resumed_at(self, step: int) -> None:
-        """Tell the trackers the task restarted from a checkpoint at `step`."""
+        """Tell the trackers the task restarted from a checkpoint at `step` (-1 or 0: from
+        scratch): metrics.jsonl drops what an earlier attempt logged after it, and W&B,
+        whose history cannot be cut, is not sent those steps again."""
         if self.is_main and self.metrics is not None:
-            self.metrics.truncate_after(step)
+            logged = self.metrics.truncate_after(step)
+            if logged is not None:
+                self.wandb.already_logged(step, logged)
 
     def on_preempt(self, save: Callable[[], None]) -> None:
         """Register a quick save to run when Slurm signals the coming time limit."""

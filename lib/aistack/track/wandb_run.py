@@ -1,7 +1,11 @@
 """Weights & Biases: one run per tracked task, with an id that survives requeues.
 
 The id is derived from the run directory, job and task, so a requeued or rerun task
-logs into the same W&B run (resume="allow"). Without an API key the mode is offline:
+logs into the same W&B run (resume="allow"). A W&B run's history cannot be cut back to
+a checkpoint (rewind is a preview feature of W&B's cloud only): the steps an earlier
+attempt logged past the checkpoint it resumes from (all of them, for a restart from
+scratch) are redone but not sent again, so each step is in the W&B run once; the task's
+metrics.jsonl holds the attempt that finished. Without an API key the mode is offline:
 run files land in <run>/wandb/ and `aistack sync RUN` uploads them from a login node.
 Only global rank 0 of a task opens a run.
 """
@@ -60,6 +64,7 @@ class WandbRun:
         self._run = None
         self._busy = False
         self._suspend_requested = False
+        self._logged_through = -1 << 62  # the last step an earlier attempt sent under this id
         self.error: str | None = None  # why W&B was given up, if it was
         if opener:
             try:
@@ -79,7 +84,17 @@ class WandbRun:
         return self._run.id if self._run else None
 
     def log(self, step: int, values: dict[str, Any]) -> None:
+        if step <= self._logged_through:
+            return  # an earlier attempt sent this step: W&B would keep the first one anyway
         self._call(lambda run: run.log(values, step=step))
+
+    def already_logged(self, resumed_at: int, through: int) -> None:
+        """An earlier attempt under this id logged steps up to `through`; this one resumed
+        at `resumed_at` and redoes them: they are not sent again."""
+        if self._opener is not None and through > self._logged_through:
+            self._logged_through = through
+            log.info("W&B already holds steps %d..%d from an earlier attempt: they are redone but not logged there "
+                     "again (metrics.jsonl has this attempt's)", max(resumed_at + 1, 0), through)
 
     def summary(self, values: dict[str, Any]) -> None:
         self._call(lambda run: run.summary.update(values))

@@ -21,7 +21,7 @@ import submitit
 from aistack.launch.executor import (FINISHED, FINISHED_BAD, Executor, Progress, Submitted, SubmitRefused, TaskView,
                                      wandb_per_task)
 from aistack.launch.slurm import waves
-from aistack.launch.slurm.limits import SubmitLimit, submit_limit
+from aistack.launch.slurm.limits import LimitLookup, SubmitLimit
 from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.slurm.sacct import in_queue, slurm_states
@@ -105,10 +105,11 @@ def refusal_message(what: str, tasks: int, slurm_says: str) -> str:
 
 
 class SlurmExecutor(Executor):
-    def __init__(self, profile: ClusterProfile, launch_id: str | None = None):
+    def __init__(self, profile: ClusterProfile, launch_id: str | None = None, dry_run: bool = False):
         super().__init__(profile)
         self._max_array_size: int | None = None
-        self._limits: dict[str | None, SubmitLimit] = {}
+        # Asked now, answered while the launch plans and writes its run directories.
+        self._limit_lookup = None if dry_run else LimitLookup(profile.max_submit_jobs)
         # One `aistack run` and the follow-ups it chains: tasks that failed in an earlier
         # wave of the same launch are not retried by a follow-up (a rerun retries them).
         self.is_followup = launch_id is not None
@@ -121,11 +122,12 @@ class SlurmExecutor(Executor):
         return slurm_launch(job, self.profile, self.job_name(run, job), run.path.parent, dependency)
 
     def submit_limit(self, qos: str | None) -> SubmitLimit:
-        if qos not in self._limits:
-            self._limits[qos] = submit_limit(self.profile.max_submit_jobs, qos)
-        return self._limits[qos]
+        if self._limit_lookup is None:
+            self._limit_lookup = LimitLookup(self.profile.max_submit_jobs)
+        return self._limit_lookup.limit(qos)
 
-    def end_pass(self, loaded: LoadedRecipe, top: RunDir, waiting: dict[RunDir, dict[str, int]]) -> str | None:
+    def end_pass(self, loaded: LoadedRecipe, top: RunDir, waiting: dict[RunDir, dict[str, int]],
+                 rehearse: bool = False) -> str | None:
         """Under a submit limit, the follow-up job that submits what is `waiting` once every
         job submitted in this pass has ended (waves.py); with nothing waiting, no stage
         waits on a follow-up any more."""
@@ -134,7 +136,7 @@ class SlurmExecutor(Executor):
             waves.clear(runs)
             return None
         return waves.submit_followup(self.profile, loaded, top, self.launch_id, [s.job_id for s in self.submitted],
-                                     {run: jobs for run, jobs in waiting.items() if jobs})
+                                     {run: jobs for run, jobs in waiting.items() if jobs}, rehearse)
 
     def _task_view(self, run: RunDir, job: JobSpec, dry_run: bool) -> TaskView:
         """Tasks without DONE, less those still queued or running from an earlier

@@ -5,6 +5,11 @@ association's MaxSubmitJobs. The limit comes from the cluster profile's
 `max_submit_jobs`, or else from `sacctmgr` where accounting is readable; what is used
 comes from `squeue -r` (array tasks one per line). An array bigger than the room left
 is submitted in waves (see waves.py).
+
+sacctmgr answers slowly (a round trip to slurmdbd, about half a second here), and the
+first job of a launch cannot be submitted before its limit is known: `LimitLookup` asks
+both questions (the user's associations, every QOS) at once, in the background, from the
+moment the executor is made, while the recipe is planned and its run directory written.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import pwd
 import os
 import shutil
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 
@@ -81,14 +87,29 @@ class SubmitLimit:
         return max(0, min(rooms))
 
 
-def submit_limit(max_submit_jobs: int | None, qos: str | None) -> SubmitLimit:
-    """The profile's limit when it gives one (it applies to every job of the profile),
-    else what sacctmgr says for this user and QOS (no limit when unreadable)."""
-    if max_submit_jobs is not None:
-        return SubmitLimit(qos=None, qos_limit=None, assoc_limit=max_submit_jobs)
-    user = user_name()
-    assoc = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=MaxSubmit"])
-    if qos is None:
-        qos = parse_default_qos(_run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=DefaultQOS"]) or "")
-    qos_text = _run(["sacctmgr", "-n", "-P", "show", "qos", qos, "format=MaxSubmitPU"]) if qos else None
-    return SubmitLimit(qos=qos, qos_limit=parse_limit_column(qos_text or ""), assoc_limit=parse_limit_column(assoc or ""))
+class LimitLookup:
+    """This user's submit limits, asked of sacctmgr once per launch, in the background."""
+
+    def __init__(self, max_submit_jobs: int | None):
+        self.max_submit_jobs = max_submit_jobs
+        self._answers: list[Future] = []
+        if max_submit_jobs is None:  # the profile's limit, when it gives one, needs no question
+            user = user_name()
+            pool = ThreadPoolExecutor(2, thread_name_prefix="sacctmgr")
+            self._answers = [
+                pool.submit(_run, ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=MaxSubmit,DefaultQOS"]),
+                pool.submit(_run, ["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU"]),
+            ]
+            pool.shutdown(wait=False)  # the threads end with their question; nothing waits here
+
+    def limit(self, qos: str | None) -> SubmitLimit:
+        """The profile's limit when it gives one (it applies to every job of the profile),
+        else what sacctmgr says for this user and QOS (no limit when unreadable)."""
+        if self.max_submit_jobs is not None:
+            return SubmitLimit(qos=None, qos_limit=None, assoc_limit=self.max_submit_jobs)
+        assoc, qos_table = (answer.result() or "" for answer in self._answers)
+        rows = [line.split("|") for line in assoc.splitlines() if line.strip()]
+        qos = qos or parse_default_qos("\n".join(row[1] for row in rows if len(row) > 1))
+        limits = dict(line.split("|")[:2] for line in qos_table.splitlines() if line.count("|") >= 1)
+        return SubmitLimit(qos=qos, qos_limit=parse_limit_column(limits.get(qos or "", "")),
+                           assoc_limit=parse_limit_column("\n".join(row[0] for row in rows)))

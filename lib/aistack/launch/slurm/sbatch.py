@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aistack.launch.plan import JobSpec
+from aistack.launch.plan import REHEARSE_ENTRY, JobSpec
 from aistack.launch.profile import ClusterProfile
 from aistack.recipe.errors import RecipeError
 from aistack.recipe.schema import Resources
@@ -132,6 +132,10 @@ def slurm_launch(
     if "srun_args" in container:
         params["srun_args"] = container["srun_args"]
     python = container.get("python")
+    if job.entry == REHEARSE_ENTRY and res.world_size > 1:
+        # A rehearsal starts one rank per node of the same allocation: the rendezvous
+        # spans every node without a process per GPU (128 nodes fit on one machine).
+        params["srun_args"] = [*params.get("srun_args", []), f"--ntasks={res.nodes}", "--ntasks-per-node=1"]
     if res.world_size == 1 and "srun_args" not in container:
         # One process: python replaces the batch shell (exec) instead of running as an srun
         # step, which saves a step launch per array task. The checkpoint signal then goes

@@ -38,13 +38,14 @@ POLL_S = 60  # a follow-up with nothing to wait on (the queue was full) starts t
 
 
 def submit_followup(profile: ClusterProfile, loaded: LoadedRecipe, top: RunDir, launch_id: str, after: list[str],
-                    waiting: dict[RunDir, dict[str, int]]) -> str:
+                    waiting: dict[RunDir, dict[str, int]], rehearse: bool = False) -> str:
     """The follow-up job of this pass: after every job in `after` (all this pass
     submitted), it submits the rest: `waiting`, per run dir, job -> tasks."""
     folder = top.path / "waves"
     folder.mkdir(parents=True, exist_ok=True)
     continuation = folder / f"continue-{uuid.uuid4().hex[:12]}.pkl"
-    atomic_write_bytes(continuation, pickle.dumps({"loaded": loaded, "profile": profile, "launch": launch_id}))
+    atomic_write_bytes(continuation, pickle.dumps({"loaded": loaded, "profile": profile, "launch": launch_id,
+                                                 "rehearse": rehearse}))
     job = JobSpec(FOLLOWUP_JOB, "", 1, Resources(time=10))
     dependency = f"afterany:{':'.join(after)}" if after else None
     launch = slurm_launch(job, profile, f"{top.name}.{FOLLOWUP_JOB}", top.path.parent, dependency)

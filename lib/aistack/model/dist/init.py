@@ -14,6 +14,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from aistack.runtime.rendezvous import master_port
+
 
 def init_distributed(backend: str | None = None, timeout_s: int = 600) -> tuple[int, int]:
     """Initialise the default process group once; returns (rank, world_size)."""
@@ -48,24 +50,6 @@ def _group_of_one(backend: str, timeout: datetime.timedelta) -> tuple[int, int]:
         torch.cuda.set_device(0)
     dist.init_process_group(backend=backend, store=store, rank=0, world_size=1, timeout=timeout)
     return 0, 1
-
-
-def master_port(job_id: str) -> int:
-    """The rendezvous port of a multi-process job, the same on every rank: derived from the
-    job id (concurrent jobs get different ones) and below the kernel's ephemeral range, where
-    a client socket of any other process (sacct, a database, W&B) could already hold it."""
-    import random
-
-    low = _ephemeral_low()
-    return random.Random(job_id).randint(10_000, max(low, 20_000) - 1)
-
-
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
-            return int(handle.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
 
 
 def destroy() -> None:
