@@ -75,3 +75,28 @@ def test_the_wait_loop_asks_less_often_while_nothing_changes_and_stops_when_done
     assert gaps[4] > gaps[0] * 2, f"backs off while PENDING stays PENDING: {gaps}"
     assert max(gaps) < 0.05 * 4 + 0.05, "never more than 4x the poll interval"
     assert gaps[6] < gaps[5], "a change resets the interval"
+
+
+def test_a_pipeline_asks_slurm_once_per_poll_and_never_about_finished_jobs(tmp_path, monkeypatch):
+    """`--wait` on a pipeline: one sacct for every stage, with only the jobs that still have
+    a task without DONE (a finished 1000-task array is not asked about again)."""
+    from aistack.launch import status
+
+    asked: list[list[str]] = []
+
+    def sacct(ids):
+        asked.append(list(ids))
+        return {"12_0": "RUNNING", "12_1": "PENDING", "30": "PENDING"}
+
+    monkeypatch.setattr(status, "slurm_states", sacct)
+    records = []
+    for name, submissions in (("data", [("11", [0, 1, 2]), ("12", [3, 4])]), ("train", [("30", [0])])):
+        run = RunDir(tmp_path / name)
+        for job_id, tasks in submissions:
+            run.record_submission({"job": "map", "executor": "slurm", "job_id": job_id, "task_ids": tasks, "array": True, "time": 0})
+        records.append(StageRecord(name, "smoke", run, (PlannedJob("map", 5 if name == "data" else 1),), ()))
+    for task in (0, 1, 2):  # array 11 has finished
+        records[0].run.mark_done("map", task, {})
+    states = {s.name: s for s in stage_states(records)}
+    assert asked == [["12", "30"]], "one question, without the finished array 11"
+    assert (states["data"].done, states["data"].state) == (3, "RUNNING") and states["train"].state == "PENDING"

@@ -37,14 +37,39 @@ class Cancelled:
     not_ours: list[str] = field(default_factory=list)  # recorded ids the cluster now gives to other jobs: left alone
 
 
-def run_status(run: RunDir, jobs: Sequence[PlannedJob]) -> list[TaskStatus]:
-    """`jobs`: the run's plan, in order."""
+@dataclass
+class SlurmView:
+    """What Slurm says of the runs being shown, asked once for all of them: sacct for the jobs
+    that still have a task without DONE (a finished task's DONE is its state: its job is not
+    asked about again, poll after poll), squeue for the follow-ups that submit later waves."""
+
+    states: dict[str, str]
+    queued: set[str]
+
+    @classmethod
+    def of(cls, runs: Sequence[RunDir]) -> "SlurmView":
+        ids: set[str] = set()
+        followups: list[str] = []
+        for run in runs:
+            ids |= unfinished_slurm_ids(run, run.latest_submissions())
+            if record := waves.waiting_on(run):
+                followups.append(record["followup"])
+        return cls(slurm_states(sorted(ids)), in_queue(followups))
+
+
+def unfinished_slurm_ids(run: RunDir, latest: dict) -> set[str]:
+    return {str(rec["job_id"]) for (name, task_id), (rec, _) in latest.items()
+            if rec["executor"] == "slurm" and not run.is_done(name, task_id)}
+
+
+def run_status(run: RunDir, jobs: Sequence[PlannedJob], slurm: SlurmView | None = None) -> list[TaskStatus]:
+    """`jobs`: the run's plan, in order; `slurm`: what Slurm says, when asked for several runs at once."""
+    slurm = slurm or SlurmView.of([run])
     latest = run.latest_submissions()
-    slurm_ids = sorted({rec["job_id"] for rec, _ in latest.values() if rec["executor"] == "slurm"})
     followup = waves.waiting_on(run)  # tasks a follow-up job submits in a later wave
-    if followup and followup["followup"] not in in_queue([followup["followup"]]):
+    if followup and followup["followup"] not in slurm.queued:
         followup = None  # the chain has ended (or was cancelled): nothing will come
-    states = slurm_states(slurm_ids) if slurm_ids else {}
+    states = slurm.states
     rows: list[TaskStatus] = []
     for job in jobs:
         name = job.name
@@ -160,9 +185,10 @@ _ACTIVE = {"RUNNING", "COMPLETING", "CONFIGURING", "PENDING", "REQUEUE_HOLD", "S
 
 def stage_states(records: list[StageRecord]) -> list[StageState]:
     out: list[StageState] = []
+    slurm = SlurmView.of([record.run for record in records if record.run.path.exists()])  # one sacct for every stage
     for record in records:
         name, kind, run, jobs, needs = record.name, record.kind, record.run, record.jobs, list(record.needs)
-        rows = run_status(run, jobs) if run.path.exists() else []
+        rows = run_status(run, jobs, slurm) if run.path.exists() else []
         done = sum(r.state == "COMPLETED" for r in rows)
         total = sum(j.tasks for j in jobs)
         states = {r.state for r in rows}
