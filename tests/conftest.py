@@ -77,6 +77,7 @@ def describe_unfinished(states) -> str:
     error each failed task recorded, and the end of its stderr (CI shows only this)."""
     from aistack.launch.slurm.executor import log_paths
     from aistack.launch.status import run_status
+    from aistack.rundir import read_plan_jobs
 
     lines = []
     for stage in states:
@@ -86,8 +87,7 @@ def describe_unfinished(states) -> str:
         if not stage.run.path.exists():
             continue
         latest = stage.run.latest_submissions()
-        jobs = [(name, n) for name, n in _plan_jobs(stage.run)]
-        for row in run_status(stage.run, jobs):
+        for row in run_status(stage.run, read_plan_jobs(stage.run)):
             if row.state == "COMPLETED":
                 continue
             error = stage.run.task_state(row.job, row.task_id).get("error", "")
@@ -98,13 +98,6 @@ def describe_unfinished(states) -> str:
                 if stderr.exists():
                     lines += ["    " + line for line in stderr.read_text(errors="replace").splitlines()[-15:]]
     return "\n".join(lines)
-
-
-def _plan_jobs(run) -> list[tuple[str, int]]:
-    jobs: dict[str, int] = {}
-    for record in run.submissions():
-        jobs[record["job"]] = max(jobs.get(record["job"], 0), max(record["task_ids"]) + 1)
-    return list(jobs.items())
 
 
 @pytest.fixture(scope="session")

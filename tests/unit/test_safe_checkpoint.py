@@ -59,3 +59,26 @@ def test_rng_states_are_read_as_data(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         checkpoint.read_rng_file(bad)
     assert not marker.exists()
+
+
+class _ByName:
+    """What Python 3.11.2 (the container images') writes for an enum member: getattr(cls, name)."""
+
+    def __init__(self, owner, name):
+        self.owner, self.name = owner, name
+
+    def __reduce__(self):
+        return getattr, (self.owner, self.name)
+
+
+def test_enum_members_pickled_by_name_read_back_and_getattr_hands_out_nothing_else():
+    import io
+
+    from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING
+
+    blob = pickle.dumps([_ByName(_MEM_FORMAT_ENCODING, "TORCH_CONTIGUOUS_FORMAT")])
+    assert b"getattr" in blob
+    assert safe_load.read_metadata_file(io.BytesIO(blob), "m") == [_MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT]
+    for owner, name in ((_MEM_FORMAT_ENCODING, "__class__"), (torch.Size, "__new__")):
+        with pytest.raises(safe_load.UnsafeCheckpoint, match=r"m: refused to read getattr\("):
+            safe_load.read_metadata_file(io.BytesIO(pickle.dumps(_ByName(owner, name))), "m")

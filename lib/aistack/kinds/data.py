@@ -22,7 +22,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 from aistack.recipe.kinds import JobSpec, KindSpec, single_node
 from aistack.data.inputs import input_manifest
 from aistack.data.remote import check_no_credentials, expand_remote, is_listing, is_url, read_listing
-from aistack.recipe.deferred import defer_missing, defer_remote, expected_shards, is_deferred
+from aistack.recipe.deferred import defer_missing, defer_remote, expected_shards, is_deferred, noted_missing
 from aistack.recipe.errors import RecipeError
 from aistack.recipe.load import LoadedRecipe
 from aistack.recipe.schema import Recipe, StrictModel, TaskCount
@@ -147,7 +147,7 @@ class InputBlock(StrictModel):
 
     def files(self) -> list[str]:
         """The input files; while a pipeline is planned, without those an upstream stage will write."""
-        return expand_inputs([p for p in self.paths if not is_deferred(p)], self.format, self.paths_base)
+        return expand_inputs([p for p in self.paths if not is_deferred(p) and not noted_missing(p)], self.format, self.paths_base)
 
 
 class ShardedStage(StrictModel):

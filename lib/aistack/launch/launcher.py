@@ -85,8 +85,9 @@ def start(loaded: LoadedRecipe, profile: ClusterProfile, dry_run: bool = False,
         announce(pipeline, profile)
     if dry_run:
         return Launch(pipeline, profile, submit_stages(pipeline, executor, dry_run=True, progress=progress))
-    # One launch at a time in these run directories; a follow-up (launch_id) waits its turn.
-    with RunLock([pipeline.top.path, *(stage.run.path for stage in pipeline.stages)], wait_s=600 if launch_id else 0):
+    # One launch at a time in this run directory (a pipeline's holds its stages' run
+    # directories: a stage not started yet has none); a follow-up (launch_id) waits its turn.
+    with RunLock([pipeline.top.path], wait_s=600 if launch_id else 0):
         outcomes = submit_stages(pipeline, executor, progress=progress)
         waiting = {stage.run: outcome.waiting for stage, outcome in zip(pipeline.stages, outcomes)}
         followup = executor.end_pass(loaded, pipeline.top, waiting, rehearse)

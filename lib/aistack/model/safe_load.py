@@ -7,8 +7,9 @@ checkpoint, a teacher, a model to evaluate) could run whatever its pickles name.
 `install()` replaces both readers for this process:
 
 - `.metadata` goes through an unpickler that admits only what torch writes there (its
-  checkpoint metadata and planner records, torch.Size, dtypes, layouts); anything else is
-  refused, naming the file and the class;
+  checkpoint metadata and planner records, torch.Size, dtypes, layouts, and enum members
+  by name: Python 3.11.2, the container images' Python, pickles `getattr(Enum, "NAME")`);
+  anything else is refused, naming the file and the class;
 - byte items are read with `torch.load(weights_only=True)` (tensors, numbers, strings and
   containers of them).
 
@@ -17,6 +18,7 @@ Writing is unchanged: checkpoints aistack writes read back through these readers
 
 from __future__ import annotations
 
+import enum
 import io
 import pickle
 from typing import Any
@@ -47,6 +49,8 @@ class MetadataUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("builtins", "getattr"):
+            return self._enum_member
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
@@ -57,6 +61,15 @@ class MetadataUnpickler(pickle.Unpickler):
                 return found
         raise UnsafeCheckpoint(f"{self.source}: refused to read {module}.{name}: a checkpoint's metadata holds torch's "
                                "checkpoint records only, and loading this one would run code it names")
+
+
+    def _enum_member(self, owner: Any, name: str) -> Any:
+        """getattr as an enum pickled by name uses it, and for nothing else: `owner` came
+        through find_class, and only its members are handed out, never its methods."""
+        if isinstance(owner, type) and issubclass(owner, enum.Enum) and name in owner.__members__:
+            return owner[name]
+        raise UnsafeCheckpoint(f"{self.source}: refused to read getattr({getattr(owner, '__name__', type(owner).__name__)}, "
+                               f"{name!r}): a checkpoint's metadata takes nothing by name but enum members")
 
 
 def read_metadata_file(stream, source: str):

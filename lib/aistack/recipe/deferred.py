@@ -98,3 +98,9 @@ def expected_shards(paths: list[str]) -> int | None:
     counts = [deferral.upstream.get(_upstream_of(p) or "") for p in paths if is_deferred(p)]
     known = [c for c in counts if c]
     return sum(known) if known else None
+
+
+def noted_missing(path: str) -> bool:
+    """A path plan/dry-run found missing (or unreachable) and noted instead of failing."""
+    deferral = _current.get()
+    return deferral is not None and path in deferral.missing
