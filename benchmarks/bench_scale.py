@@ -109,12 +109,17 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=128)
     parser.add_argument("--submit-limit", type=int, default=1000)
     parser.add_argument("--data-tasks", type=int, default=8000, help="tasks of each data array (the recipe: 8000)")
+    parser.add_argument("--max-running", type=int, default=48,
+                        help="jobs of the QOS running at once: this host runs every node's tasks")
     parser.add_argument("--state", default="/var/tmp/aistack-slurm-scale", help="the cluster's state folder")
     parser.add_argument("--timeout", type=float, default=3 * 3600)
     parser.add_argument("--keep-up", action="store_true")
     args = parser.parse_args()
+    # Nodes declare the memory and CPUs of the recipe's largest jobs (distillation asks 1800G): declared,
+    # not consumed, as the CPUs and GPUs are.
     cluster_env = {**os.environ, "AISTACK_SLURM_DIR": args.state, "AISTACK_SLURM_NODES": str(args.nodes),
-                   "AISTACK_SLURM_LIMITED_MAX_SUBMIT": str(args.submit_limit)}
+                   "AISTACK_SLURM_LIMITED_MAX_SUBMIT": str(args.submit_limit), "AISTACK_SLURM_NODE_MEM_MB": "2048000",
+                   "AISTACK_SLURM_NODE_CPUS": "256", "AISTACK_SLURM_LIMITED_MAX_RUNNING": str(args.max_running)}
     base_memory = used_memory_mb()
     start = time.time()
     subprocess.run(["bash", str(REPO / "slurm" / "up.sh")], env=cluster_env, check=True)
@@ -150,7 +155,10 @@ def main() -> int:
     finally:
         if not args.keep_up:
             subprocess.run(["bash", str(REPO / "slurm" / "down.sh"), "--purge"], env=cluster_env, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.keep_up:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            say(f"kept: the cluster (state {args.state}) and {root}")
     return 0
 
 

@@ -16,6 +16,7 @@ MAX_JOB_COUNT=20000
 GRACE_TIME=${AISTACK_SLURM_GRACE_TIME:-10}     # seconds between SIGTERM and SIGKILL of a preempted job
 LIMITED_QOS=limited                              # a QOS with a low submit limit, for tests
 LIMITED_QOS_MAX_SUBMIT=${AISTACK_SLURM_LIMITED_MAX_SUBMIT:-60}
+LIMITED_QOS_MAX_RUNNING=${AISTACK_SLURM_LIMITED_MAX_RUNNING:--1}   # MaxJobsPerUser (-1: none); a 128-node cluster on 2 cores needs one
 
 # Debian's client commands read this path; up.sh links it to the generated config.
 SYSTEM_SLURM_CONF=/etc/slurm/slurm.conf

@@ -231,6 +231,9 @@ fi
 if [[ $(sl sacctmgr -n -P list qos "$LIMITED_QOS" format=MaxSubmitPU) != "$LIMITED_QOS_MAX_SUBMIT" ]]; then
   sl sacctmgr -i modify qos "$LIMITED_QOS" set MaxSubmitJobsPerUser="$LIMITED_QOS_MAX_SUBMIT" >/dev/null
 fi
+# How many of its jobs may run at once (sites cap this too): a rehearsal of thousands of
+# tasks on 128 slurmd daemons of one small host stays within what the host can run.
+sl sacctmgr -i modify qos "$LIMITED_QOS" set MaxJobsPerUser="$LIMITED_QOS_MAX_RUNNING" >/dev/null || true
 if ! sl sacctmgr -n -P list assoc user=root format=QOS | tr ',' '\n' | grep -qx "$LIMITED_QOS"; then
   sl sacctmgr -i modify user root set QOS+="$LIMITED_QOS" >/dev/null
 fi
