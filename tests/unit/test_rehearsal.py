@@ -99,3 +99,15 @@ def test_a_rank_that_looks_elsewhere_fails_the_rendezvous_naming_who_came():
     assert isinstance(results[2], RendezvousFailed) and f"rank 2 could not meet rank 0 at 127.0.0.1:{port + 1}" in str(results[2])
     with pytest.raises(RendezvousFailed):
         raise results[1]  # rank 1 met rank 0, which gave up before the table was whole
+
+
+def test_a_stand_in_opens_no_wandb_run_so_the_node_never_validates_a_recipe_whose_inputs_a_rehearsal_never_writes(tmp_path):
+    """A one-task job of a stage reading `${stages.X.output}` (dedup's clusters) validated its
+    recipe on the node to open W&B, and failed: the real upstream output does not exist."""
+    from aistack.launch.executor import wandb_per_task
+
+    profile = ClusterProfile(name="t", max_array_size=1001)
+    real = start(load_recipe(PIPELINE, [f"output.root={tmp_path}"]), profile, dry_run=True)
+    rehearsal = start(load_recipe(PIPELINE, [f"output.root={tmp_path}"]), profile, dry_run=True, rehearse=True)
+    clusters = lambda result: result.pipeline.stage("dedup").plan.job("clusters")  # noqa: E731
+    assert wandb_per_task(clusters(real)) and not wandb_per_task(clusters(rehearsal))

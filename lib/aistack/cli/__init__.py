@@ -149,9 +149,11 @@ def _print_findings(pipeline, code: int) -> int:
     """One line per job of a rehearsal: passed, failed (why), not run; what a task saw."""
     from rich.markup import escape
 
-    from aistack.launch.rehearsal import findings
+    from aistack.launch.status import rehearsal_findings
+    from aistack.rundir import PlannedJob
 
-    rows = findings(pipeline)
+    rows = rehearsal_findings([(stage.name, stage.run, [PlannedJob(j.name, j.num_tasks) for j in stage.plan.jobs])
+                               for stage in pipeline.stages])
     for row in rows:
         where = f"{row['stage']}/{row['job']}" if not pipeline.is_single else row["job"]
         seen = row["seen"] or {}

@@ -140,5 +140,9 @@ class Executor(ABC):
 
 
 def wandb_per_task(job: JobSpec) -> bool:
-    # Big shard arrays log to metrics.jsonl only; their gather step reports to W&B.
-    return job.num_tasks <= 16
+    # Big shard arrays log to metrics.jsonl only; their gather step reports to W&B. A
+    # rehearsal's stand-in opens no W&B run (that would validate, on the node, a recipe
+    # whose upstream outputs a rehearsal never writes).
+    from aistack.launch.plan import REHEARSE_ENTRY  # here: `aistack status` imports this module, not the schema
+
+    return job.num_tasks <= 16 and job.entry != REHEARSE_ENTRY

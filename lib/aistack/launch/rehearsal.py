@@ -13,11 +13,10 @@ every node), so a 128-node job fits on a small machine; W&B is off.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from aistack.launch.plan import REHEARSE_ENTRY, Plan
 from aistack.launch.stages import Pipeline, Stage
-from aistack.rundir import REHEARSAL_FILE, RunDir, atomic_write_json, read_json
+from aistack.rundir import REHEARSAL_FILE, RunDir, atomic_write_json
 
 FOLDER = "rehearsals"  # <output.root>/rehearsals/<the real run's or pipeline's folder name>
 
@@ -50,39 +49,9 @@ def write_rehearsal_file(stage: Stage) -> None:
     })
 
 
-def read_rehearsal_file(run: RunDir) -> dict | None:
-    return read_json(run.path / REHEARSAL_FILE)
-
 
 def _untracked(loaded):
     """No W&B runs for a rehearsal: its tasks log nothing worth keeping."""
     tracking = loaded.recipe.tracking.model_copy(update={"mode": "disabled"})
     data = {**loaded.data, "tracking": {**loaded.data.get("tracking", {}), "mode": "disabled"}}
     return dataclasses.replace(loaded, recipe=loaded.recipe.model_copy(update={"tracking": tracking}), data=data)
-
-
-def real_run(rehearsal: RunDir) -> Path | None:
-    info = read_rehearsal_file(rehearsal)
-    return Path(info["of"]) if info else None
-
-
-def findings(pipeline: Pipeline) -> list[dict]:
-    """Per stage and job of a rehearsal: how many tasks passed, failed (the first error), or
-    have not run yet; and what one passing task saw (ranks, GPUs, input, checkpoint)."""
-    rows = []
-    for stage in pipeline.stages:
-        for job in stage.plan.jobs:
-            passed, failed, errors, seen = 0, 0, [], None
-            for task in range(job.num_tasks):
-                done = stage.run.task_result(job.name, task)
-                if done is not None:
-                    passed += 1
-                    seen = seen or done["result"]
-                    continue
-                state = stage.run.task_state(job.name, task)
-                if state.get("state") == "FAILED":
-                    failed += 1
-                    errors.append(f"task {task}: {state.get('error', '?')}")
-            rows.append({"stage": stage.name, "job": job.name, "tasks": job.num_tasks, "passed": passed,
-                         "failed": failed, "not_run": job.num_tasks - passed - failed, "errors": errors[:3], "seen": seen})
-    return rows

@@ -222,3 +222,24 @@ def finished(states: list[StageState]) -> bool:
     """Nothing more will happen without a new submission: every stage ended (a failed one once
     its other tasks have ended too: their results are kept, and a rerun starts from them)."""
     return all(s.state in FINISHED | {"NOT_SUBMITTED"} and not s.active for s in states)
+
+
+def rehearsal_findings(stages: Sequence[tuple[str, RunDir, Sequence[PlannedJob]]]) -> list[dict]:
+    """Per stage and job of a rehearsal (launch/rehearsal.py): how many stand-ins passed,
+    failed (the first errors; a task that died before recording one, Slurm's state), or have
+    not run; and what one passing task saw (ranks, GPUs, input, checkpoint)."""
+    slurm = SlurmView.of([run for _, run, _ in stages if run.path.exists()])
+    rows = []
+    for stage, run, jobs in stages:
+        tasks = run_status(run, jobs, slurm) if run.path.exists() else []
+        for job in jobs:
+            mine = [t for t in tasks if t.job == job.name]
+            passed = [t for t in mine if t.state == "COMPLETED"]
+            failed = [t for t in mine if t.state in FINISHED_BAD]
+            errors = [f"task {t.task_id}: " + (run.task_state(t.job, t.task_id).get("error")
+                                               or f"Slurm {t.state} before it recorded an error (aistack logs --job {t.job} --task {t.task_id})")
+                      for t in failed[:3]]
+            seen = run.task_result(job.name, passed[0].task_id)["result"] if passed else None
+            rows.append({"stage": stage, "job": job.name, "tasks": job.tasks, "passed": len(passed), "failed": len(failed),
+                         "not_run": job.tasks - len(passed) - len(failed), "errors": errors, "seen": seen})
+    return rows
