@@ -14,12 +14,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any, Callable, Literal
 
 from aistack.recipe.schema import Recipe, Resources
-
-if TYPE_CHECKING:
-    from aistack.recipe.load import LoadedRecipe
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,8 @@ class JobSpec:
         return 0.0 if r.gpus_per_node else self.num_tasks * r.nodes * r.ntasks_per_node * r.cpus_per_task * r.time / 60
 
 
-Planner = Callable[["LoadedRecipe"], list[JobSpec]]
+# A planner takes recipe.load's LoadedRecipe (Any here: load imports this module, not the reverse).
+Planner = Callable[[Any], list[JobSpec]]
 # Sections of a pipeline's report a stage can feed (aistack.report.page).
 ReportSection = Literal["data", "training", "evaluation", "benchmark"]
 
