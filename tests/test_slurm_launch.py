@@ -118,7 +118,7 @@ def _requeue_case(runs_root, extra: list[str]):
     return result, job_id
 
 
-def _assert_resumed_exactly(result, job_id: str, wandb_complete: bool):
+def _assert_resumed_exactly(result, job_id: str):
     rows = launcher.wait(result, timeout_s=300)
     assert {r.state for r in rows} == {"COMPLETED"}
     assert "REQUEUED" in sacct_states(job_id) or len(sacct_states(job_id)) > 1
@@ -128,20 +128,18 @@ def _assert_resumed_exactly(result, job_id: str, wandb_complete: bool):
     steps = [r["step"] for r in read_metrics(result.run.task_dir("map", 0) / "metrics.jsonl")]
     assert steps == list(range(1, 41)), "metrics.jsonl holds one clean trace"
     assert result.run.task_state("map", 0)["attempt"] >= 1
-    # Both attempts logged into one W&B run id; the offline files read back cover every step.
-    # Every attempt logs into one W&B run id; the offline files read back agree with metrics.jsonl.
+    # Every attempt logs into one W&B run id; the offline files read back agree with metrics.jsonl
+    # and hold each step once: what a killed attempt's W&B service lost is sent again from
+    # metrics.jsonl, what it kept is not.
     map_id = run_id(result.run.name, "map", 0)
     attempts = [p for p in offline_runs(result.run.path) if p.name.endswith(f"-{map_id}")]
     assert len(attempts) >= 2, "each attempt opened the run under the same id"
     runs = [read_offline_run(p) for p in attempts]
     assert {r["id"] for r in runs} - {None} == {map_id}  # None: a file killed before its first flush
     by_step = {r["step"]: r["total"] for r in read_metrics(result.run.task_dir("map", 0) / "metrics.jsonl")}
-    logged = {row["_step"]: row["total"] for r in runs for row in r["history"] if "total" in row}
-    assert all(by_step[step] == total for step, total in logged.items())
-    resumed_at = int(next(line for line in _log(result, job_id).splitlines() if "resuming from step" in line).split()[-1])
-    assert set(range(resumed_at + 1, 41)) <= set(logged), "the resumed attempt's steps are all in W&B"
-    if wandb_complete:  # the checkpoint signal flushes W&B before the requeue
-        assert sorted(logged) == list(range(1, 41))
+    logged = [(row["_step"], row["total"]) for r in runs for row in r["history"] if "total" in row]
+    assert all(by_step[step] == total for step, total in logged)
+    assert sorted(step for step, _ in logged) == list(range(1, 41)), "each step in W&B once"
 
 
 def _log(result, job_id: str) -> str:
@@ -151,8 +149,8 @@ def _log(result, job_id: str) -> str:
 def test_scontrol_requeue_resumes_from_checkpoint_with_one_wandb_run(runs_root):
     result, job_id = _requeue_case(runs_root, ["smoke.checkpoint_every=2"])
     subprocess.run(["scontrol", "requeue", job_id], check=True)
-    # A hard requeue kills W&B's service with the job: what it had buffered is lost.
-    _assert_resumed_exactly(result, job_id, wandb_complete=False)
+    # A hard requeue kills W&B's service with the job: what it had buffered is sent again.
+    _assert_resumed_exactly(result, job_id)
     assert "resuming from step" in _log(result, job_id)
 
 
@@ -160,7 +158,7 @@ def test_sigusr1_before_time_limit_saves_and_requeues(runs_root):
     # No periodic checkpoint: a resume past step 0 proves the signal-time save ran.
     result, job_id = _requeue_case(runs_root, ["smoke.checkpoint_every=1000"])
     subprocess.run(["scancel", "--full", "--signal=USR1", job_id], check=True)
-    _assert_resumed_exactly(result, job_id, wandb_complete=True)
+    _assert_resumed_exactly(result, job_id)
     assert "resuming from step" in _log(result, job_id) and "resuming from step 0" not in _log(result, job_id)
 
 

@@ -95,12 +95,17 @@ class TaskContext:
 
     def resumed_at(self, step: int) -> None:
         """Tell the trackers the task restarted from a checkpoint at `step` (-1 or 0: from
-        scratch): metrics.jsonl drops what an earlier attempt logged after it, and W&B,
-        whose history cannot be cut, is not sent those steps again."""
-        if self.is_main and self.metrics is not None:
-            logged = self.metrics.truncate_after(step)
-            if logged is not None:
-                self.wandb.already_logged(step, logged)
+        scratch): metrics.jsonl drops what an earlier attempt logged after it. W&B, whose
+        history cannot be cut, gets each step once: the redone steps it already holds are
+        not sent again, and the steps up to `step` that it lost (a hard kill drops what
+        its service had buffered) are sent from metrics.jsonl."""
+        if not self.is_main or self.metrics is None:
+            return
+        kept = self.metrics.truncate_after(step)
+        held = self.wandb.resume_after(step)
+        for record in kept:
+            if record["step"] > held:
+                self.wandb.log(record["step"], {k: v for k, v in record.items() if k not in ("step", "time")})
 
     def on_preempt(self, save: Callable[[], None]) -> None:
         """Register a quick save to run when Slurm signals the coming time limit."""

@@ -16,17 +16,16 @@ class MetricsFile:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def truncate_after(self, step: int) -> int | None:
+    def truncate_after(self, step: int) -> list[dict[str, Any]]:
         """On resume from a checkpoint at `step`, drop records logged after it, so the
         file holds one trace without the steps that are about to be redone. Returns the
-        last step an earlier attempt had logged past `step` (None: none)."""
+        records kept."""
         if not self.path.exists():
-            return None
+            return []
         lines = [line for line in self.path.read_text().splitlines() if line.strip()]
         kept = [line for line in lines if _step(line) <= step]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-        dropped = [_step(line) for line in lines if step < _step(line) < 1 << 62]
-        return max(dropped) if dropped else None
+        return [json.loads(line) for line in kept]
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         append_jsonl(self.path, {"step": step, "time": time.time(), **{k: _plain(v) for k, v in values.items()}})

@@ -4,8 +4,10 @@ The id is derived from the run directory, job and task, so a requeued or rerun t
 logs into the same W&B run (resume="allow"). A W&B run's history cannot be cut back to
 a checkpoint (rewind is a preview feature of W&B's cloud only): the steps an earlier
 attempt logged past the checkpoint it resumes from (all of them, for a restart from
-scratch) are redone but not sent again, so each step is in the W&B run once; the task's
-metrics.jsonl holds the attempt that finished. Without an API key the mode is offline:
+scratch) are redone but not sent again, and the steps before it that a killed attempt's
+W&B service lost are sent from metrics.jsonl, so each step is in the W&B run once. What
+W&B holds is read from W&B itself: the step a resumed online run starts at, or the
+earlier attempts' offline files. The task's metrics.jsonl holds the attempt that finished. Without an API key the mode is offline:
 run files land in <run>/wandb/ and `aistack sync RUN` uploads them from a login node.
 Only global rank 0 of a task opens a run.
 """
@@ -88,13 +90,28 @@ class WandbRun:
             return  # an earlier attempt sent this step: W&B would keep the first one anyway
         self._call(lambda run: run.log(values, step=step))
 
-    def already_logged(self, resumed_at: int, through: int) -> None:
-        """An earlier attempt under this id logged steps up to `through`; this one resumed
-        at `resumed_at` and redoes them: they are not sent again."""
-        if self._opener is not None and through > self._logged_through:
-            self._logged_through = through
+    def resume_after(self, step: int) -> int:
+        """This attempt resumed at `step`: the steps after it that W&B already holds under
+        this id are redone but not sent again. Returns the last step W&B holds (-1: none)."""
+        held = self._held_through()
+        if held > self._logged_through:
+            self._logged_through = held
+        if held > step:
             log.info("W&B already holds steps %d..%d from an earlier attempt: they are redone but not logged there "
-                     "again (metrics.jsonl has this attempt's)", max(resumed_at + 1, 0), through)
+                     "again (metrics.jsonl has this attempt's)", max(step + 1, 0), held)
+        return held
+
+    def _held_through(self) -> int:
+        """The last step earlier attempts put in this W&B run: online, the resumed run
+        starts after it; offline, it is in their run files beside this one's."""
+        run = self.run if self._opener is not None else None
+        if run is None:
+            return -1
+        if not getattr(run, "offline", False):
+            return run.starting_step - 1
+        own = Path(run.dir).parent  # <dir>/wandb/offline-run-<time>-<id>/files
+        earlier = [p for p in own.parent.glob(f"offline-run-*-{run.id}") if p != own]
+        return max((last_step(p) for p in earlier), default=-1)
 
     def summary(self, values: dict[str, Any]) -> None:
         self._call(lambda run: run.summary.update(values))
@@ -267,6 +284,23 @@ def read_records(wandb_file: Path, last_blocks: int | None = None) -> Iterator[A
         record.ParseFromString(pending)
         pending = b""
         yield record
+
+
+def last_step(run_path: Path) -> int:
+    """The last history step in an offline run's file (-1: none), read from its tail
+    first: history steps only grow within one file."""
+    files = list(Path(run_path).glob("run-*.wandb"))
+    if not files:
+        return -1
+    for last_blocks in (4, None):
+        try:
+            steps = [r.history.step.num for r in read_records(files[0], last_blocks)
+                     if r.WhichOneof("record_type") == "history"]
+        except (OSError, ValueError, struct.error):
+            return -1
+        if steps:
+            return max(steps)
+    return -1
 
 
 def has_exit_record(wandb_file: Path) -> bool:
