@@ -25,6 +25,26 @@ OCI_CONF = Path(os.environ.get("AISTACK_SLURM_DIR", "/var/tmp/aistack-slurm")) /
 IMAGE_PYTHON = "/opt/aistack/venv/bin/python"
 
 
+# Tests that use the local cluster (or its OCI bundle) share its nodes, QOS limits and
+# preemption: under pytest-xdist (`-n 2`, as `make test` runs) they form one group that one
+# worker runs in order, while the other workers take the tests that need no cluster. The
+# cluster's tests spend much of their time waiting for Slurm (scheduling, requeue delays,
+# preemption decisions); the tests here fill that time. Tests of one module stay together,
+# so a module-scoped fixture is built once.
+CLUSTER_FIXTURES = {"slurm_cluster", "bundle"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    def on_cluster(item) -> bool:
+        return bool(CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("slurm-cluster" if on_cluster(item) else item.nodeid.split("::")[0]))
+    # the longest lane first: the cluster's tests start at once, the rest fill in around them
+    items.sort(key=lambda item: not on_cluster(item))  # stable: each lane keeps its order
+
+
 def _cluster_answers() -> bool:
     if not shutil.which("sinfo"):
         return False

@@ -26,6 +26,13 @@ def tiny_data(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", vocab_size=512, num_docs=400)
 
 
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory, slurm_cluster):
+    """The uninterrupted run the requeue and quick-save tests compare with, submitted once:
+    how often a run checkpoints does not change its losses (a save that did fails both)."""
+    return launcher.launch(TINY, args(tmp_path_factory.mktemp("ref"), tiny_data, "checkpoint.every=1000"), on="slurm")
+
+
 def args(root, data, *extra, steps=STEPS):
     # Wider and longer than the CI default so that a step takes long enough to requeue mid-run.
     return [f"output.root={root}", f"data.paths=[{{path: {data}}}]", "tracking.mode=offline", f"train.steps={steps}",
@@ -42,8 +49,9 @@ def sacct_states(job_id: str) -> list[str]:
     return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
-def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra, reference_first=False, steps=STEPS):
-    reference = launcher.launch(TINY, args(tmp_path / "ref", tiny_data, *extra, steps=steps), on="slurm")
+def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra, reference=None, reference_first=False, steps=STEPS):
+    if reference is None:
+        reference = launcher.launch(TINY, args(tmp_path / "ref", tiny_data, *extra, steps=steps), on="slurm")
     if reference_first:  # an interruption that takes a whole node would hit the reference too
         assert {r.state for r in launcher.wait(reference, timeout_s=600)} == {"COMPLETED"}
     run = launcher.launch(TINY, args(tmp_path / "run", tiny_data, *extra, steps=steps), on="slurm")
@@ -62,17 +70,19 @@ def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra, reference_f
     return log
 
 
-def test_scontrol_requeue_resumes_exactly(tmp_path, tiny_data):
+def test_scontrol_requeue_resumes_exactly(tmp_path, tiny_data, reference):
     log = _interrupted_vs_reference(
-        tmp_path, tiny_data, lambda job: subprocess.run(["scontrol", "requeue", job], check=True), ["checkpoint.every=10"]
+        tmp_path, tiny_data, lambda job: subprocess.run(["scontrol", "requeue", job], check=True), ["checkpoint.every=10"],
+        reference,
     )
     assert "resuming from step" in log
 
 
-def test_sigusr1_quick_save_resumes_exactly(tmp_path, tiny_data):
+def test_sigusr1_quick_save_resumes_exactly(tmp_path, tiny_data, reference):
     # No periodic checkpoint before the end: a resume past step 0 proves the signal-time save ran.
     log = _interrupted_vs_reference(
-        tmp_path, tiny_data, lambda job: subprocess.run(["scancel", "--full", "--signal=USR1", job], check=True), ["checkpoint.every=1000"]
+        tmp_path, tiny_data, lambda job: subprocess.run(["scancel", "--full", "--signal=USR1", job], check=True),
+        ["checkpoint.every=1000"], reference,
     )
     assert "preempted: saving step" in log and "resuming from step" in log
 
