@@ -37,7 +37,7 @@ slurm-install:
 # The OCI bundle is built first (minutes once, then cached): the container tests and the
 # tiny pipeline on Slurm run in it, and fail rather than skip without it.
 test: venv slurm-install container-bundle
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS) || [ $$? = 5 ]  # 5: PYTEST_ARGS selected none here
+	$(BIN)/python -m pytest tests/unit -n 2 $(PYTEST_ARGS) || [ $$? = 5 ]  # 5: PYTEST_ARGS selected none here
 	AISTACK_OCI_REQUIRED=1 $(BIN)/python -m pytest tests --ignore=tests/unit -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # aistack against the real nemo-toolkit 2.7.3, both ways (tests/test_nemo_interop.py). NeMo pins

@@ -39,7 +39,9 @@ class RecipeError(Exception):
 _MISSING = object()
 
 
-def _short_repr(value: object, limit: int = 80) -> str:
+def _short_repr(value: object, limit: int = 240) -> str:
+    """The value as the message quotes it: a path on a cluster's file system whole (they
+    run long), a pasted blob cut short."""
     if value is _MISSING:
         return "(missing)"
     text = repr(value)
