@@ -61,3 +61,28 @@ def test_local_run_exits_0_then_1_when_a_task_fails(root, capsys):
     assert "already done" in capsys.readouterr().out
     assert main([*base, "smoke.steps=3", "smoke.fail_tasks=[1]", "smoke.fail_at_step=2"]) == 1
     assert "injected failure in task 1" in capsys.readouterr().err
+
+
+def test_run_names_are_found_where_aistack_runs_put_them(tmp_path, monkeypatch, capsys):
+    """Recipes write under $AISTACK_RUNS (output.root reads it): status, logs, report find
+    runs there by name, from any folder."""
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("AISTACK_RUNS", str(elsewhere))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(SMOKE), "smoke.tasks=1", "smoke.steps=1", "smoke.step_seconds=0", "tracking.mode=disabled",
+                 "--on", "local"]) == 0
+    name = next(elsewhere.glob("smoke-*")).name
+    capsys.readouterr()
+    assert main(["status", name[:8]]) == 0
+    assert "COMPLETED" in capsys.readouterr().out
+    assert main(["logs", name, "--job", "map"]) == 0
+
+
+def test_piped_tables_take_the_width_their_content_needs(capsys):
+    from types import SimpleNamespace
+
+    from aistack.cli import _print_status
+
+    job = "tokenize-with-a-name-longer-than-eighty-columns-would-leave-room-for"
+    _print_status([SimpleNamespace(job=job, task_id=0, executor="slurm", job_id="123_0", state="COMPLETED", attempt=0, note="")])
+    assert job in capsys.readouterr().out, "not cut to `tokenize-wi…`"

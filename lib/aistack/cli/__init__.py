@@ -8,12 +8,27 @@ Exit codes: 0 ok, 1 a job failed, 2 bad input (recipe, override, profile, run na
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+def _width(stream) -> int | None:
+    """A terminal's own width; piped or logged output is not cut at rich's default of 80
+    columns (stage names became `pretra…`): tables take the width their content needs."""
+    return None if stream.isatty() or os.environ.get("COLUMNS") else 240
+
+
+console = Console(highlight=False, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
+
+
+def _runs_root() -> str:
+    """Where run names are looked up: the folder recipes write to (their `output.root` reads
+    AISTACK_RUNS), else ./runs."""
+    return os.environ.get("AISTACK_RUNS") or "runs"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,26 +91,26 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("run", nargs="?" if name == "status" else None, help="run directory, or its name under --root")
-        p.add_argument("--root", default="runs", help="where run directories are (default: ./runs)")
+        p.add_argument("--root", default=_runs_root(), help="where run directories are (default: $AISTACK_RUNS, else ./runs)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("report", help="a data run's stats table and funnel plot (made if missing)")
     p.add_argument("run", help="run directory, or its name under --root")
-    p.add_argument("--root", default="runs")
+    p.add_argument("--root", default=_runs_root(), help="where run directories are (default: $AISTACK_RUNS, else ./runs)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="a training run's last checkpoint as a Hugging Face folder or a NeMo 2 checkpoint")
     p.add_argument("run", help="run directory, or its name under --root")
     p.add_argument("--to", choices=["hf", "nemo"], default="hf")
     p.add_argument("--out", default=None, help="output folder (default: RUN/export-hf or RUN/export-nemo)")
-    p.add_argument("--root", default="runs")
+    p.add_argument("--root", default=_runs_root(), help="where run directories are (default: $AISTACK_RUNS, else ./runs)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("logs", help="print a task's stdout and stderr")
     p.add_argument("run")
     p.add_argument("--job", default=None, help="job of the run (default: the first)")
     p.add_argument("--task", type=int, default=0)
-    p.add_argument("--root", default="runs")
+    p.add_argument("--root", default=_runs_root(), help="where run directories are (default: $AISTACK_RUNS, else ./runs)")
     p.set_defaults(func=cmd_logs)
     return parser
 
