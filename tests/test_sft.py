@@ -226,6 +226,35 @@ def test_finetuned_model_answers_held_out_prompts(tmp_path, task, pretrained):
     # model on the HF export, in batches, stopping at the end-of-turn token: the same figure
     bench = bench_exact_match(tmp_path / "bench", run.run.task_dir("train", 0) / "checkpoints", task)
     assert bench == scores["sft"], (bench, scores)
+    # `aistack export --to hf` as a serving stack meets it: transformers' own generate on the chat
+    # template stops at the end of the turn, and the decoded text is the answer alone
+    words = task["held_out"][:20]
+    answers, ended = hf_chat_answers(run.run.path, tmp_path / "export", [pf.prompt(w) for w in words])
+    assert all(ended), "every answer stopped at the end-of-turn token, not at max_new_tokens"
+    assert sum(a == pf.answer(w) for a, w in zip(answers, words)) >= 0.8 * len(words), answers[:5]
+
+
+def hf_chat_answers(run_dir: Path, out: Path, prompts: list[str]) -> tuple[list[str], list[bool]]:
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aistack.cli import main
+
+    assert main(["export", str(run_dir), "--to", "hf", "--out", str(out)]) == 0
+    generation = json.loads((out / "generation_config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer.eos_token == "<|end|>" and tokenizer.convert_tokens_to_ids("<|end|>") in generation["eos_token_id"]
+    answers, ended = [], []
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out_ids = model.generate(**ids, max_new_tokens=24, do_sample=False)[0, ids["input_ids"].shape[1]:]
+        ended.append(len(out_ids) < 24 and int(out_ids[-1]) in generation["eos_token_id"])
+        answers.append(tokenizer.decode(out_ids, skip_special_tokens=True).strip())
+    return answers, ended
 
 
 def _reverse_words(work: Path) -> dict:

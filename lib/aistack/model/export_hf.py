@@ -3,6 +3,13 @@
     out_dir/config.json                        LlamaForCausalLM (arch llama) or GPT2LMHeadModel (gpt2)
     out_dir/model.safetensors                  (or model-0000i-of-0000n.safetensors + index when large)
     out_dir/tokenizer.json, tokenizer_config.json   when a tokenizer.json is given
+    out_dir/generation_config.json             the tokens generation stops at
+
+A chat model (an SFT or distillation run: `chat_template` given) ends its turn with an
+end-of-turn token (`<|end|>`): it is the tokenizer's eos and the first of the ids
+generation_config.json stops at, so transformers' `generate` and servers built on these
+files (vLLM, TGI) end the answer there; the chat format's markers are special tokens, so
+`skip_special_tokens` leaves them out of the text.
 
 Input is the FULL state dict with TP=1/PP=1 names (`decoder.layers.0.self_attention.linear_qkv.weight`...):
 gathering a sharded checkpoint into one is the checkpoint loader's job. The padded vocabulary
@@ -29,9 +36,15 @@ import torch
 # torch.cuda.Stream with a function, after which transformers' first import of its
 # generation utils fails (they evaluate `torch.cuda.Stream | None`). Import this module
 # before loading a checkpoint.
-from transformers import GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+from transformers import GenerationConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
 MAX_SHARD_BYTES = 5 * 2**30  # as save_pretrained's default
+# The end-of-document tokens aistack.model.dataset looks for; the end-of-turn tokens and
+# role markers of the chat formats aistack.post.chat knows (its default one first).
+END_OF_TEXT = ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>")
+END_OF_TURN = ("<|end|>", "<|eot_id|>", "<|im_end|>")
+CHAT_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", "<|pad|>", "<|im_start|>", "<|start_header_id|>",
+                "<|end_header_id|>")
 
 
 def _get(sd: dict[str, torch.Tensor], *names: str) -> torch.Tensor:
@@ -157,24 +170,33 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], out_dir: Path, max_shard
     return names
 
 
-def _save_tokenizer(tokenizer_json: str | Path, out_dir: Path, chat_template: str | None = None) -> int | None:
-    """Wrap the tokenizers file for AutoTokenizer; returns the end-of-text id (or None)."""
+def _save_tokenizer(tokenizer_json: str | Path, out_dir: Path, chat_template: str | None = None) -> tuple[int | None, list[int]]:
+    """Wrap the tokenizers file for AutoTokenizer; returns the end-of-text id (or None) and the
+    ids generation stops at (a chat model's end-of-turn token first)."""
     tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json))
+    vocab = tok.get_vocab()
+    eos = next((t for t in END_OF_TEXT if t in vocab), None)
+    stops = [eos] if eos else []
+    markers: list[str] = []
     if chat_template:  # a chat model is prompted in the format it was finetuned on: apply_chat_template
         tok.chat_template = chat_template
-    vocab = tok.get_vocab()
-    # The same end-of-document tokens aistack.model.dataset looks for.
-    eos = next((t for t in ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>") if t in vocab), None)
-    if eos:
-        tok.eos_token = eos
+        end_of_turn = next((t for t in END_OF_TURN if t in vocab), None)
+        stops = [t for t in (end_of_turn, eos) if t]
+        markers = [t for t in (*CHAT_MARKERS, *END_OF_TURN, *END_OF_TEXT) if t in vocab and t not in stops]
+    if stops:
+        tok.eos_token = stops[0]
     tok.save_pretrained(str(out_dir))
     # transformers 5 names its class TokenizersBackend, which transformers 4 (vLLM, NeMo 2.7, TGI
-    # images) cannot load; PreTrainedTokenizerFast is the same tokenizer to both.
+    # images) cannot load; PreTrainedTokenizerFast is the same tokenizer to both. The same for
+    # the chat markers: `additional_special_tokens`, the name both read (5 calls it extra_).
     config_file = Path(out_dir) / "tokenizer_config.json"
     config = json.loads(config_file.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.pop("extra_special_tokens", None)
+    if markers or len(stops) > 1:
+        config["additional_special_tokens"] = [*markers, *stops[1:]]
     config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    return vocab[eos] if eos else None
+    return (vocab[eos] if eos else None), [vocab[t] for t in stops]
 
 
 def export_hf(state_dict: dict[str, Any], model_cfg: Any, vocab_size: int, out_dir: str | Path,
@@ -190,10 +212,13 @@ def export_hf(state_dict: dict[str, Any], model_cfg: Any, vocab_size: int, out_d
     tensors, config = convert(sd, model_cfg, vocab_size)
     # safetensors wants contiguous tensors that share no storage (slices and transposes do).
     tensors = {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    eos = _save_tokenizer(tokenizer_json, out_dir, chat_template) if tokenizer_json else None
+    eos, stops = _save_tokenizer(tokenizer_json, out_dir, chat_template) if tokenizer_json else (None, [])
+    stop = stops if len(stops) > 1 else (stops[0] if stops else None)  # a list, as Llama 3 Instruct's
     # Through transformers' config class: it validates the fields and writes what from_pretrained reads.
     config_class = {"llama": LlamaConfig, "gpt2": GPT2Config}[model_cfg.arch]
-    hf_config = config_class(**config, dtype=next(iter(tensors.values())).dtype, bos_token_id=eos, eos_token_id=eos)
+    hf_config = config_class(**config, dtype=next(iter(tensors.values())).dtype, bos_token_id=eos, eos_token_id=stop)
     hf_config.save_pretrained(str(out_dir))
+    if stops:
+        GenerationConfig(bos_token_id=eos, eos_token_id=stop, pad_token_id=stops[-1]).save_pretrained(str(out_dir))
     _save_safetensors(tensors, out_dir, max_shard_bytes)
     return out_dir

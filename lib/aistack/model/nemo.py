@@ -234,9 +234,10 @@ def export_nemo(model: Any, model_cfg: Any, vocab_size: int, out_dir: str | Path
     context = out / CONTEXT
     (context / "artifacts").mkdir(parents=True, exist_ok=True)
     save_weights(model, out)
-    eos = _save_tokenizer(tokenizer_json, context / "nemo_tokenizer", chat_template)
+    eos, stops = _save_tokenizer(tokenizer_json, context / "nemo_tokenizer", chat_template)
+    stop = stops if len(stops) > 1 else (stops[0] if stops else None)  # a chat model's end of turn first
     (context / "artifacts" / "generation_config.json").write_text(
-        json.dumps({"_from_model_config": True, "bos_token_id": eos, "eos_token_id": eos}, indent=2) + "\n")
+        json.dumps({"_from_model_config": True, "bos_token_id": eos, "eos_token_id": stop}, indent=2) + "\n")
     values = _config_values(model_cfg, vocab_size)
     (context / "io.json").write_text(json.dumps(_fill_io(values)))
     described = yaml.safe_load((_TEMPLATES / "llama_model.yaml").read_text())
