@@ -35,3 +35,22 @@ def test_an_untrained_baseline_is_labelled_and_sorted_before_its_trained_model()
             {**row("sft-b", 300, "heldout_ppl", "bits_per_byte", 7.3), "checkpoint": "/r/sft-b/step_000300"}]
     table = eval_pivot(rows, {"pretrain-a": "pretrain", "sft-b": "sft"})
     assert table[1:] == [["pretrain (untrained, step 0)", "0", "10"], ["pretrain", "60", "**3.1**"], ["sft", "300", "7.3"]]
+
+
+def test_a_value_shows_its_standard_error_and_a_lead_within_two_is_not_a_win():
+    def em(run, value, se):
+        return [row(run, 1, "reverse_words", "exact_match", value), row(run, 1, "reverse_words", "exact_match_stderr", se)]
+
+    close = eval_pivot([*em("sft-b", 0.96, 0.03), *em("distill-c", 0.9, 0.04)], {"sft-b": "sft", "distill-c": "distill"})
+    assert close[0] == ["model", "step", "reverse_words exact_match"], "the standard error is no column of its own"
+    assert close[1:] == [["sft", "1", "0.96 ± 0.03"], ["distill", "1", "0.9 ± 0.04"]], "0.06 apart, 2 SE = 0.1: no win"
+    clear = eval_pivot([*em("sft-b", 0.96, 0.03), *em("distill-c", 0.5, 0.07)], {"sft-b": "sft", "distill-c": "distill"})
+    assert clear[1:] == [["sft", "1", "**0.96 ± 0.03**"], ["distill", "1", "0.5 ± 0.07"]]
+
+
+def test_lm_eval_standard_errors_are_kept_and_na_is_dropped():
+    from aistack.eval.evaluator import metrics_of
+
+    got = metrics_of({"t": {"alias": "t", "exact_match,none": 0.5, "exact_match_stderr,none": 0.1,
+                            "bits_per_byte,none": 2.0, "bits_per_byte_stderr,none": "N/A"}})
+    assert got == {"t": {"exact_match": 0.5, "exact_match_stderr": 0.1, "bits_per_byte": 2.0}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ def evaluate_pair(cfg: Any, checkpoint: str, task: str, work_dir: str | Path) ->
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     task_lib.set_offline(cfg.offline)  # before lm-eval (and datasets) touch a dataset
+    os.environ.setdefault("DISABLE_MULTIPROC", "1")  # lm-eval's bootstrap, in this process
     from lm_eval import simple_evaluate
 
     start = time.time()
@@ -73,7 +75,8 @@ def evaluate_pair(cfg: Any, checkpoint: str, task: str, work_dir: str | Path) ->
     task_lib.load_task(task, manager)  # fails fast, naming the dataset, when it is missing
     lm = make_lm(cfg, source, work)
     out = simple_evaluate(lm, tasks=[task], task_manager=manager,
-                          num_fewshot=cfg.num_fewshot, limit=_limit(cfg.limit), log_samples=False, bootstrap_iters=0,
+                          num_fewshot=cfg.num_fewshot, limit=_limit(cfg.limit), log_samples=False,
+                          bootstrap_iters=STDERR_BOOTSTRAP_ITERS,
                           random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
                           fewshot_random_seed=cfg.seed)
     row = {
@@ -89,6 +92,12 @@ def evaluate_pair(cfg: Any, checkpoint: str, task: str, work_dir: str | Path) ->
     return row
 
 
+# lm-eval gives a mean's standard error in closed form once bootstrap_iters > 0, and bootstraps
+# only the few metrics it lists (median, F1, BLEU...): in this process (DISABLE_MULTIPROC), not
+# in a pool of one worker per core of the node.
+STDERR_BOOTSTRAP_ITERS = 1000
+
+
 def _limit(limit: float | None) -> int | float | None:
     if limit is None:
         return None
@@ -97,12 +106,13 @@ def _limit(limit: float | None) -> int | float | None:
 
 def metrics_of(results: dict[str, dict]) -> dict[str, dict[str, float]]:
     """lm-eval's results -> {task: {metric: value}}: 'acc,none' -> 'acc'; another filter is kept
-    as 'metric/filter'; stderr and non-numbers are dropped."""
+    as 'metric/filter'; a standard error as 'metric_stderr' (lm-eval's closed form for means:
+    exact match, accuracy; none for perplexities); non-numbers ('N/A') are dropped."""
     out: dict[str, dict[str, float]] = {}
     for task, values in results.items():
         metrics = {}
         for key, value in values.items():
-            if "," not in key or "_stderr" in key:
+            if "," not in key:
                 continue
             metric, filt = key.split(",", 1)
             try:

@@ -1,7 +1,7 @@
 """A pipeline's report: one page over its stages' outputs, as report.md and report.html.
 
-Sections: the stages (kind, run directory, tasks, time), the data stages' stats tables
-and funnel plots, the training stages' loss curves, the evaluation table and the FP8
+Sections: what the pipeline achieved (report/summary.py), the stages (kind, run directory,
+tasks, time), each data stage's funnel (one table over its jobs) and plot, the training stages' loss curves, the evaluation table and the FP8
 benchmark tables. Each section is read from the files the stage's own jobs wrote; a
 stage whose outputs are missing is reported as such, never invented.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import html
+import math
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,10 @@ def build(title: str, stages: list[dict[str, str]], out_dir: Path) -> dict[str, 
     # Each kind names the section it feeds (KindSpec.report).
     feeds = {section: [s for s in stages if spec_for(s["kind"]).report == section]
              for section in ("data", "training", "evaluation", "benchmark")}
-    sections = [_overview(stages)]
+    from aistack.report.summary import summary_lines
+
+    results = Section("Results", text=summary_lines(stages, model_labels(stages)))
+    sections = ([results] if results.text else []) + [_overview(stages)]
     sections += [_data_section(s) for s in feeds["data"]]
     if feeds["training"]:
         sections.append(_training_section(feeds["training"], out_dir))
@@ -72,15 +77,29 @@ def _data_section(stage: dict[str, str]) -> Section:
         return section
     # tasks that read WARC records and kept none (no HTML found where HTML was expected)
     section.text += [f"warning: {w}" for w in report["table"].get("warnings", [])]
-    for job in report["table"]["jobs"]:
-        rows = [["step", "documents in", "out", "dropped", "why"]]
-        for row in job["steps"]:
-            why = ", ".join(f"{k} {v}" for k, v in row["dropped_by"].items())
-            rows.append([row["name"], str(row["documents_in"]), str(row["documents_out"]), str(row["dropped"]), why])
-        section.text.append(f"job {job['job']}: {job['tasks']} tasks")
-        section.tables.append(rows)
+    section.tables.append(data_funnel(report["table"]["jobs"]))
+    quiet = [f"{job['job']} ({job['tasks']} tasks)" for job in report["table"]["jobs"] if not _moves_documents(job)]
+    if quiet:  # MinHash's bucket and cluster jobs, a tokenizer's training, a merge: no document passes them
+        section.text.append("jobs that pass no document through: " + ", ".join(quiet))
     section.images.append(Path(report["funnel"]))
     return section
+
+
+def data_funnel(jobs: list[dict]) -> list[list[str]]:
+    """One table for a data stage, its jobs in order: each step that documents pass through
+    (a job's steps where nothing comes in and nothing goes out are left out)."""
+    rows = [["job", "step", "documents in", "out", "dropped", "why"]]
+    for job in jobs:
+        for row in job["steps"]:
+            if not (row["documents_in"] or row["documents_out"]):
+                continue
+            why = ", ".join(f"{k} {v}" for k, v in row["dropped_by"].items())
+            rows.append([job["job"], row["name"], str(row["documents_in"]), str(row["documents_out"]), str(row["dropped"]), why])
+    return rows
+
+
+def _moves_documents(job: dict) -> bool:
+    return any(row["documents_in"] or row["documents_out"] for row in job["steps"])
 
 
 def _training_section(stages: list[dict[str, str]], out_dir: Path) -> Section:
@@ -126,7 +145,8 @@ def _eval_section(stage: dict[str, str], stages: list[dict[str, str]] | None = N
         section.text.append("no results.csv: the evaluation has not finished")
         return section
     section.tables.append(eval_pivot(rows, model_labels(stages or [])))
-    section.text.append("one row per model, one column per task and metric; bold: the best of each column "
+    section.text.append("one row per model, one column per task and metric, ± its standard error where lm-eval gives one; "
+                        "bold: the best of a column when it beats every other model by more than two standard errors "
                         "(higher is better for accuracy and exact match, lower for perplexity and bits per byte)")
     return section
 
@@ -154,21 +174,21 @@ def higher_is_better(metric: str) -> bool | None:
     return None
 
 
+STDERR = "_stderr"  # results.csv names a metric's standard error `<metric>_stderr`
+
+
 def eval_pivot(rows: list[dict[str, str]], labels: dict[str, str]) -> list[list[str]]:
-    """results.csv rows (run, step, task, metric, value) -> [header, *one row per model]."""
-    columns = sorted({(r["task"], r["metric"]) for r in rows})
+    """results.csv rows (run, step, task, metric, value) -> [header, *one row per model]. A value
+    with a standard error shows it (± se); the best of a column is bold only when it beats every
+    other model's by more than two standard errors of the difference (a win, not noise)."""
+    columns = sorted({(r["task"], r["metric"]) for r in rows if not r["metric"].endswith(STDERR)})
     models: dict[tuple[str, str], dict[tuple[str, str], float | None]] = {}
     untrained = set()  # evaluate.untrained: a run's model freshly initialised (its checkpoint column says so)
     for r in rows:
         models.setdefault((r["run"], r["step"]), {})[(r["task"], r["metric"])] = _num(r["value"])
         if (r.get("checkpoint") or "").startswith("untrained:"):
             untrained.add((r["run"], r["step"]))
-    best: dict[tuple[str, str], float] = {}
-    for col in columns:
-        direction = higher_is_better(col[1])
-        values = [v[col] for v in models.values() if v.get(col) is not None]
-        if direction is not None and len(values) > 1:
-            best[col] = max(values) if direction else min(values)
+    best = {col: value for col in columns if (value := _clear_best(col, list(models.values()))) is not None}
     table = [["model", "step", *(f"{task} {metric}" for task, metric in columns)]]
     order = {run: i for i, run in enumerate(labels)}  # the pipeline's stage order
     for (run, step), values in sorted(models.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][0],
@@ -177,10 +197,26 @@ def eval_pivot(rows: list[dict[str, str]], labels: dict[str, str]) -> list[list[
         for col in columns:
             value = values.get(col)
             text = _fmt(value)
+            if value is not None and (se := values.get((col[0], col[1] + STDERR))) is not None:
+                text += f" ± {_fmt(se)}"
             cells.append(f"**{text}**" if value is not None and best.get(col) == value else text)
         label = labels.get(run, run) + (f" (untrained, step {step or 0})" if (run, step) in untrained else "")
         table.append([label, step or "-", *cells])
     return table
+
+
+def _clear_best(col: tuple[str, str], models: list[dict[tuple[str, str], float | None]]) -> float | None:
+    """The best value of a column, if it is better than each other model's by more than two
+    standard errors of the difference (where the models have them); None: no clear best."""
+    direction = higher_is_better(col[1])
+    scored = [(v[col], v.get((col[0], col[1] + STDERR)) or 0.0) for v in models if v.get(col) is not None]
+    if direction is None or len(scored) < 2:
+        return None
+    scored.sort(key=lambda pair: pair[0], reverse=direction)
+    (top, top_se), rest = scored[0], scored[1:]
+    if all(abs(top - value) > 2 * math.hypot(top_se, se) for value, se in rest):
+        return top
+    return None
 
 
 def _bench_section(stage: dict[str, str]) -> Section:
@@ -246,7 +282,7 @@ def _html(title: str, sections: list[Section], images: dict[Path, str]) -> str:
              f"<h1>{e(title)}</h1>"]
     for s in sections:
         parts.append(f"<h2>{e(s.title)}</h2>")
-        parts += [f"<p>{e(t)}</p>" for t in s.text]
+        parts += [f"<p>{_html_text(t)}</p>" for t in s.text]
         for table in s.tables:
             head = "".join(f"<th>{e(c)}</th>" for c in table[0])
             body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in table[1:])
@@ -254,6 +290,11 @@ def _html(title: str, sections: list[Section], images: dict[Path, str]) -> str:
         parts += [f"<img src='{e(images[i])}' alt='{e(s.title)}'>" for i in s.images if i in images]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _html_text(text: str) -> str:
+    """A line of text with the markdown's **bold** as <b>."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
 
 
 def _html_cell(cell: str) -> str:

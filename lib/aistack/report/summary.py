@@ -1,0 +1,124 @@
+"""What a pipeline achieved, in a few lines at the top of its report: documents read and
+kept, tokens trained, each evaluated model against the untrained baseline, the FP8
+benchmark's speed and quality. Each line is read from the files the stages wrote; a stage
+without results gives no line (the sections below say why)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from aistack.recipe.kinds import spec_for
+from aistack.rundir import RunDir, read_json
+
+
+def summary_lines(stages: list[dict[str, str]], labels: dict[str, str]) -> list[str]:
+    """`labels`: run directory name -> what the report calls that model."""
+    lines = []
+    by_section = {section: [s for s in stages if spec_for(s["kind"]).report == section]
+                  for section in ("data", "training", "evaluation", "benchmark")}
+    if line := _data_line(by_section["data"]):
+        lines.append(line)
+    lines += [line for s in by_section["training"] if (line := _training_line(s))]
+    for stage in by_section["evaluation"]:
+        lines += _eval_lines(stage, labels)
+    lines += [line for s in by_section["benchmark"] if (line := _bench_line(s))]
+    return lines
+
+
+def _data_line(stages: list[dict[str, str]]) -> str | None:
+    """Documents the first data stage read, and what the last one kept."""
+    tables = [read_json(Path(s["run"]) / "stats.json") for s in stages]
+    tables = [t for t in tables if t]
+    if not tables:
+        return None
+    read = next((step["documents_out"] for job in tables[0]["jobs"] for step in job["steps"]
+                 if step.get("type") == "reader"), None)
+    last = [step for job in tables[-1]["jobs"] for step in job["steps"] if step["documents_out"]]
+    if read is None or not last:
+        return None
+    kept = last[-1]["documents_out"]
+    share = f" ({100 * kept / read:.0f}%)" if read else ""
+    return f"**Data**: {read:,} documents read, {kept:,} kept{share} after {', '.join(s['name'] for s in stages)}"
+
+
+def _training_line(stage: dict[str, str]) -> str | None:
+    result = (RunDir(Path(stage["run"])).task_result("train", 0) or {}).get("result") or {}
+    if "steps" not in result:
+        return None
+    tokens = f", {_count(result['tokens'])} tokens" if result.get("tokens") else ""
+    loss = f", final loss {result['loss']:.3g}" if isinstance(result.get("loss"), (int, float)) else ""
+    return f"**{stage['name']}** ({stage['kind']}): {result['steps']:,} steps{tokens}{loss}"
+
+
+def _eval_lines(stage: dict[str, str], labels: dict[str, str]) -> list[str]:
+    """A line per evaluated model: each task's metric, beside the untrained baseline's."""
+    rows = _csv(Path(stage["run"]) / "results.csv")
+    if not rows:
+        return []
+    baseline: dict[tuple[str, str, str], str] = {}  # (run, task, metric) -> value of the untrained model
+    models: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for row in rows:
+        if (row.get("checkpoint") or "").startswith("untrained:"):
+            baseline[(row["run"], row["task"], row["metric"])] = row["value"]
+        else:
+            models.setdefault((row["run"], row["step"]), []).append(row)
+    lines = []
+    for (run, step), model_rows in models.items():
+        parts = []
+        for row in sorted(model_rows, key=lambda r: (r["task"], r["metric"])):
+            if row["metric"].endswith("_stderr"):
+                continue
+            text = f"{row['task']} {row['metric']} {_fmt(row['value'])}"
+            stderr = next((r["value"] for r in model_rows if r["task"] == row["task"]
+                           and r["metric"] == row["metric"] + "_stderr"), None)
+            if stderr not in (None, ""):
+                text += f" ± {_fmt(stderr)}"
+            if (untrained := baseline.get((run, row["task"], row["metric"]))) is not None:
+                text += f" (untrained {_fmt(untrained)})"
+            parts.append(text)
+        lines.append(f"**{labels.get(run, run)}** (step {step}): " + "; ".join(parts))
+    return lines
+
+
+def _bench_line(stage: dict[str, str]) -> str | None:
+    """FP8 against BF16 at the largest batch measured: decode speed and the quality delta."""
+    run = Path(stage["run"])
+    rows = _csv(run / "results.csv")
+    if not rows or "decode_tok_s" not in rows[0]:
+        return None
+    batch = max(int(r["batch"]) for r in rows if r.get("batch"))
+    speed = {r["precision"]: float(r["decode_tok_s"]) for r in rows if r.get("batch") == str(batch) and r["decode_tok_s"]}
+    fp8 = next((p for p in speed if p.startswith("fp8")), None)
+    if "bf16" not in speed or fp8 is None:
+        return None
+    line = (f"**FP8 benchmark** ({stage['name']}): decode {speed[fp8]:,.0f} tokens/s in {fp8} vs {speed['bf16']:,.0f} in "
+            f"BF16 at batch {batch} ({speed[fp8] / speed['bf16']:.2f}x)")
+    delta = (read_json(run / "results.json", {}).get("quality") or {}).get("delta_fp8_minus_bf16") or {}
+    if delta:
+        line += "; quality, FP8 minus BF16: " + ", ".join(f"{k} {_fmt(v, signed=True)}" for k, v in delta.items())
+    return line
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _count(n: Any) -> str:
+    n = float(n)
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+def _fmt(value: Any, signed: bool = False) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:+.4g}" if signed else f"{number:.4g}"
