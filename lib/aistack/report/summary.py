@@ -65,10 +65,12 @@ def _eval_lines(stage: dict[str, str], labels: dict[str, str]) -> list[str]:
         else:
             models.setdefault((row["run"], row["step"]), []).append(row)
     lines = []
-    for (run, step), model_rows in models.items():
+    order = {run: i for i, run in enumerate(labels)}  # the pipeline's stage order
+    for (run, step), model_rows in sorted(models.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][0])):
         parts = []
         for row in sorted(model_rows, key=lambda r: (r["task"], r["metric"])):
-            if row["metric"].endswith("_stderr"):
+            if row["metric"].endswith("_stderr") or not _headline(row["metric"], {r["metric"] for r in model_rows
+                                                                                  if r["task"] == row["task"]}):
                 continue
             text = f"{row['task']} {row['metric']} {_fmt(row['value'])}"
             stderr = next((r["value"] for r in model_rows if r["task"] == row["task"]
@@ -96,9 +98,20 @@ def _bench_line(stage: dict[str, str]) -> str | None:
     line = (f"**FP8 benchmark** ({stage['name']}): decode {speed[fp8]:,.0f} tokens/s in {fp8} vs {speed['bf16']:,.0f} in "
             f"BF16 at batch {batch} ({speed[fp8] / speed['bf16']:.2f}x)")
     delta = (read_json(run / "results.json", {}).get("quality") or {}).get("delta_fp8_minus_bf16") or {}
-    if delta:
-        line += "; quality, FP8 minus BF16: " + ", ".join(f"{k} {_fmt(v, signed=True)}" for k, v in delta.items())
+    shown = [k for k in delta if _headline(k, set(delta))]
+    if shown:
+        line += "; quality, FP8 minus BF16: " + ", ".join(f"{k} {_fmt(delta[k], signed=True)}" for k in shown)
     return line
+
+
+def _headline(metric: str, siblings: set[str]) -> bool:
+    """Whether a metric makes the summary: bits per byte speaks for the perplexities beside it
+    (byte, word, token), and counts of tokens are not results."""
+    name = metric.rsplit("/", 1)[-1]
+    if name.endswith("tokens"):
+        return False
+    has_bpb = any(other.rsplit("/", 1)[-1].endswith("bits_per_byte") for other in siblings)
+    return not (has_bpb and "perplexity" in name)
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
