@@ -58,3 +58,24 @@ def test_the_report_opens_with_what_the_pipeline_achieved(tmp_path):
     assert "jobs that pass no document through: buckets (14 tasks)" in dedup_part
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<b>Data</b>: 234 documents read" in page and "**" not in page
+
+
+def test_a_sweeps_variants_are_compared_in_one_table_and_a_winner_only_beyond_noise(tmp_path):
+    evals = [_stage(tmp_path, name, "evaluate") for name in ("evaluate.filtered", "evaluate.unfiltered")]
+    header = "run,step,checkpoint,task,metric,value\n"
+    (Path(evals[0]["run"]) / "results.csv").write_text(header + "pretrain-a,60,/c,heldout,bits_per_byte,2.5\n"
+                                                       "pretrain-a,60,/c,words,exact_match,0.50\n"
+                                                       "pretrain-a,60,/c,words,exact_match_stderr,0.07\n")
+    (Path(evals[1]["run"]) / "results.csv").write_text(header + "pretrain-b,60,/c,heldout,bits_per_byte,2.9\n"
+                                                       "pretrain-b,60,/c,words,exact_match,0.56\n"
+                                                       "pretrain-b,60,/c,words,exact_match_stderr,0.07\n")
+    stages = [{"name": "pretrain.filtered", "kind": "pretrain", "run": str(tmp_path / "pretrain-a")},
+              {"name": "pretrain.unfiltered", "kind": "pretrain", "run": str(tmp_path / "pretrain-b")}, *evals]
+    build("t", stages, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    compared = md.split("## Evaluation: the variants compared", 1)[1].split("## Evaluation: evaluate.filtered", 1)[0]
+    assert "| pretrain.filtered | 60 | **2.5** | 0.5 ± 0.07 |" in compared
+    assert "| pretrain.unfiltered | 60 | 2.9 | 0.56 ± 0.07 |" in compared, "0.06 apart with 2 SE of 0.2: no win"
+    results = md.split("## Results", 1)[1].split("## Stages", 1)[0]
+    assert "**heldout bits_per_byte**: best pretrain.filtered (step 60), 2.5" in results
+    assert "**words exact_match**: no model leads by more than two standard errors" in results

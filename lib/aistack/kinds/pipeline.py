@@ -18,6 +18,16 @@ A stage runs after every stage it references or lists in `after`. Each stage is 
 ordinary run directory inside <output.root>/<name>/, named by the hash of its resolved
 recipe, which includes the run directories (so the hashes) of the stages it reads: a
 change reruns that stage and everything downstream of it, and nothing upstream.
+A pipeline may name `variants`, each a set of overrides on some of its stages:
+
+    variants:
+      quality-filters: {}                                   # the pipeline as written
+      no-quality-filters:
+        filter: {filter.gopher_quality.enabled: false}
+
+Each variant runs the pipeline with its overrides; stages that come out the same in every
+variant (those before the first stage a variant changes) are one run, shared; the others
+are named STAGE.VARIANT. The report compares the variants' evaluations in one table.
 The pipeline's `tracking` block applies to every stage (W&B group: the pipeline's name),
 and so does its `resources.container` when set (one image for the whole pipeline); the
 other resources are each stage's own.
@@ -27,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from aistack.recipe.kinds import KindSpec
 from aistack.recipe.schema import Name, Recipe, StrictModel
@@ -55,6 +65,19 @@ class PipelineRecipe(Recipe):
     kind: Literal["pipeline"] = "pipeline"
     stages: dict[Name, StageSpec] = Field(min_length=1, description="in order; each runs after the stages it reads")
     report: bool = Field(default=True, description="a last stage writing report.md/html from every stage's outputs")
+    variants: dict[Name, dict[Name, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="named variants of the pipeline, each {STAGE: overrides} on top of the stage's own; every variant "
+                    "runs from the first stage it changes, the stages before it are shared, the report compares them")
+
+    @model_validator(mode="after")
+    def _variants_name_stages(self) -> "PipelineRecipe":
+        for variant, stages in self.variants.items():
+            unknown = [name for name in stages if name not in self.stages]
+            if unknown:
+                raise ValueError(f"variants.{variant}: {unknown[0]!r} is not a stage of this pipeline "
+                                 f"({', '.join(self.stages)})")
+        return self
 
 
 # No planner: a pipeline expands into its stages (aistack.launch.stages).

@@ -35,6 +35,7 @@ class Stage:
     run: RunDir
     needs: tuple[str, ...]  # stages that must finish first
     rehearses: Stage | None = None  # a rehearsal's stage: the real one it stands in for (rehearsal.py)
+    variant: str | None = None  # a pipeline variant's own stage (NAME.VARIANT); None: every variant's
 
     @property
     def kind(self) -> str:
@@ -128,25 +129,59 @@ def pipeline_dir(loaded: LoadedRecipe) -> RunDir:
 
 
 def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
-    """The stages of a pipeline recipe (a plain recipe is a pipeline of one), planned."""
+    """The stages of a pipeline recipe (a plain recipe is a pipeline of one), planned.
+
+    With `variants`, each variant is the pipeline with its overrides on top; a stage that
+    comes out the same in several variants (same resolved recipe, so the same run
+    directory) is one stage, named as in the pipeline when every variant shares it and
+    `NAME.VARIANT` otherwise (VARIANT: the first variant that has it)."""
     if loaded.kind != "pipeline":
         return single_stage(loaded)
     recipe = loaded.recipe
     pdir = pipeline_dir(loaded)
+    missing: list[str] = []
+    branches = [(variant, _resolve_branch(loaded, pdir, extra, variant, allow_missing, missing))
+                for variant, extra in (recipe.variants.items() if recipe.variants else [(None, {})])]
+    users: dict[Path, list[str | None]] = {}
+    for variant, branch in branches:
+        for stage in branch:
+            users.setdefault(stage.run.path, []).append(variant)
+    stages: list[Stage] = []
+    named: dict[Path, Stage] = {}
+    for variant, branch in branches:
+        final = {}  # this branch's stage names -> the stages they became
+        for stage in branch:
+            shared = named.get(stage.run.path)
+            if shared is None:
+                owners = users[stage.run.path]
+                if len(owners) < len(branches):
+                    stage.name, stage.variant = f"{stage.name}.{owners[0]}", owners[0]
+                stage.needs = tuple(final[need].name for need in stage.needs)
+                named[stage.run.path] = shared = stage
+                stages.append(stage)
+            final[stage.name if stage.variant is None else stage.name[: -len(stage.variant) - 1]] = shared
+    if recipe.report:
+        stages.append(_report_stage(loaded, pdir, stages))
+    return Pipeline(loaded, pdir, stages, sorted(set(missing)))
+
+
+def _resolve_branch(loaded: LoadedRecipe, pdir: RunDir, extra: dict[str, dict[str, Any]], variant: str | None,
+                    allow_missing: bool, missing: list[str]) -> list[Stage]:
+    """The pipeline's stages with one variant's overrides (`extra`: stage -> overrides)."""
+    recipe = loaded.recipe
     file = Path(loaded.path)
     stages: list[Stage] = []
     refs: dict[str, str] = {}
-    missing: list[str] = []
     for name, spec in recipe.stages.items():
         key = f"stages.{name}"
         if name == REPORT_STAGE and recipe.report:
             raise RecipeError.single(str(file), key, name, f"another stage name ('{REPORT_STAGE}' is the report's; or set report: false)")
-        overrides = expand_dotted(spec.overrides)
+        overrides = deep_merge(expand_dotted(spec.overrides), expand_dotted(extra.get(name, {})))
         needs = _needs(name, spec, overrides, [s.name for s in stages], file, key)
         source = _recipe_source(spec.recipe, loaded, file, key)
         overrides = deep_merge(overrides, _placement(loaded, name, pdir))
         upstream = {where: _shards(s) for s in stages for where in _locations(s)}
-        with deferring(upstream, allow_missing) as deferral, _in_stage(name, file):
+        with deferring(upstream, allow_missing) as deferral, _in_stage(name if variant is None else f"{name} (variant {variant})", file):
             stage_loaded = load_stage(source, file, f"{key}.recipe", overrides, refs)
             if not spec_for(stage_loaded.kind).stage:
                 raise RecipeError.single(str(file), f"{key}.recipe", stage_loaded.kind, "a recipe of a stage kind (not pipeline or report)")
@@ -159,9 +194,7 @@ def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
         run = RunDir.for_recipe(stage_loaded)
         stages.append(Stage(name, stage_loaded, plan, run, needs))
         refs.update(references(name, stage_loaded.kind, run.path, stage_loaded.recipe))
-    if recipe.report:
-        stages.append(_report_stage(loaded, pdir, stages))
-    return Pipeline(loaded, pdir, stages, sorted(set(missing)))
+    return stages
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import html
-import math
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aistack.recipe.kinds import spec_for
+from aistack.report.compare import STDERR, clear_best
 from aistack.rundir import RunDir, atomic_write_text, elapsed, read_json, read_plan_jobs
 from aistack.track.metrics import read_metrics
 
@@ -42,6 +42,8 @@ def build(title: str, stages: list[dict[str, str]], out_dir: Path) -> dict[str, 
     sections += [_data_section(s) for s in feeds["data"]]
     if feeds["training"]:
         sections.append(_training_section(feeds["training"], out_dir))
+    if len(feeds["evaluation"]) > 1:  # a pipeline's variants: every model they made in one table
+        sections.append(_compared_section(feeds["evaluation"], stages))
     sections += [_eval_section(s, stages) for s in feeds["evaluation"]]
     sections += [_bench_section(s) for s in feeds["benchmark"]]
     images = _copy_images(sections, out_dir)
@@ -151,6 +153,18 @@ def _eval_section(stage: dict[str, str], stages: list[dict[str, str]] | None = N
     return section
 
 
+def _compared_section(evaluations: list[dict[str, str]], stages: list[dict[str, str]]) -> Section:
+    section = Section("Evaluation: the variants compared")
+    rows = [row for s in evaluations for row in _csv_rows(Path(s["run"]) / "results.csv") or []]
+    if not rows:
+        section.text.append("no results.csv yet: the evaluations have not finished")
+        return section
+    section.tables.append(eval_pivot(rows, model_labels(stages)))
+    section.text.append("every evaluated model of every variant (a stage the variants share is evaluated once per "
+                        "variant, with the same figures); bold: a lead of more than two standard errors")
+    return section
+
+
 def model_labels(stages: list[dict[str, str]]) -> dict[str, str]:
     """Run directory name -> the stage's name; a distilled student says whose student it is."""
     labels = {Path(s["run"]).name: s["name"] for s in stages}
@@ -165,18 +179,6 @@ def model_labels(stages: list[dict[str, str]]) -> dict[str, str]:
     return labels
 
 
-def higher_is_better(metric: str) -> bool | None:
-    name = metric.split("/")[0]
-    if "perplexity" in name or name in ("bits_per_byte", "loss", "nll"):
-        return False
-    if name.startswith(("acc", "exact_match", "f1", "mcc", "bleu", "rouge")):
-        return True
-    return None
-
-
-STDERR = "_stderr"  # results.csv names a metric's standard error `<metric>_stderr`
-
-
 def eval_pivot(rows: list[dict[str, str]], labels: dict[str, str]) -> list[list[str]]:
     """results.csv rows (run, step, task, metric, value) -> [header, *one row per model]. A value
     with a standard error shows it (± se); the best of a column is bold only when it beats every
@@ -188,7 +190,7 @@ def eval_pivot(rows: list[dict[str, str]], labels: dict[str, str]) -> list[list[
         models.setdefault((r["run"], r["step"]), {})[(r["task"], r["metric"])] = _num(r["value"])
         if (r.get("checkpoint") or "").startswith("untrained:"):
             untrained.add((r["run"], r["step"]))
-    best = {col: value for col in columns if (value := _clear_best(col, list(models.values()))) is not None}
+    best = {col: value for col in columns if (value := clear_best(col, list(models.values()))) is not None}
     table = [["model", "step", *(f"{task} {metric}" for task, metric in columns)]]
     order = {run: i for i, run in enumerate(labels)}  # the pipeline's stage order
     for (run, step), values in sorted(models.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][0],
@@ -203,20 +205,6 @@ def eval_pivot(rows: list[dict[str, str]], labels: dict[str, str]) -> list[list[
         label = labels.get(run, run) + (f" (untrained, step {step or 0})" if (run, step) in untrained else "")
         table.append([label, step or "-", *cells])
     return table
-
-
-def _clear_best(col: tuple[str, str], models: list[dict[tuple[str, str], float | None]]) -> float | None:
-    """The best value of a column, if it is better than each other model's by more than two
-    standard errors of the difference (where the models have them); None: no clear best."""
-    direction = higher_is_better(col[1])
-    scored = [(v[col], v.get((col[0], col[1] + STDERR)) or 0.0) for v in models if v.get(col) is not None]
-    if direction is None or len(scored) < 2:
-        return None
-    scored.sort(key=lambda pair: pair[0], reverse=direction)
-    (top, top_se), rest = scored[0], scored[1:]
-    if all(abs(top - value) > 2 * math.hypot(top_se, se) for value, se in rest):
-        return top
-    return None
 
 
 def _bench_section(stage: dict[str, str]) -> Section:

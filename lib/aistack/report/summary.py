@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aistack.recipe.kinds import spec_for
+from aistack.report.compare import STDERR, clear_best, higher_is_better
 from aistack.rundir import RunDir, read_json
 
 
@@ -23,6 +24,8 @@ def summary_lines(stages: list[dict[str, str]], labels: dict[str, str]) -> list[
     lines += [line for s in by_section["training"] if (line := _training_line(s))]
     for stage in by_section["evaluation"]:
         lines += _eval_lines(stage, labels)
+    if len(by_section["evaluation"]) > 1:
+        lines += _winner_lines(by_section["evaluation"], labels)
     lines += [line for s in by_section["benchmark"] if (line := _bench_line(s))]
     return lines
 
@@ -82,6 +85,37 @@ def _eval_lines(stage: dict[str, str], labels: dict[str, str]) -> list[str]:
             parts.append(text)
         lines.append(f"**{labels.get(run, run)}** (step {step}): " + "; ".join(parts))
     return lines
+
+
+def _winner_lines(evaluations: list[dict[str, str]], labels: dict[str, str]) -> list[str]:
+    """Of a pipeline's variants, the model that leads each task's headline metric by more
+    than two standard errors, or that none does."""
+    models: dict[str, dict[tuple[str, str], float | None]] = {}
+    for stage in evaluations:
+        for row in _csv(Path(stage["run"]) / "results.csv"):
+            if (row.get("checkpoint") or "").startswith("untrained:"):
+                continue
+            label = f"{labels.get(row['run'], row['run'])} (step {row['step']})"
+            models.setdefault(label, {})[(row["task"], row["metric"])] = _number(row["value"])
+    columns = sorted({col for values in models.values() for col in values if not col[1].endswith(STDERR)})
+    lines = []
+    for task, metric in columns:
+        if not _headline(metric, {m for t, m in columns if t == task}) or higher_is_better(metric) is None:
+            continue
+        best = clear_best((task, metric), list(models.values()))
+        if best is None:
+            lines.append(f"**{task} {metric}**: no model leads by more than two standard errors")
+            continue
+        winner = next(label for label, values in models.items() if values.get((task, metric)) == best)
+        lines.append(f"**{task} {metric}**: best {winner}, {_fmt(best)}")
+    return lines
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _bench_line(stage: dict[str, str]) -> str | None:
