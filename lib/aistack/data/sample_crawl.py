@@ -64,6 +64,31 @@ def real_pages(count: int, min_bytes: int = 6000, max_bytes: int = 60000) -> lis
     return pages[::step][:count]
 
 
+def write_reference(path: Path, crawl_pages: int, count: int = 40) -> Path:
+    """Documentation pages that are not in the crawl, as text (jsonl {"id", "text"}, extracted
+    with trafilatura as the filter stage extracts): held-out documents that no variant of a
+    data recipe trains on, so models trained on different data are measured on the same text."""
+    import json
+
+    import trafilatura
+
+    in_crawl = set(real_pages(crawl_pages))
+    others = [p for p in real_pages(10 * crawl_pages) if p not in in_crawl]
+    step = max(len(others) // count, 1)
+    records = []
+    for page in others[::step]:
+        text = trafilatura.extract(page.read_text("utf-8", "replace"), favor_precision=True)
+        if text and len(text.split()) >= 50:
+            records.append({"id": DOC_URL + page.relative_to(DOC_ROOT).as_posix(), "text": text})
+        if len(records) == count:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    tmp.replace(path)
+    return path
+
+
 def roff_to_text(source: str) -> str:
     """The running text of a man page (enough of roff for language identification)."""
     lines = []
@@ -214,6 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--near-dups", type=int, default=10)
     args = parser.parse_args(argv)
     done = args.out_dir / "COMPLETE"
+    reference = args.out_dir / "reference" / "documents.jsonl"
+    if not reference.exists():  # beside the crawl, not in it: its WARC reader reads only *.warc.gz
+        write_reference(reference, args.pages)
+        print(f"reference documents (not in the crawl): {reference}")
     if done.exists() and f"version {VERSION}" in done.read_text().splitlines():
         # written once; rerunning the demo keeps the same input (and run hashes)
         print(f"sample crawl already in {args.out_dir}")
