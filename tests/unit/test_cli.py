@@ -78,10 +78,17 @@ def test_run_names_are_found_where_aistack_runs_put_them(tmp_path, monkeypatch, 
     assert main(["logs", name, "--job", "map"]) == 0
 
 
-def test_piped_tables_take_the_width_their_content_needs(capsys):
+def test_piped_tables_take_the_width_their_content_needs(capsys, monkeypatch):
+    import sys
     from types import SimpleNamespace
 
+    from rich.console import Console
+
+    from aistack import cli
     from aistack.cli import _print_status
+
+    monkeypatch.delenv("COLUMNS", raising=False)  # a width the user asked for is kept (pytest-xdist sets 80)
+    monkeypatch.setattr(cli, "console", Console(highlight=False, width=cli._width(sys.stdout)))
 
     job = "tokenize-with-a-name-longer-than-eighty-columns-would-leave-room-for"
     _print_status([SimpleNamespace(job=job, task_id=0, executor="slurm", job_id="123_0", state="COMPLETED", attempt=0, note="")])

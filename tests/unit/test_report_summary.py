@@ -69,6 +69,12 @@ def test_a_sweeps_variants_are_compared_in_one_table_and_a_winner_only_beyond_no
     (Path(evals[1]["run"]) / "results.csv").write_text(header + "pretrain-b,60,/c,heldout,bits_per_byte,2.9\n"
                                                        "pretrain-b,60,/c,words,exact_match,0.56\n"
                                                        "pretrain-b,60,/c,words,exact_match_stderr,0.07\n")
+    for variant, kept in (("filtered", 37), ("unfiltered", 214)):
+        data = _stage(tmp_path, f"filter.{variant}", "filter")
+        (Path(data["run"]) / "stats.json").write_text(json.dumps({"jobs": [{"job": "filter", "tasks": 1, "steps": [
+            _step("Warc reader", "reader", 234, 234), _step("Gopher", "filter", 234, kept)]}]}))
+        (Path(data["run"]) / "funnel.png").write_bytes(b"")
+        evals.insert(0, {**data, "variant": variant})
     stages = [{"name": "pretrain.filtered", "kind": "pretrain", "run": str(tmp_path / "pretrain-a")},
               {"name": "pretrain.unfiltered", "kind": "pretrain", "run": str(tmp_path / "pretrain-b")}, *evals]
     build("t", stages, tmp_path / "out")
@@ -77,5 +83,8 @@ def test_a_sweeps_variants_are_compared_in_one_table_and_a_winner_only_beyond_no
     assert "| pretrain.filtered | 60 | **2.5** | 0.5 ± 0.07 |" in compared
     assert "| pretrain.unfiltered | 60 | 2.9 | 0.56 ± 0.07 |" in compared, "0.06 apart with 2 SE of 0.2: no win"
     results = md.split("## Results", 1)[1].split("## Stages", 1)[0]
-    assert "**heldout bits_per_byte**: best pretrain.filtered (step 60), 2.5" in results
+    assert "**Data (filtered)**: 234 documents read, 37 kept (16%) after filter.filtered" in results
+    assert "**Data (unfiltered)**: 234 documents read, 214 kept (91%) after filter.unfiltered" in results
+    assert ("**heldout bits_per_byte**: best pretrain.filtered (step 60), 2.5 (vs pretrain.unfiltered (step 60) 2.9) "
+            "(lm-eval gives no standard error") in results
     assert "**words exact_match**: no model leads by more than two standard errors" in results

@@ -19,6 +19,7 @@ class ReportStage(StrictModel):
     name: Name
     kind: str
     run: str = Field(description="the stage's run directory")
+    variant: Name | None = Field(default=None, description="the pipeline variant whose own stage this is (None: shared)")
 
 
 class ReportConfig(StrictModel):

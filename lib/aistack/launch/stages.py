@@ -280,7 +280,8 @@ def _report_stage(loaded: LoadedRecipe, pdir: RunDir, stages: list[Stage]) -> St
         "kind": "report",
         "report": {
             "title": f"pipeline {loaded.recipe.name}",
-            "stages": [{"name": s.name, "kind": s.kind, "run": str(s.run.path)} for s in stages],
+            "stages": [{"name": s.name, "kind": s.kind, "run": str(s.run.path), **({"variant": s.variant} if s.variant else {})}
+                       for s in stages],
             "copy_to": str(pdir.path),
         },
         "resources": {"nodes": 1, "tasks_per_node": 1, "time": 20},

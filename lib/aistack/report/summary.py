@@ -19,8 +19,11 @@ def summary_lines(stages: list[dict[str, str]], labels: dict[str, str]) -> list[
     lines = []
     by_section = {section: [s for s in stages if spec_for(s["kind"]).report == section]
                   for section in ("data", "training", "evaluation", "benchmark")}
-    if line := _data_line(by_section["data"]):
-        lines.append(line)
+    variants = list(dict.fromkeys(s.get("variant") for s in by_section["data"] if s.get("variant")))
+    for variant in variants or [None]:  # a sweep: each variant's data from the crawl to its last data stage
+        mine = [s for s in by_section["data"] if s.get("variant") in (None, variant)]
+        if line := _data_line(mine, variant):
+            lines.append(line)
     lines += [line for s in by_section["training"] if (line := _training_line(s))]
     for stage in by_section["evaluation"]:
         lines += _eval_lines(stage, labels)
@@ -30,7 +33,7 @@ def summary_lines(stages: list[dict[str, str]], labels: dict[str, str]) -> list[
     return lines
 
 
-def _data_line(stages: list[dict[str, str]]) -> str | None:
+def _data_line(stages: list[dict[str, str]], variant: str | None = None) -> str | None:
     """Documents the first data stage read, and what the last one kept."""
     tables = [read_json(Path(s["run"]) / "stats.json") for s in stages]
     tables = [t for t in tables if t]
@@ -43,7 +46,8 @@ def _data_line(stages: list[dict[str, str]]) -> str | None:
         return None
     kept = last[-1]["documents_out"]
     share = f" ({100 * kept / read:.0f}%)" if read else ""
-    return f"**Data**: {read:,} documents read, {kept:,} kept{share} after {', '.join(s['name'] for s in stages)}"
+    title = f"Data ({variant})" if variant else "Data"
+    return f"**{title}**: {read:,} documents read, {kept:,} kept{share} after {', '.join(s['name'] for s in stages)}"
 
 
 def _training_line(stage: dict[str, str]) -> str | None:
@@ -107,7 +111,11 @@ def _winner_lines(evaluations: list[dict[str, str]], labels: dict[str, str]) -> 
             lines.append(f"**{task} {metric}**: no model leads by more than two standard errors")
             continue
         winner = next(label for label, values in models.items() if values.get((task, metric)) == best)
-        lines.append(f"**{task} {metric}**: best {winner}, {_fmt(best)}")
+        others = ", ".join(f"{label} {_fmt(values[(task, metric)])}" for label, values in models.items()
+                           if label != winner and values.get((task, metric)) is not None)
+        noise = ("" if any((task, metric + STDERR) in values for values in models.values())
+                 else " (lm-eval gives no standard error for this metric: one run each; seeds as variants measure the noise)")
+        lines.append(f"**{task} {metric}**: best {winner}, {_fmt(best)} (vs {others}){noise}")
     return lines
 
 
