@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -88,15 +87,24 @@ def test_oci_refuses_what_slurm_cannot_run(override, key):
         dry_run("cluster-oci.yaml", DATA / "smoke-oci.yaml", [override])
 
 
+HEAVY = ("torch", "megatron", "datatrove", "lm_eval", "wandb", "transformers", "pandas")
+# The dry run, then what it imported of the heavy libraries (each costs seconds on a login node).
+DRY_RUN = """import sys
+from aistack.cli import main
+code = main(sys.argv[1:])
+print("heavy imports:", sorted(m for m in {heavy!r} if m in sys.modules))
+sys.exit(code)
+"""
+
+
 def test_dry_run_cli_prints_script_fast_and_submits_nothing(tmp_path):
-    start = time.perf_counter()
+    # Fast: it imports none of the heavy libraries (a property, not a timing: the speed itself is
+    # a benchmark's to measure, not a test's on a loaded machine).
     out = subprocess.run(
-        [sys.executable, "-m", "aistack.cli", "run", str(BIG), "--on", str(DATA / "cluster-pyxis.yaml"), "--dry-run"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        [sys.executable, "-c", DRY_RUN.format(heavy=HEAVY), "run", str(BIG), "--on", str(DATA / "cluster-pyxis.yaml"), "--dry-run"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
-    elapsed = time.perf_counter() - start
     assert out.returncode == 0, out.stderr
     assert "#SBATCH --nodes=128" in out.stdout and "nothing was submitted" in out.stdout
     assert not Path("/lustre/runs").exists() and not (tmp_path / "runs").exists()
-    # The issue asks for under a second; allow slack for a loaded CI machine.
-    assert elapsed < 3.0, f"dry run took {elapsed:.2f}s"
+    assert "heavy imports: []" in out.stdout, out.stdout[-300:]
