@@ -34,10 +34,9 @@ slurm-install:
 	@bash slurm/install.sh
 
 # The fast unit layer first (seconds), then everything else against the local Slurm cluster.
-# The OCI bundle (minutes once, then cached) is built by the test session while the tests
-# that do not need it run (tests/conftest.py): the container tests and the tiny pipeline on
-# Slurm run in it, last in their lane, and fail rather than skip without it.
-test: venv slurm-install
+# The OCI bundle is built first (minutes once, then cached): the container tests and the
+# tiny pipeline on Slurm run in it, and fail rather than skip without it.
+test: venv slurm-install container-bundle
 	$(BIN)/python -m pytest tests/unit -n 2 $(PYTEST_ARGS) || [ $$? = 5 ]  # 5: PYTEST_ARGS selected none here
 	AISTACK_OCI_REQUIRED=1 $(BIN)/python -m pytest tests --ignore=tests/unit -n 2 --dist loadgroup $(PYTEST_ARGS)
 

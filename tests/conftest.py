@@ -21,8 +21,6 @@ RECIPES = REPO / "recipes"
 # interpreter (container_python of slurm/clusters/local-oci.yaml).
 OCI_BUILD = REPO / "containers" / "oci" / "build.sh"
 OCI_BUNDLE = Path(os.environ.get("AISTACK_OCI_DIR", REPO / "containers" / "build")) / "aistack-oci"
-OCI_LOCK = OCI_BUNDLE.parent / ".build.lock"
-OCI_BUILD_LOG = OCI_BUNDLE.parent / "build.log"
 OCI_CONF = Path(os.environ.get("AISTACK_SLURM_DIR", "/var/tmp/aistack-slurm")) / "etc" / "oci.conf"
 IMAGE_PYTHON = "/opt/aistack/venv/bin/python"
 
@@ -43,54 +41,8 @@ def pytest_collection_modifyitems(config, items):
 
     for item in items:
         item.add_marker(pytest.mark.xdist_group("slurm-cluster" if on_cluster(item) else item.nodeid.split("::")[0]))
-    # the longest lane first: the cluster's tests start at once, the rest fill in around them;
-    # within it, the tests in the OCI bundle last (it may still be building: pytest_sessionstart)
-    items.sort(key=lambda item: (not on_cluster(item), "bundle" in getattr(item, "fixturenames", ())))
-
-
-_bundle_build: subprocess.Popen | None = None
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist starts its workers
-def pytest_sessionstart(session):
-    """Under `make test` (AISTACK_OCI_REQUIRED=1) a missing or stale OCI bundle is built while
-    the tests that do not run in it go on: the `bundle` fixture waits for the build's lock.
-    The build is this process's child, stopped at the end of the session if still running."""
-    global _bundle_build
-    if hasattr(session.config, "workerinput") or os.environ.get("AISTACK_OCI_REQUIRED") != "1":
-        return
-    env = {**os.environ, "VENV_PYTHON": sys.executable}
-    check = subprocess.run(["bash", str(OCI_BUILD), "--check"], capture_output=True, text=True, env=env, timeout=120)
-    if check.returncode != 2:
-        return
-    OCI_BUNDLE.parent.mkdir(parents=True, exist_ok=True)
-    with open(OCI_BUILD_LOG, "w") as log:
-        _bundle_build = subprocess.Popen(["bash", str(OCI_BUILD)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-    deadline = time.time() + 60
-    while _bundle_build.poll() is None and not _build_locked() and time.time() < deadline:
-        time.sleep(0.1)  # until the build holds its lock: a worker's fixture must not slip in before
-
-
-def pytest_sessionfinish(session):
-    if _bundle_build is not None and _bundle_build.poll() is None:
-        os.killpg(_bundle_build.pid, 15)
-        _bundle_build.wait(timeout=60)
-
-
-def _build_locked() -> bool:
-    """Whether a build of the bundle holds its lock now (containers/oci/build.sh)."""
-    import fcntl
-
-    if not OCI_LOCK.exists():
-        return False
-    with open(OCI_LOCK) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
+    # the longest lane first: the cluster's tests start at once, the rest fill in around them
+    items.sort(key=lambda item: not on_cluster(item))  # stable: each lane keeps its order
 
 
 def _cluster_answers() -> bool:
@@ -174,16 +126,9 @@ def bundle() -> Path:
     AISTACK_OCI_REQUIRED=1: a missing bundle is then a failure; run alone, the tests that need
     it skip. When only aistack's sources changed since the build, aistack is reinstalled (seconds)."""
     env = {**os.environ, "VENV_PYTHON": sys.executable}
-    deadline = time.time() + 1200
-    while _build_locked():  # being built (pytest_sessionstart): a base build takes minutes
-        if time.time() > deadline:
-            pytest.fail(f"the OCI bundle's build ran for 20 minutes: see {OCI_BUILD_LOG}")
-        time.sleep(2)
     check = subprocess.run(["bash", str(OCI_BUILD), "--check"], capture_output=True, text=True, env=env, timeout=120)
     if check.returncode == 2:
         message = f"the OCI bundle is not built or its base is stale ({check.stdout.strip()}): run `make container-bundle`"
-        if OCI_BUILD_LOG.exists():
-            message += f" (the build this session started: {OCI_BUILD_LOG})"
         if os.environ.get("AISTACK_OCI_REQUIRED") == "1":
             pytest.fail(message)
         pytest.skip(message + " (a few minutes) to run these tests")

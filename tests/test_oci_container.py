@@ -2,7 +2,7 @@
 --container=BUNDLE`, oci.conf and runc from slurm/up.sh, profile slurm/clusters/local-oci.yaml)
 runs the smoke recipe in the bundle `make container-bundle` builds (containers/oci/build.sh).
 
-The bundle (`make test` builds it while the tests that need no bundle run) comes from the `bundle` fixture (tests/conftest.py).
+The bundle (`make test` builds it first) comes from the `bundle` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations

@@ -39,11 +39,6 @@ case ${1:-} in
   *) die "unknown argument: $1 (usage: $0 [--check])" ;;
 esac
 [[ -x $VENV_PYTHON ]] || die "$VENV_PYTHON not found: run make venv first"
-if ((!CHECK)); then  # one build at a time; a test session that started this one waits on the lock
-  mkdir -p "$OUT"
-  exec 9>"$OUT/.build.lock"
-  flock 9
-fi
 
 # ---------------------------------------------------------------- inputs and their hashes
 # The submitting venv's versions, pinned: what the image installs (aistack itself excluded).
