@@ -38,7 +38,7 @@ slurm-install:
 # tiny pipeline on Slurm run in it, and fail rather than skip without it.
 test: venv slurm-install container-bundle
 	$(BIN)/python -m pytest tests/unit -n 2 $(PYTEST_ARGS) || [ $$? = 5 ]  # 5: PYTEST_ARGS selected none here
-	AISTACK_OCI_REQUIRED=1 $(BIN)/python -m pytest tests --ignore=tests/unit -n 2 --dist loadgroup $(PYTEST_ARGS)
+	AISTACK_OCI_REQUIRED=1 $(BIN)/python -m pytest tests --ignore=tests/unit $(PYTEST_ARGS)
 
 # aistack against the real nemo-toolkit 2.7.3, both ways (tests/test_nemo_interop.py). NeMo pins
 # numpy<2 and transformers 4.57: it gets a venv of its own, .venv-nemo (2-4 min, 2.9 GB).

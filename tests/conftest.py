@@ -26,11 +26,12 @@ IMAGE_PYTHON = "/opt/aistack/venv/bin/python"
 
 
 # Tests that use the local cluster (or its OCI bundle) share its nodes, QOS limits and
-# preemption: under pytest-xdist (`-n 2`, as `make test` runs) they form one group that one
-# worker runs in order, while the other workers take the tests that need no cluster. The
-# cluster's tests spend much of their time waiting for Slurm (scheduling, requeue delays,
-# preemption decisions); the tests here fill that time. Tests of one module stay together,
-# so a module-scoped fixture is built once.
+# preemption: under pytest-xdist (`make test PYTEST_ARGS="-n 4 --dist loadgroup"` on a machine
+# with cores to spare) they form one group that one worker runs in order, while the other
+# workers take the tests that need no cluster; tests of one module stay together, so a
+# module-scoped fixture is built once. `make test` runs this layer in one process: on 2 cores
+# the suite is CPU-bound (8% idle), and two lanes made it slower (75 min instead of 66) and
+# starved the timing of the chaos and preemption tests.
 CLUSTER_FIXTURES = {"slurm_cluster", "bundle"}
 
 

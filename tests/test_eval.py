@@ -196,7 +196,8 @@ def _check_sweep(run_dir: Path) -> None:
     with open(run_dir / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     got = {(r["step"], r["task"], r["metric"]) for r in rows}
-    want = {(s, "tinylang_mc", m) for s in ("20", "40") for m in ("acc", "acc_norm")}
+    # a mean's standard error beside it (lm-eval's closed form); lm-eval gives none for perplexities
+    want = {(s, "tinylang_mc", m) for s in ("20", "40") for m in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr")}
     want |= {(s, "tinylang_ppl", m) for s in ("20", "40") for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")}
     assert got == want and len(rows) == len(want)
     ppl = {r["step"]: float(r["value"]) for r in rows if r["metric"] == "word_perplexity"}
@@ -205,6 +206,7 @@ def _check_sweep(run_dir: Path) -> None:
     assert len(table["tinylang_ppl/word_perplexity"]) == 2
     for plot in ("tinylang_mc__acc.png", "tinylang_ppl__word_perplexity.png"):
         assert (run_dir / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((run_dir / "plots").glob("*stderr*")), "a standard error is no plot of its own"
 
 
 SWEEP = ["evaluate.tasks=[tinylang_mc,tinylang_ppl]", "tracking.mode=offline"]

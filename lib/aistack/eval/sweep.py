@@ -58,6 +58,8 @@ def plot_metrics(out_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     plots_dir.mkdir(parents=True, exist_ok=True)
     series: dict[tuple[str, str], dict[str, list[tuple[int, float]]]] = {}
     for r in rows:
+        if r["metric"].endswith("_stderr"):  # a value's standard error: the tables carry it, no plot of its own
+            continue
         series.setdefault((r["task"], r["metric"]), {}).setdefault(r["run"], []).append((r["step"] or 0, r["value"]))
     paths = []
     for (task, metric), lines in sorted(series.items()):
