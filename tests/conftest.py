@@ -30,7 +30,7 @@ IMAGE_PYTHON = "/opt/aistack/venv/bin/python"
 # with cores to spare) they form one group that one worker runs in order, while the other
 # workers take the tests that need no cluster; tests of one module stay together, so a
 # module-scoped fixture is built once. `make test` runs this layer in one process: on 2 cores
-# the suite is CPU-bound (8% idle), and two lanes made it slower (75 min instead of 66) and
+# the suite is CPU-bound (8% idle), and two lanes made it slower (75 min instead of 63) and
 # starved the timing of the chaos and preemption tests.
 CLUSTER_FIXTURES = {"slurm_cluster", "bundle"}
 
@@ -42,8 +42,6 @@ def pytest_collection_modifyitems(config, items):
 
     for item in items:
         item.add_marker(pytest.mark.xdist_group("slurm-cluster" if on_cluster(item) else item.nodeid.split("::")[0]))
-    # the longest lane first: the cluster's tests start at once, the rest fill in around them
-    items.sort(key=lambda item: not on_cluster(item))  # stable: each lane keeps its order
 
 
 def _cluster_answers() -> bool:
