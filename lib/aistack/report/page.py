@@ -8,7 +8,6 @@ stage whose outputs are missing is reported as such, never invented.
 
 from __future__ import annotations
 
-import csv
 import html
 import re
 import shutil
@@ -18,6 +17,7 @@ from typing import Any
 
 from aistack.recipe.kinds import spec_for
 from aistack.report.compare import STDERR, clear_best
+from aistack.report.results import csv_rows, number
 from aistack.rundir import RunDir, atomic_write_text, elapsed, read_json, read_plan_jobs
 from aistack.track.metrics import read_metrics
 
@@ -142,7 +142,7 @@ def _eval_section(stage: dict[str, str], stages: list[dict[str, str]] | None = N
     """A pivot: one row per evaluated model (its stage's name), one column per task and metric,
     the best value of each column in bold."""
     section = Section(f"Evaluation: {stage['name']}")
-    rows = _csv_rows(Path(stage["run"]) / "results.csv")
+    rows = csv_rows(Path(stage["run"]) / "results.csv")
     if rows is None:
         section.text.append("no results.csv: the evaluation has not finished")
         return section
@@ -155,7 +155,7 @@ def _eval_section(stage: dict[str, str], stages: list[dict[str, str]] | None = N
 
 def _compared_section(evaluations: list[dict[str, str]], stages: list[dict[str, str]]) -> Section:
     section = Section("Evaluation: the variants compared")
-    rows = [row for s in evaluations for row in _csv_rows(Path(s["run"]) / "results.csv") or []]
+    rows = [row for s in evaluations for row in csv_rows(Path(s["run"]) / "results.csv") or []]
     if not rows:
         section.text.append("no results.csv yet: the evaluations have not finished")
         return section
@@ -187,14 +187,14 @@ def eval_pivot(rows: list[dict[str, str]], labels: dict[str, str]) -> list[list[
     models: dict[tuple[str, str], dict[tuple[str, str], float | None]] = {}
     untrained = set()  # evaluate.untrained: a run's model freshly initialised (its checkpoint column says so)
     for r in rows:
-        models.setdefault((r["run"], r["step"]), {})[(r["task"], r["metric"])] = _num(r["value"])
+        models.setdefault((r["run"], r["step"]), {})[(r["task"], r["metric"])] = number(r["value"])
         if (r.get("checkpoint") or "").startswith("untrained:"):
             untrained.add((r["run"], r["step"]))
     best = {col: value for col in columns if (value := clear_best(col, list(models.values()))) is not None}
     table = [["model", "step", *(f"{task} {metric}" for task, metric in columns)]]
     order = {run: i for i, run in enumerate(labels)}  # the pipeline's stage order
     for (run, step), values in sorted(models.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][0],
-                                                                     _num(kv[0][1]) or 0)):
+                                                                     number(kv[0][1]) or 0)):
         cells = []
         for col in columns:
             value = values.get(col)
@@ -210,13 +210,13 @@ def eval_pivot(rows: list[dict[str, str]], labels: dict[str, str]) -> list[list[
 def _bench_section(stage: dict[str, str]) -> Section:
     run = Path(stage["run"])
     section = Section(f"FP8 inference benchmark: {stage['name']}")
-    rows = _csv_rows(run / "results.csv")
+    rows = csv_rows(run / "results.csv")
     if rows is None:
         section.text.append("no results.csv: the benchmark has not finished")
         return section
     keep = [c for c in ("precision", "fp8_mode", "decode", "batch", "prompt_len", "gen_len", "ttft_ms", "decode_tok_s", "peak_mem_mb")
             if c in rows[0]]
-    section.tables.append([keep] + [[r[k] if not _num(r[k]) else _fmt(_num(r[k])) for k in keep] for r in rows])
+    section.tables.append([keep] + [[r[k] if not number(r[k]) else _fmt(number(r[k])) for k in keep] for r in rows])
     quality = read_json(run / "results.json", {}).get("quality") or {}
     if quality.get("bf16"):
         q_rows = [["metric", "bf16", "fp8", "fp8 - bf16"]]
@@ -298,20 +298,6 @@ def read_yaml(path: Path) -> dict:
         return yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return {}
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]] | None:
-    if not path.exists():
-        return None
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _num(value: str | None) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
 
 
 def _fmt(value: float | None) -> str:

@@ -5,12 +5,12 @@ without results gives no line (the sections below say why)."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 from aistack.recipe.kinds import spec_for
 from aistack.report.compare import STDERR, clear_best, higher_is_better
+from aistack.report.results import csv_rows, number
 from aistack.rundir import RunDir, read_json
 
 
@@ -61,7 +61,7 @@ def _training_line(stage: dict[str, str]) -> str | None:
 
 def _eval_lines(stage: dict[str, str], labels: dict[str, str]) -> list[str]:
     """A line per evaluated model: each task's metric, beside the untrained baseline's."""
-    rows = _csv(Path(stage["run"]) / "results.csv")
+    rows = csv_rows(Path(stage["run"]) / "results.csv") or []
     if not rows:
         return []
     baseline: dict[tuple[str, str, str], str] = {}  # (run, task, metric) -> value of the untrained model
@@ -96,11 +96,11 @@ def _winner_lines(evaluations: list[dict[str, str]], labels: dict[str, str]) -> 
     than two standard errors, or that none does."""
     models: dict[str, dict[tuple[str, str], float | None]] = {}
     for stage in evaluations:
-        for row in _csv(Path(stage["run"]) / "results.csv"):
+        for row in csv_rows(Path(stage["run"]) / "results.csv") or []:
             if (row.get("checkpoint") or "").startswith("untrained:"):
                 continue
             label = f"{labels.get(row['run'], row['run'])} (step {row['step']})"
-            models.setdefault(label, {})[(row["task"], row["metric"])] = _number(row["value"])
+            models.setdefault(label, {})[(row["task"], row["metric"])] = number(row["value"])
     columns = sorted({col for values in models.values() for col in values if not col[1].endswith(STDERR)})
     lines = []
     for task, metric in columns:
@@ -119,17 +119,10 @@ def _winner_lines(evaluations: list[dict[str, str]], labels: dict[str, str]) -> 
     return lines
 
 
-def _number(value: str) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _bench_line(stage: dict[str, str]) -> str | None:
     """FP8 against BF16 at the largest batch measured: decode speed and the quality delta."""
     run = Path(stage["run"])
-    rows = _csv(run / "results.csv")
+    rows = csv_rows(run / "results.csv") or []
     if not rows or "decode_tok_s" not in rows[0]:
         return None
     batch = max(int(r["batch"]) for r in rows if r.get("batch"))
@@ -154,13 +147,6 @@ def _headline(metric: str, siblings: set[str]) -> bool:
         return False
     has_bpb = any(other.rsplit("/", 1)[-1].endswith("bits_per_byte") for other in siblings)
     return not (has_bpb and "perplexity" in name)
-
-
-def _csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _count(n: Any) -> str:
