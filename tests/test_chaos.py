@@ -315,16 +315,27 @@ def cancel_live(pipeline: Pipeline) -> None:
 
 
 def rank_pid(job_id: str, rank: int) -> int | None:
-    """The process of one rank of a running multi-process job (scontrol listpids)."""
-    out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, timeout=60)
-    candidates = []
-    for line in out.stdout.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) >= 5 and parts[2].isdigit() and parts[4] == str(rank):
-            cmdline = Path(f"/proc/{parts[0]}/cmdline")
-            if cmdline.exists() and b"aistack.runtime.node" in cmdline.read_bytes():
-                candidates.append((int(parts[2]), int(parts[0])))
-    return max(candidates)[1] if candidates else None
+    """The process of one rank of a running multi-process job, found in /proc by its Slurm
+    variables: `scontrol listpids` asks only the slurmd this host's name maps to, and here
+    every node's slurmd shares one host, so it misses ranks on the other nodes. A rank's
+    forked helpers share its environment and command line: the rank is the one whose parent
+    is not one of them; of several steps (a requeue's leftovers), the newest."""
+    found = {}  # pid -> (step id, parent pid)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"aistack.runtime.node" not in (proc / "cmdline").read_bytes():
+                continue
+            env = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile, or not ours to read
+        if env.get(b"SLURM_JOB_ID") == job_id.encode() and env.get(b"SLURM_PROCID") == str(rank).encode():
+            step = env.get(b"SLURM_STEP_ID", b"-1")
+            found[int(proc.name)] = (int(step) if step.isdigit() else -1, parent)
+    ranks = [(step, pid) for pid, (step, parent) in found.items() if parent not in found]
+    return max(ranks)[1] if ranks else None
 
 
 # --- what is compared -----------------------------------------------------------------------
