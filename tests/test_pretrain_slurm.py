@@ -49,22 +49,21 @@ def sacct_states(job_id: str) -> list[str]:
     return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
-def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra, reference=None, reference_first=False, steps=STEPS):
-    if reference is None:
-        reference = launcher.launch(TINY, args(tmp_path / "ref", tiny_data, *extra, steps=steps), on="slurm")
+def _interrupted_vs_reference(tmp_path, tiny_data, interrupt, extra, reference, reference_first=False, at_step=30):
     if reference_first:  # an interruption that takes a whole node would hit the reference too
         assert {r.state for r in launcher.wait(reference, timeout_s=600)} == {"COMPLETED"}
-    run = launcher.launch(TINY, args(tmp_path / "run", tiny_data, *extra, steps=steps), on="slurm")
+    run = launcher.launch(TINY, args(tmp_path / "run", tiny_data, *extra), on="slurm")
     job_id = run.submitted[0].job_id
     metrics = run.run.task_dir("train", 0) / "metrics.jsonl"
-    wait_until(lambda: len([r for r in read_metrics(metrics) if "loss" in r]) >= 30, timeout=300, what="30 training steps")
+    wait_until(lambda: len([r for r in read_metrics(metrics) if "loss" in r]) >= at_step, timeout=300,
+               what=f"{at_step} training steps")
     interrupt(job_id)
     assert {r.state for r in launcher.wait(run, timeout_s=600)} == {"COMPLETED"}
     assert {r.state for r in launcher.wait(reference, timeout_s=600)} == {"COMPLETED"}
     assert "REQUEUED" in sacct_states(job_id) or len(sacct_states(job_id)) > 1
     assert run.run.task_state("train", 0)["attempt"] >= 1
     got, want = losses(run.run), losses(reference.run)
-    assert [step for step, _ in got] == list(range(1, steps + 1)), "one clean trace across both attempts"
+    assert [step for step, _ in got] == list(range(1, STEPS + 1)), "one clean trace across both attempts"
     assert got == want, "bit-identical to the uninterrupted run"
     log = "".join(p.read_text() for p in run.run.log_dir("train").glob("*_log.out"))
     return log
@@ -87,11 +86,12 @@ def test_sigusr1_quick_save_resumes_exactly(tmp_path, tiny_data, reference):
     assert "preempted: saving step" in log and "resuming from step" in log
 
 
-@pytest.mark.timeout(1200)  # two runs of 3 x STEPS, one after the other
-def test_preemption_by_a_higher_priority_job_resumes_exactly(tmp_path, tiny_data):
+def test_preemption_by_a_higher_priority_job_resumes_exactly(tmp_path, tiny_data, reference):
     from test_preemption import preempt
 
-    # Slurm takes a few scheduling cycles to decide a preemption, then GraceTime: a run long
-    # enough that the SIGTERM lands mid-training, not after the last step
-    log = _interrupted_vs_reference(tmp_path, tiny_data, preempt, ["checkpoint.every=10"], reference_first=True, steps=3 * STEPS)
+    # Slurm takes a few scheduling cycles (~15 s here, ~100 steps) to decide a preemption, then
+    # GraceTime: the urgent job comes right after the first checkpoint (step 10), so that the
+    # SIGTERM lands mid-training, not after the last step
+    log = _interrupted_vs_reference(tmp_path, tiny_data, preempt, ["checkpoint.every=10"], reference,
+                                    reference_first=True, at_step=10)
     assert "resuming from step" in log

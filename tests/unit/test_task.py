@@ -160,3 +160,19 @@ def test_a_sigterm_while_the_task_sets_up_does_not_end_it(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "SIGTERM: preempted or cancelled" in done.stderr
     assert run.is_done("map", 2)
+
+
+@pytest.mark.parametrize("under_slurm", [True, False])
+def test_the_node_entry_catches_sigterm_before_it_imports_anything_of_aistack(under_slurm):
+    # A preemption while the step starts (its imports) must not end the step: the handler
+    # is set before the node imports aistack's modules; here that import is made to fail.
+    code = ("import runpy, signal, sys\n"
+            "sys.modules['aistack.rundir'] = None\n"
+            "try:\n"
+            "    runpy.run_module('aistack.runtime.node', run_name='__main__')\n"
+            "except ImportError:\n"
+            "    print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**env, **({"SLURM_JOB_ID": "1"} if under_slurm else {})})
+    assert done.stdout.strip() == str(under_slurm), done.stderr[-2000:]

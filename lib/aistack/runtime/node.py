@@ -15,17 +15,25 @@ task more CPU than its own work, paid by every task of a 1000-task array:
 
 from __future__ import annotations
 
-import logging
 import os
-import pickle
 import signal
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
+import time
 
-from aistack.rundir import RunDir, atomic_write_bytes
-from aistack.runtime.task import TaskRunner, task_env, watch_sigterm
+# Before anything else is imported: a SIGTERM (preemption) while the step starts would end it
+# "by itself" within the grace time, and Slurm then fails the job instead of requeuing it.
+SIGTERM_AT: list[float] = []
+if __name__ == "__main__" and "SLURM_JOB_ID" in os.environ:
+    signal.signal(signal.SIGTERM, lambda signum, frame: SIGTERM_AT.append(time.time()))
+
+import logging  # noqa: E402
+import pickle  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from aistack.rundir import RunDir, atomic_write_bytes  # noqa: E402
+from aistack.runtime.task import TaskRunner, task_env, watch_sigterm  # noqa: E402
 
 log = logging.getLogger("aistack")
 CHECKPOINT_SIGNAL = signal.SIGUSR1
@@ -37,7 +45,7 @@ def write_tasks_file(path: Path, runner: TaskRunner, task_ids: list[int], max_re
 
 
 def main(tasks_file: str) -> int:
-    sigterm_at = watch_sigterm()  # first: a step preempted while it starts goes on, to be requeued
+    sigterm_at = watch_sigterm(SIGTERM_AT)  # what came during the imports is kept
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = pickle.loads(Path(tasks_file).read_bytes())
     runner: TaskRunner = spec["runner"]
