@@ -172,19 +172,45 @@ def test_store_is_keyed_by_its_data_another_runs_tokens_are_refused(tmp_path):
 SEQUENCE = RECIPES / "distill" / "gpt-tiny-sequence.yaml"
 
 
+@pytest.fixture(scope="module")
+def chat_teacher(tmp_path_factory) -> tuple[dict, Path]:
+    """The reverse-a-word task and an SFT model that does it (from random init, 250 steps)."""
+    import post_fixtures as pf
+
+    root = tmp_path_factory.mktemp("chat")
+    task = pf.make_task(root / "task")
+    sft = launcher.launch(RECIPES / "sft" / "gpt-tiny-chat.yaml",
+                          [f"output.root={root / 'teacher'}", f"data.train=[{task['train']}]", f"data.tokenizer={task['tokenizer']}",
+                           "tracking.mode=disabled", "checkpoint.load=null", "train.steps=250", "train.eval_every=250"], on="local")
+    return task, sft.run.task_dir("train", 0) / "checkpoints"
+
+
+def test_logit_distillation_on_chat_records(tmp_path, chat_teacher):
+    """The student reads the chat records as SFT does (assistant tokens carry the loss) and
+    learns the teacher's distribution there: its KL to the teacher falls."""
+    task, teacher = chat_teacher
+    chat = ["data.paths=[]", f"chat.train=[{task['train']}]", f"chat.tokenizer={task['tokenizer']}"]
+    base = [f"output.root={tmp_path}", f"teacher.checkpoint={teacher}", "tracking.mode=disabled", *chat]
+    for wrong, says in ((["logit.source=offline"], "with chat records the teacher runs online"),
+                        ([f"data.paths=[{{path: {tmp_path}}}]"], "one of data.paths")):
+        with pytest.raises(RecipeError, match=says):
+            launcher.prepare(LOGIT, [*base, *wrong], on="local")
+    run = launcher.launch(LOGIT, [*base, "train.steps=40", "train.eval_every=40", "logit.alpha=1.0"], on="local")
+    result = run.run.task_result("train", 0)["result"]
+    assert result["distill"]["source"] == "online" and result["distill"]["data"]["train_conversations"] > 1000
+    kl = [r["kl"] for r in metrics(run.run) if "kl" in r]
+    assert len(kl) == 40 and sum(kl[-5:]) / 5 < 0.5 * sum(kl[:5]) / 5, kl
+
+
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm_cluster")
-def test_sequence_level_distillation_under_slurm(tmp_path):
+def test_sequence_level_distillation_under_slurm(tmp_path, chat_teacher):
     import json
 
     import post_fixtures as pf
 
-    task = pf.make_task(tmp_path / "task")
+    task, teacher = chat_teacher
     prompts = pf.write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": pf.prompt(w)} for w in task["held_out"][:40]])
-    sft = launcher.launch(RECIPES / "sft" / "gpt-tiny-chat.yaml",
-                          [f"output.root={tmp_path / 'teacher'}", f"data.train=[{task['train']}]", f"data.tokenizer={task['tokenizer']}",
-                           "tracking.mode=disabled", "checkpoint.load=null", "train.steps=250", "train.eval_every=250"], on="local")
-    teacher = sft.run.task_dir("train", 0) / "checkpoints"
     run = launcher.launch(SEQUENCE, [f"output.root={tmp_path / 'runs'}", f"teacher.checkpoint={teacher}",
                                      f"sequence.prompts=[{prompts}]", f"sequence.tokenizer={task['tokenizer']}",
                                      "tracking.mode=offline", "train.steps=60", "train.eval_every=60"], on="slurm")

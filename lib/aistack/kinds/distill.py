@@ -1,6 +1,7 @@
 """`kind: distill`: a student learns from a frozen teacher.
 
-method: logit      Hinton et al. (2015) on the `data:` block's pretraining corpus:
+method: logit      Hinton et al. (2015) on the `data:` block's pretraining corpus, or on the
+                   `chat:` block's records (assistant tokens only, as SFT; online only):
                    loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE.
                    logit.source online: the teacher runs beside the student in the same job;
                    offline: an array job (logit.shards tasks) first writes the teacher's
@@ -19,7 +20,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from aistack.kinds.pretrain import CHECKPOINTS, SPEED_KEYS, DataConfig, ModelConfig, ParallelConfig, TrainConfig, estimate
-from aistack.kinds.sft import FinetuneCheckpointConfig
+from aistack.kinds.sft import ChatDataConfig, FinetuneCheckpointConfig
 from aistack.recipe.kinds import JobSpec, KindSpec, single_node
 from aistack.model.layout import check_layout
 from aistack.recipe.errors import RecipeError
@@ -77,6 +78,8 @@ class DistillRecipe(Recipe):
     model: ModelConfig = Field(default_factory=ModelConfig, description="the student")
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     data: DataConfig = Field(default_factory=DataConfig, description="method logit: the corpus both models read")
+    chat: ChatDataConfig | None = Field(default=None, description="method logit, instead of data: chat records both models "
+                                        "read, the loss on assistant tokens only (teacher online)")
     logit: LogitConfig = Field(default_factory=LogitConfig)
     sequence: SequenceConfig | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -91,8 +94,12 @@ class DistillRecipe(Recipe):
     @model_validator(mode="after")
     def _method_inputs(self):
         if self.method == "logit":
-            if not self.data.paths:
-                raise ValueError("method logit needs data.paths (the corpus teacher and student read)")
+            if bool(self.data.paths) == (self.chat is not None):
+                raise ValueError("method logit needs one of data.paths (a pretraining corpus) and chat (chat records): "
+                                 "what teacher and student read")
+            if self.chat is not None and self.logit.source == "offline":
+                raise ValueError("logit.source offline stores the teacher's top-k for a pretraining corpus (data.paths); "
+                                 "with chat records the teacher runs online (logit.online_top_k=true gives the top-k loss)")
             if self.teacher.model.seq_length != self.model.seq_length:
                 raise ValueError(f"teacher.model.seq_length {self.teacher.model.seq_length} != model.seq_length "
                                  f"{self.model.seq_length}: both read the same sequences")

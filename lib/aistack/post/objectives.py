@@ -67,16 +67,22 @@ class _WithTeacherTopK:
 
 
 class DistillObjective(Objective):
-    """Logit distillation on the recipe's pretraining data (`data:` block, as in pretrain)."""
+    """Logit distillation on the recipe's pretraining data (`data:` block, as in pretrain), or
+    on its chat records (`chat:` block, read as SFT reads them: assistant tokens carry the loss)."""
 
     metric_keys = ("ce", "kl")
 
     def __init__(self, store_path: Path | None = None):
         self.store_path = store_path  # offline: the teacher's top-k store
         self.teacher = None
+        self.chat_data: SFTObjective | None = None  # chat records: SFT's batches
 
     def vocab_size(self, recipe: Any) -> int:
-        vocab = super().vocab_size(recipe)
+        if getattr(recipe, "chat", None) is not None:
+            self.chat_data = SFTObjective(recipe.chat)
+            vocab = self.chat_data.vocab_size(recipe)
+        else:
+            vocab = super().vocab_size(recipe)
         check_shared_vocab(recipe, vocab)
         self.vocab = vocab
         self.loss = KDLoss(recipe.logit.alpha, recipe.logit.temperature)
@@ -91,6 +97,8 @@ class DistillObjective(Objective):
             self.teacher = load_teacher(recipe, layout.tp)
 
     def readers(self, recipe: Any, layout: Any, ctx: Any):
+        if self.chat_data is not None:
+            return self.chat_data.readers(recipe, layout, ctx)
         train, valid = super().readers(recipe, layout, ctx)
         if recipe.logit.source == "offline":
             store = TopKStore(self.store_path)
@@ -102,11 +110,12 @@ class DistillObjective(Objective):
         if not model.training:  # validation: plain cross-entropy, as pretraining reports it
             return lm_forward_step(data_iterator, model)
         batch = {k: v.to(_device()) for k, v in next(data_iterator).items()}
-        logits = model(batch["tokens"], batch["position_ids"], attention_mask=None)  # [b, s, V/tp]
+        mask = batch.get("attention_mask")  # packed chat records: each attends within its own
+        logits = model(batch["tokens"], batch["position_ids"], attention_mask=mask)  # [b, s, V/tp]
         teacher_logits = None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = gather_vocab(self.teacher(batch["tokens"], batch["position_ids"], attention_mask=None))
+                teacher_logits = gather_vocab(self.teacher(batch["tokens"], batch["position_ids"], attention_mask=mask))
                 if self.online_top_k:  # what the offline store would hold: top-k ids, float16 values
                     batch["teacher_ids"], batch["teacher_values"] = topk(teacher_logits, self.online_top_k, self.vocab)
                     teacher_logits = None
@@ -121,7 +130,8 @@ class DistillObjective(Objective):
 
     def summary(self) -> dict[str, Any]:
         return {"distill": {"source": "online" if self.teacher is not None else "offline",
-                            "store": str(self.store_path) if self.store_path else None}}
+                            "store": str(self.store_path) if self.store_path else None,
+                            **({"data": self.chat_data.stats} if self.chat_data is not None else {})}}
 
 
 def _device() -> torch.device:
@@ -167,12 +177,15 @@ def teacher_vocab_size(recipe: Any) -> int:
 def check_shared_vocab(recipe: Any, student_vocab: int) -> None:
     """Logit distillation compares distributions token by token: one vocabulary for both."""
     teacher_vocab = teacher_vocab_size(recipe)
-    t_tok, s_tok = recipe.teacher.tokenizer, recipe.data.tokenizer
+    chat = getattr(recipe, "chat", None)
+    t_tok, s_tok = recipe.teacher.tokenizer, chat.tokenizer if chat is not None else recipe.data.tokenizer
+    if s_tok and Path(s_tok).is_dir():  # a chat tokenizer given as its folder
+        s_tok = str(Path(s_tok) / "tokenizer.json")
     if t_tok and s_tok and Path(t_tok).resolve() != Path(s_tok).resolve():
         from tokenizers import Tokenizer
 
         if Tokenizer.from_file(t_tok).get_vocab(with_added_tokens=True) != Tokenizer.from_file(s_tok).get_vocab(with_added_tokens=True):
-            raise ValueError(f"teacher.tokenizer {t_tok} and data.tokenizer {s_tok} have different vocabularies: "
+            raise ValueError(f"teacher.tokenizer {t_tok} and the student's tokenizer {s_tok} have different vocabularies: "
                              "logit distillation needs teacher and student to share one (use method: sequence otherwise)")
     if teacher_vocab != student_vocab:
         raise ValueError(f"teacher vocabulary ({teacher_vocab} tokens, teacher.model.vocab_size) differs from the student's "
