@@ -90,7 +90,8 @@ def main() -> None:
     student = [f"model.num_layers={STUDENT_LAYERS}", "checkpoint.load=null"]
     teacher_block = [f"teacher.checkpoint={teacher}"] + [
         f"teacher.model.{k}={v}" for k, v in teacher_model.model_dump().items() if v is not None]
-    corpus = [f"data.paths=[{{path: {pretrain_recipe.data.paths[0].path}}}]", f"data.split={pretrain_recipe.data.split}"]
+    corpus = [f"data.paths=[{{path: {pretrain_recipe.data.paths[0].path}}}]", f"data.split={pretrain_recipe.data.split}",
+              f"data.tokenizer={pretrain_recipe.data.tokenizer}"]
     chat_data = load_recipe(sft_recipe).recipe.data
     chat = ["data.paths=[]", f"chat.train=[{','.join(chat_data.train)}]", f"chat.tokenizer={chat_data.tokenizer}"]
     same_model = [f"model.{k}={v}" for k, v in teacher_model.model_dump().items() if v is not None and k != "num_layers"]

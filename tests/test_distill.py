@@ -200,6 +200,9 @@ def test_logit_distillation_on_chat_records(tmp_path, chat_teacher):
     assert result["distill"]["source"] == "online" and result["distill"]["data"]["train_conversations"] > 1000
     kl = [r["kl"] for r in metrics(run.run) if "kl" in r]
     assert len(kl) == 40 and sum(kl[-5:]) / 5 < 0.5 * sum(kl[:5]) / 5, kl
+    from aistack.model.estimate import tokenizer_file
+
+    assert tokenizer_file(run.loaded.recipe) == Path(task["tokenizer"]), "what evaluation and export read the student with"
 
 
 @pytest.mark.slurm

@@ -547,8 +547,9 @@ def cmd_export(args) -> int:
     if vocab is None:
         raise RecipeError.single(str(run.recipe_file), "model.vocab_size", None,
                                  "a vocabulary size (or a data.tokenizer file that exists) to export")
-    # SFT and sequence-level distillation: the chat format the model was trained on goes with it.
-    chat_data, chat_template = getattr(recipe, "sequence", None) or getattr(recipe, "data", None), None
+    # SFT and distillation on chat records: the chat format the model was trained on goes with it.
+    chat_data = getattr(recipe, "sequence", None) or getattr(recipe, "chat", None) or getattr(recipe, "data", None)
+    chat_template = None
     if getattr(chat_data, "chat_template", None):
         from aistack.post.chat import load_chat_tokenizer
 

@@ -40,7 +40,7 @@ class AistackLM(TemplateLM):
 
             source = describe(checkpoint_dirs(checkpoint)[0], tokenizer=tokenizer)
         if source.tokenizer is None:
-            raise ValueError(f"{source.path}: no tokenizer.json (its run's recipe names no data.tokenizer or sequence.tokenizer): pass tokenizer=PATH")
+            raise ValueError(f"{source.path}: no tokenizer.json (its run's recipe names no data.tokenizer, chat.tokenizer or sequence.tokenizer): pass tokenizer=PATH")
         from tokenizers import Tokenizer
 
         self.source = source

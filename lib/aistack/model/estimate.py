@@ -230,8 +230,10 @@ def device_for(*constraints: str | None) -> str | None:
 
 def recipe_tokenizer(data: dict) -> str | None:
     """The tokenizer a run trained with, from its recipe data: data.tokenizer (pretrain, SFT,
-    logit distillation) or sequence.tokenizer (sequence-level distillation)."""
-    return (data.get("data") or {}).get("tokenizer") or (data.get("sequence") or {}).get("tokenizer")
+    logit distillation), chat.tokenizer (logit distillation on chat records) or
+    sequence.tokenizer (sequence-level distillation)."""
+    return next((block["tokenizer"] for block in (data.get("data"), data.get("chat"), data.get("sequence"))
+                 if block and block.get("tokenizer")), None)
 
 
 def tokenizer_file(recipe: Any) -> Path | None:
