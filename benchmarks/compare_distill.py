@@ -95,9 +95,9 @@ def main() -> None:
     chat_data = load_recipe(sft_recipe).recipe.data
     chat = ["data.paths=[]", f"chat.train=[{','.join(chat_data.train)}]", f"chat.tokenizer={chat_data.tokenizer}"]
     same_model = [f"model.{k}={v}" for k, v in teacher_model.model_dump().items() if v is not None and k != "num_layers"]
-    lr = load_recipe(distill_recipe).recipe.train
-    schedule = [f"train.lr={lr.lr}", f"train.min_lr={lr.min_lr}", f"train.warmup_steps={lr.warmup_steps}",
-                f"train.micro_batch_size={lr.micro_batch_size}", f"train.global_batch_size={lr.global_batch_size}"]
+    demo_student = load_recipe(distill_recipe).recipe.train  # every student trains as the demo's does
+    schedule = [f"train.{key}={getattr(demo_student, key)}"
+                for key in ("lr", "min_lr", "warmup_steps", "micro_batch_size", "global_batch_size")]
     logit = [*student, *same_model, *teacher_block, *schedule, "logit.top_k=32"]
 
     students = {
