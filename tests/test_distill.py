@@ -192,7 +192,8 @@ def test_logit_distillation_on_chat_records(tmp_path, chat_teacher):
     chat = ["data.paths=[]", f"chat.train=[{task['train']}]", f"chat.tokenizer={task['tokenizer']}"]
     base = [f"output.root={tmp_path}", f"teacher.checkpoint={teacher}", "tracking.mode=disabled", *chat]
     for wrong, says in ((["logit.source=offline"], "with chat records the teacher runs online"),
-                        ([f"data.paths=[{{path: {tmp_path}}}]"], "one of data.paths")):
+                        ([f"data.paths=[{{path: {tmp_path}}}]"], "one of data.paths"),
+                        (["method=sequence"], "chat is read by method logit")):
         with pytest.raises(RecipeError, match=says):
             launcher.prepare(LOGIT, [*base, *wrong], on="local")
     run = launcher.launch(LOGIT, [*base, "train.steps=40", "train.eval_every=40", "logit.alpha=1.0"], on="local")

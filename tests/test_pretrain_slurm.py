@@ -33,9 +33,9 @@ def reference(tiny_data, tmp_path_factory, slurm_cluster):
     return launcher.launch(TINY, args(tmp_path_factory.mktemp("ref"), tiny_data, "checkpoint.every=1000"), on="slurm")
 
 
-def args(root, data, *extra, steps=STEPS):
+def args(root, data, *extra):
     # Wider and longer than the CI default so that a step takes long enough to requeue mid-run.
-    return [f"output.root={root}", f"data.paths=[{{path: {data}}}]", "tracking.mode=offline", f"train.steps={steps}",
+    return [f"output.root={root}", f"data.paths=[{{path: {data}}}]", "tracking.mode=offline", f"train.steps={STEPS}",
             "model.hidden_size=128", "model.seq_length=128", "train.eval_every=50", *extra]
 
 

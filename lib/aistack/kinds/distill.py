@@ -105,6 +105,9 @@ class DistillRecipe(Recipe):
                                  f"{self.model.seq_length}: both read the same sequences")
             if self.logit.source == "offline" and self.logit.top_k > (self.model.vocab_size or self.logit.top_k):
                 raise ValueError(f"logit.top_k {self.logit.top_k} exceeds model.vocab_size {self.model.vocab_size}")
+        elif self.chat is not None:
+            raise ValueError("chat is read by method logit; method sequence finetunes on the teacher's answers to "
+                             "sequence.prompts")
         elif self.sequence is None or not self.sequence.prompts:
             raise ValueError("method sequence needs sequence.prompts (and sequence.tokenizer)")
         return self
