@@ -14,6 +14,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from aistack import lazy_compile
+
 
 def _width(stream) -> int | None:
     """A terminal's own width; piped or logged output is not cut at rich's default of 80
@@ -32,6 +34,7 @@ def _runs_root() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lazy_compile.install()  # export, report: commands that load a model import megatron
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may also follow options (`aistack run r.yaml --on local train.lr=1e-3`).
