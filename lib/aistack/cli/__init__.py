@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from aistack import lazy_compile
+from aistack import lean_imports
 
 
 def _width(stream) -> int | None:
@@ -34,7 +34,7 @@ def _runs_root() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    lazy_compile.install()  # export, report: commands that load a model import megatron
+    lean_imports.install()  # export, report: commands that load a model import megatron
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may also follow options (`aistack run r.yaml --on local train.lr=1e-3`).

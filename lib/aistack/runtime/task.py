@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from aistack import lazy_compile
+from aistack import lean_imports
 from aistack.rundir import RunDir
 from aistack.track import wandb_run
 from aistack.track.metrics import MetricsFile
@@ -141,7 +141,7 @@ class TaskRunner:
         # Watch before the set-up: a preemption during it (W&B's start takes seconds) must not
         # end the task, or Slurm records the job as failed instead of requeueing it.
         terminated = watch_sigterm(sigterm_at)
-        lazy_compile.install()  # seconds off each task that imports megatron
+        lean_imports.install()  # seconds off each task that imports megatron or spaCy
         run = RunDir(Path(self.run_path))
         if run.is_done(self.job, self.task_id):
             return run.task_result(self.job, self.task_id)["result"]
