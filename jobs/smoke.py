@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import sys
 import time
@@ -51,11 +52,12 @@ def run(ctx: TaskContext) -> dict:
 
 
 def _ran_in() -> dict:
-    """Where the shard ran: the interpreter, and the image's label when it ran in the image
-    that `make container-bundle` builds (containers/oci/build.sh writes /etc/aistack-image)."""
+    """Where the shard ran: the interpreter, the image's label when it ran in the image that
+    `make container-bundle` builds (containers/oci/build.sh writes /etc/aistack-image), and
+    its share of the CPUs (OpenMP threads: aistack.runtime.task.share_cpus)."""
     label = Path("/etc/aistack-image")
     return {"python": sys.executable, "version": platform.python_version(),
-            "image": label.read_text().strip() if label.is_file() else None}
+            "image": label.read_text().strip() if label.is_file() else None, "omp_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def _all_reduce_ranks() -> float:

@@ -176,3 +176,31 @@ def test_the_node_entry_catches_sigterm_before_it_imports_anything_of_aistack(un
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**env, **({"SLURM_JOB_ID": "1"} if under_slurm else {})})
     assert done.stdout.strip() == str(under_slurm), done.stderr[-2000:]
+
+
+def test_a_slurm_task_runs_as_many_openmp_threads_as_its_cpus_per_task_unless_told():
+    from aistack.runtime.task import share_cpus
+
+    env = {"SLURM_CPUS_PER_TASK": "3"}
+    share_cpus(env)
+    assert env["OMP_NUM_THREADS"] == "3"
+    env = {"SLURM_CPUS_PER_TASK": "3", "OMP_NUM_THREADS": "8"}
+    share_cpus(env)
+    assert env["OMP_NUM_THREADS"] == "8", "the user's setting stays"
+    env = {}
+    share_cpus(env)
+    assert env == {}, "outside Slurm the executor decides"
+
+
+@pytest.mark.parametrize("told", [None, "3"])
+def test_local_tasks_share_the_cores_between_the_processes_that_run_at_once(tmp_path, monkeypatch, told):
+    from aistack.launch import launcher
+
+    if told:
+        monkeypatch.setenv("OMP_NUM_THREADS", told)
+    else:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    result = launcher.launch(SMOKE, [f"output.root={tmp_path}", "smoke.tasks=2", "smoke.steps=1", "smoke.step_seconds=0",
+                                     "resources.array_parallelism=2", "tracking.mode=disabled"], on="local")
+    threads = {result.run.task_result("map", t)["result"]["ran_in"]["omp_threads"] for t in (0, 1)}
+    assert threads == {told or str(max(1, (os.cpu_count() or 1) // 2))}

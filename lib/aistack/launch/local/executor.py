@@ -60,7 +60,10 @@ class SessionLocalExecutor(submitit.LocalExecutor):
     """submitit's LocalExecutor, each job's controller started as the leader of a new session
     (submitit.local.local.start_controller, plus start_new_session): its process group is the
     job, and signals meant for the aistack process (a terminal's Ctrl-C, a hangup) do not
-    reach its tasks behind its back."""
+    reach its tasks behind its back. `processes_at_once`: how many rank processes run at a time,
+    to give each its share of the cores (OMP_NUM_THREADS; see aistack.runtime.task.share_cpus)."""
+
+    processes_at_once = 1
 
     def _submit_command(self, command: str) -> submitit.local.local.LocalJob:
         ntasks = self.parameters.get("tasks_per_node", 1)
@@ -77,6 +80,8 @@ class SessionLocalExecutor(submitit.LocalExecutor):
             CUDA_VISIBLE_DEVICES=",".join(str(k) for k in range(self.parameters.get("gpus_per_node", 0))),
             SUBMITIT_LOCAL_WITH_SHELL="",
         )
+        if "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.processes_at_once))
         process = subprocess.Popen([sys.executable, "-m", CONTROLLER, str(self.folder)], env=env, start_new_session=True)
         return submitit.local.local.LocalJob(folder=self.folder, job_id=str(process.pid), process=process,
                                              tasks=list(range(ntasks)))
@@ -105,6 +110,7 @@ class LocalExecutor(Executor):
         gpus = min(res.gpus_per_node, local_gpu_count())  # submitit sets CUDA_VISIBLE_DEVICES from it
         executor.update_parameters(timeout_min=res.time, tasks_per_node=ranks, nodes=1, gpus_per_node=gpus)
         slots = max(1, min(res.array_parallelism, self.parallelism) // ranks) if ranks > 1 else min(res.array_parallelism, self.parallelism)
+        executor.processes_at_once = max(1, min(slots, len(pending))) * ranks
         track = wandb_per_task(job)
         queue = list(pending)
         running: dict[int, submitit.Job] = {}
