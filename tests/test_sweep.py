@@ -72,6 +72,45 @@ variants:
     assert pipeline.stage("sft.faster-sft").loaded.recipe.checkpoint.load == pipeline.stage("sft.as-written").loaded.recipe.checkpoint.load
 
 
+def test_seeds_repeat_each_variant_from_the_first_seeded_stage(tmp_path, monkeypatch):
+    from aistack.data.sample_crawl import build_corpus
+    from aistack.post.reverse_task import write_task
+
+    build_corpus(tmp_path / "crawl", shards=2, real=20, near_dups=2)
+    write_task(tmp_path / "chat")
+    monkeypatch.setenv("AISTACK_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("AISTACK_SAMPLE_CRAWL", str(tmp_path / "crawl"))
+    monkeypatch.setenv("AISTACK_CHAT_DIR", str(tmp_path / "chat"))
+    sweep = write_recipe(tmp_path / "sweep.yaml", f"""
+extends: {TINY}
+name: seeded
+variants:
+  as-written: {{}}
+  no-bad-words:
+    filter: {{filter.badwords.enabled: false}}
+seeds:
+  values: [1, 2]
+  set: {{pretrain: train.seed}}
+""")
+    pipeline = resolve(load_recipe(sweep), allow_missing=True)
+    names = [s.name for s in pipeline.stages]
+    # the filter differs per variant, not per seed; from pretraining on, one run per variant and seed
+    assert names[:6] == ["filter.as-written", "dedup.as-written", "tokenize.as-written",
+                         "pretrain.as-written.s1", "sft.as-written.s1", "distill.as-written.s1"]
+    assert {n for n in names if n.startswith("pretrain.")} == {f"pretrain.{v}.s{seed}" for v in ("as-written", "no-bad-words")
+                                                                 for seed in (1, 2)}
+    assert len({s.run.path for s in pipeline.stages}) == len(names) == 2 * 3 + 4 * 5 + 1
+    first, second = pipeline.stage("pretrain.as-written.s1"), pipeline.stage("pretrain.as-written.s2")
+    assert (first.loaded.recipe.train.seed, second.loaded.recipe.train.seed) == (1, 2)
+    assert (first.variant, first.seed) == ("as-written", 1)
+    assert pipeline.stage("sft.as-written.s2").needs == ("pretrain.as-written.s2", "tokenize.as-written")
+    shared = pipeline.stage("tokenize.no-bad-words")
+    assert (shared.variant, shared.seed) == ("no-bad-words", None), "a stage every seed shares has no seed"
+    report = pipeline.stages[-1].loaded.recipe.report.stages
+    assert {(r.name, r.variant, r.seed) for r in report if r.kind == "pretrain"} == {
+        (f"pretrain.{v}.s{seed}", v, seed) for v in ("as-written", "no-bad-words") for seed in (1, 2)}
+
+
 def test_a_variant_naming_no_stage_of_the_pipeline_exits_2_naming_it(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "sweep.yaml", SWEEP.format(root=tmp_path / "runs", smoke=SMOKE)
                           + "  typo:\n    secnod: {smoke.steps: 3}\n")

@@ -86,5 +86,33 @@ def test_a_sweeps_variants_are_compared_in_one_table_and_a_winner_only_beyond_no
     assert "**Data (filtered)**: 234 documents read, 37 kept (16%) after filter.filtered" in results
     assert "**Data (unfiltered)**: 234 documents read, 214 kept (91%) after filter.unfiltered" in results
     assert ("**heldout bits_per_byte**: best pretrain.filtered (step 60), 2.5 (vs pretrain.unfiltered (step 60) 2.9) "
-            "(lm-eval gives no standard error") in results
+            "(no standard error for this metric") in results
     assert "**words exact_match**: no model leads by more than two standard errors" in results
+
+
+def test_seeds_are_pooled_into_a_mean_with_its_standard_error_and_a_win_needs_more_than_their_spread(tmp_path):
+    """Two variants at three seeds each: one row per variant (mean ± stdev / sqrt(3)); the
+    variant ahead in bits per byte by less than the seeds move it is not a winner, the one
+    ahead in exact match by far more is."""
+    header = "run,step,checkpoint,task,metric,value\n"
+    stages, evals = [], []
+    figures = {"a": ([2.50, 2.70, 2.60], [0.90, 0.92, 0.88]), "b": ([2.65, 2.55, 2.75], [0.20, 0.22, 0.18])}
+    for variant, (bpb, em) in figures.items():
+        for seed, (b, e) in enumerate(zip(bpb, em), start=1):
+            model = _stage(tmp_path, f"pretrain.{variant}.s{seed}", "pretrain")
+            evaluation = _stage(tmp_path, f"evaluate.{variant}.s{seed}", "evaluate")
+            name = Path(model["run"]).name
+            (Path(evaluation["run"]) / "results.csv").write_text(
+                header + f"{name},60,/c,heldout,bits_per_byte,{b}\n{name},60,/c,words,exact_match,{e}\n"
+                + f"{name},60,/c,words,exact_match_stderr,0.01\n")
+            stages.append({**model, "variant": variant, "seed": seed})
+            evals.append({**evaluation, "variant": variant, "seed": seed})
+    build("t", stages + evals, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    compared = md.split("## Evaluation: the variants compared", 1)[1].split("## Evaluation: evaluate.a.s1", 1)[0]
+    assert "| pretrain.a (mean of 3 seeds) | 60 | 2.6 ± 0.05774 | **0.9 ± 0.01155** |" in compared, compared
+    assert "| pretrain.b (mean of 3 seeds) | 60 | 2.65 ± 0.05774 | 0.2 ± 0.01155 |" in compared, compared
+    assert "pretrain.a.s1" not in compared, "a seed's own row is in its evaluation's section, not in the comparison"
+    results = md.split("## Results", 1)[1].split("## Stages", 1)[0]
+    assert "**heldout bits_per_byte**: no model leads by more than two standard errors" in results
+    assert "**words exact_match**: best pretrain.a (mean of 3 seeds) (step 60), 0.9" in results

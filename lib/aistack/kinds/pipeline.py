@@ -28,6 +28,16 @@ A pipeline may name `variants`, each a set of overrides on some of its stages:
 Each variant runs the pipeline with its overrides; stages that come out the same in every
 variant (those before the first stage a variant changes) are one run, shared; the others
 are named STAGE.VARIANT. The report compares the variants' evaluations in one table.
+`seeds` repeats every variant once per seed, the seed set on the stages it names:
+
+    seeds:
+      values: [1, 2, 3]
+      set: {pretrain: train.seed}     # STAGE: the key that takes the seed
+
+Stages before the first seeded one stay shared; the seeded ones are named STAGE.sSEED
+(STAGE.VARIANT.sSEED with variants). The report pools the seeds of each variant: the mean
+of each metric and its standard error over the seeds, so a lead within the noise of
+training is not called a win.
 The pipeline's `tracking` block applies to every stage (W&B group: the pipeline's name),
 and so does its `resources.container` when set (one image for the whole pipeline); the
 other resources are each stage's own.
@@ -61,6 +71,18 @@ class StageSpec(StrictModel):
         return value
 
 
+class SeedAxis(StrictModel):
+    values: list[int] = Field(min_length=2, description="the seeds: each variant runs once per seed (two at least: one is no axis)")
+    set: dict[Name, str] = Field(min_length=1, description="{STAGE: the dotted key that takes the seed}, e.g. {pretrain: train.seed}")
+
+    @field_validator("values")
+    @classmethod
+    def _distinct(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"distinct seeds (got {values})")
+        return values
+
+
 class PipelineRecipe(Recipe):
     kind: Literal["pipeline"] = "pipeline"
     stages: dict[Name, StageSpec] = Field(min_length=1, description="in order; each runs after the stages it reads")
@@ -69,6 +91,7 @@ class PipelineRecipe(Recipe):
         default_factory=dict,
         description="named variants of the pipeline, each {STAGE: overrides} on top of the stage's own; every variant "
                     "runs from the first stage it changes, the stages before it are shared, the report compares them")
+    seeds: SeedAxis | None = Field(default=None, description="every variant once per seed; the report pools the seeds")
 
     @model_validator(mode="after")
     def _variants_name_stages(self) -> "PipelineRecipe":
@@ -77,6 +100,9 @@ class PipelineRecipe(Recipe):
             if unknown:
                 raise ValueError(f"variants.{variant}: {unknown[0]!r} is not a stage of this pipeline "
                                  f"({', '.join(self.stages)})")
+        unknown = [name for name in (self.seeds.set if self.seeds else {}) if name not in self.stages]
+        if unknown:
+            raise ValueError(f"seeds.set: {unknown[0]!r} is not a stage of this pipeline ({', '.join(self.stages)})")
         return self
 
 

@@ -20,6 +20,7 @@ class ReportStage(StrictModel):
     kind: str
     run: str = Field(description="the stage's run directory")
     variant: Name | None = Field(default=None, description="the pipeline variant whose own stage this is (None: shared)")
+    seed: int | None = Field(default=None, description="the seed of a seeded branch whose own stage this is (None: shared)")
 
 
 class ReportConfig(StrictModel):

@@ -36,6 +36,7 @@ class Stage:
     needs: tuple[str, ...]  # stages that must finish first
     rehearses: Stage | None = None  # a rehearsal's stage: the real one it stands in for (rehearsal.py)
     variant: str | None = None  # a pipeline variant's own stage (NAME.VARIANT); None: every variant's
+    seed: int | None = None  # a seeded branch's own stage (NAME.sSEED); None: every seed's
 
     @property
     def kind(self) -> str:
@@ -128,44 +129,79 @@ def pipeline_dir(loaded: LoadedRecipe) -> RunDir:
     return RunDir((Path(recipe.output.root).expanduser() / recipe.name).absolute())
 
 
+@dataclass(frozen=True)
+class Branch:
+    """One variant of a pipeline at one seed (None: the pipeline as written, no seed axis)."""
+
+    variant: str | None
+    seed: int | None
+    overrides: dict[str, dict[str, Any]]  # stage -> overrides on top of the stage's own
+
+    @property
+    def label(self) -> str | None:
+        parts = [*([self.variant] if self.variant else []), *([f"s{self.seed}"] if self.seed is not None else [])]
+        return ".".join(parts) or None
+
+    @property
+    def description(self) -> str | None:
+        """How an error names the branch: "variant V", "seed S" or both."""
+        parts = [*([f"variant {self.variant}"] if self.variant else []), *([f"seed {self.seed}"] if self.seed is not None else [])]
+        return ", ".join(parts) or None
+
+
+def branches(recipe: Any) -> list[Branch]:
+    """`variants` x `seeds.values`: the seed set, on top of the variant's own overrides, at the keys `seeds.set` names."""
+    variants = list(recipe.variants.items()) if recipe.variants else [(None, {})]
+    if recipe.seeds is None:
+        return [Branch(variant, None, extra) for variant, extra in variants]
+    return [Branch(variant, seed, {**extra, **{stage: deep_merge(expand_dotted(extra.get(stage, {})), expand_dotted({key: seed}))
+                                               for stage, key in recipe.seeds.set.items()}})
+            for variant, extra in variants for seed in recipe.seeds.values]
+
+
 def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
     """The stages of a pipeline recipe (a plain recipe is a pipeline of one), planned.
 
-    With `variants`, each variant is the pipeline with its overrides on top; a stage that
-    comes out the same in several variants (same resolved recipe, so the same run
-    directory) is one stage, named as in the pipeline when every variant shares it and
-    `NAME.VARIANT` otherwise (VARIANT: the first variant that has it)."""
+    With `variants` (and `seeds`), each variant (at each seed) is the pipeline with its
+    overrides on top; a stage that comes out the same in several of them (same resolved
+    recipe, so the same run directory) is one stage. It keeps the pipeline's name when every
+    branch shares it; otherwise the name says what its branches have in common: NAME.VARIANT,
+    NAME.sSEED or NAME.VARIANT.sSEED (of the first branch that has it)."""
     if loaded.kind != "pipeline":
         return single_stage(loaded)
     recipe = loaded.recipe
     pdir = pipeline_dir(loaded)
     missing: list[str] = []
-    branches = [(variant, _resolve_branch(loaded, pdir, extra, variant, allow_missing, missing))
-                for variant, extra in (recipe.variants.items() if recipe.variants else [(None, {})])]
-    users: dict[Path, list[str | None]] = {}
-    for variant, branch in branches:
-        for stage in branch:
-            users.setdefault(stage.run.path, []).append(variant)
+    resolved = [(branch, _resolve_branch(loaded, pdir, branch.overrides, branch.description, allow_missing, missing))
+                for branch in branches(recipe)]
+    users: dict[Path, list[Branch]] = {}
+    for branch, branch_stages in resolved:
+        for stage in branch_stages:
+            users.setdefault(stage.run.path, []).append(branch)
     stages: list[Stage] = []
     named: dict[Path, Stage] = {}
-    for variant, branch in branches:
+    for branch, branch_stages in resolved:
         final = {}  # this branch's stage names -> the stages they became
-        for stage in branch:
+        for stage in branch_stages:
+            base = stage.name
             shared = named.get(stage.run.path)
             if shared is None:
                 owners = users[stage.run.path]
-                if len(owners) < len(branches):
-                    stage.name, stage.variant = f"{stage.name}.{owners[0]}", owners[0]
+                if len(owners) < len(resolved):
+                    variants, seeds = {b.variant for b in owners}, {b.seed for b in owners}
+                    stage.variant = owners[0].variant if len(variants) == 1 else None
+                    stage.seed = owners[0].seed if len(seeds) == 1 else None
+                    stage.name = ".".join([base, *Branch(stage.variant, stage.seed, {}).label.split(".")])
                 stage.needs = tuple(final[need].name for need in stage.needs)
                 named[stage.run.path] = shared = stage
                 stages.append(stage)
-            final[stage.name if stage.variant is None else stage.name[: -len(stage.variant) - 1]] = shared
+            final[base] = shared
     if recipe.report:
         stages.append(_report_stage(loaded, pdir, stages))
     return Pipeline(loaded, pdir, stages, sorted(set(missing)))
 
 
-def _resolve_branch(loaded: LoadedRecipe, pdir: RunDir, extra: dict[str, dict[str, Any]], variant: str | None,
+def _resolve_branch(loaded: LoadedRecipe, pdir: RunDir, extra: dict[str, dict[str, Any]], branch: str | None,
                     allow_missing: bool, missing: list[str]) -> list[Stage]:
     """The pipeline's stages with one variant's overrides (`extra`: stage -> overrides)."""
     recipe = loaded.recipe
@@ -181,7 +217,7 @@ def _resolve_branch(loaded: LoadedRecipe, pdir: RunDir, extra: dict[str, dict[st
         source = _recipe_source(spec.recipe, loaded, file, key)
         overrides = deep_merge(overrides, _placement(loaded, name, pdir))
         upstream = {where: _shards(s) for s in stages for where in _locations(s)}
-        with deferring(upstream, allow_missing) as deferral, _in_stage(name if variant is None else f"{name} (variant {variant})", file):
+        with deferring(upstream, allow_missing) as deferral, _in_stage(name if branch is None else f"{name} ({branch})", file):
             stage_loaded = load_stage(source, file, f"{key}.recipe", overrides, refs)
             if not spec_for(stage_loaded.kind).stage:
                 raise RecipeError.single(str(file), f"{key}.recipe", stage_loaded.kind, "a recipe of a stage kind (not pipeline or report)")
@@ -280,8 +316,8 @@ def _report_stage(loaded: LoadedRecipe, pdir: RunDir, stages: list[Stage]) -> St
         "kind": "report",
         "report": {
             "title": f"pipeline {loaded.recipe.name}",
-            "stages": [{"name": s.name, "kind": s.kind, "run": str(s.run.path), **({"variant": s.variant} if s.variant else {})}
-                       for s in stages],
+            "stages": [{"name": s.name, "kind": s.kind, "run": str(s.run.path), **({"variant": s.variant} if s.variant else {}),
+                        **({"seed": s.seed} if s.seed is not None else {})} for s in stages],
             "copy_to": str(pdir.path),
         },
         "resources": {"nodes": 1, "tasks_per_node": 1, "time": 20},

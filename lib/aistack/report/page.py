@@ -17,6 +17,7 @@ from typing import Any
 
 from aistack.recipe.kinds import spec_for
 from aistack.report.compare import STDERR, clear_best
+from aistack.report.seeds import pool_seeds
 from aistack.report.results import csv_rows, number
 from aistack.rundir import RunDir, atomic_write_text, elapsed, read_json, read_plan_jobs
 from aistack.track.metrics import read_metrics
@@ -159,9 +160,13 @@ def _compared_section(evaluations: list[dict[str, str]], stages: list[dict[str, 
     if not rows:
         section.text.append("no results.csv yet: the evaluations have not finished")
         return section
-    section.tables.append(eval_pivot(rows, model_labels(stages)))
+    rows, pooled = pool_seeds(rows, stages)
+    section.tables.append(eval_pivot(rows, {**model_labels(stages), **pooled}))
     section.text.append("every evaluated model of every variant (a stage the variants share is evaluated once per "
                         "variant, with the same figures); bold: a lead of more than two standard errors")
+    if pooled:
+        section.text.append("a model trained at several seeds is one row: the mean over its seeds, ± the standard error "
+                            "of that mean (the seeds' spread); each seed's own figures are in its evaluation's section")
     return section
 
 

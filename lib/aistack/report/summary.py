@@ -11,6 +11,7 @@ from typing import Any
 from aistack.recipe.kinds import spec_for
 from aistack.report.compare import STDERR, clear_best, higher_is_better
 from aistack.report.results import csv_rows, number
+from aistack.report.seeds import pool_seeds
 from aistack.rundir import RunDir, read_json
 
 
@@ -28,7 +29,9 @@ def summary_lines(stages: list[dict[str, str]], labels: dict[str, str]) -> list[
     for stage in by_section["evaluation"]:
         lines += _eval_lines(stage, labels)
     if len(by_section["evaluation"]) > 1:
-        lines += _winner_lines(by_section["evaluation"], labels)
+        rows = [row for s in by_section["evaluation"] for row in csv_rows(Path(s["run"]) / "results.csv") or []]
+        rows, pooled = pool_seeds(rows, stages)
+        lines += _winner_lines(rows, {**labels, **pooled})
     lines += [line for s in by_section["benchmark"] if (line := _bench_line(s))]
     return lines
 
@@ -91,16 +94,15 @@ def _eval_lines(stage: dict[str, str], labels: dict[str, str]) -> list[str]:
     return lines
 
 
-def _winner_lines(evaluations: list[dict[str, str]], labels: dict[str, str]) -> list[str]:
-    """Of a pipeline's variants, the model that leads each task's headline metric by more
-    than two standard errors, or that none does."""
+def _winner_lines(rows: list[dict[str, str]], labels: dict[str, str]) -> list[str]:
+    """Of a pipeline's variants (their evaluations' rows, seeds pooled), the model that leads
+    each task's headline metric by more than two standard errors, or that none does."""
     models: dict[str, dict[tuple[str, str], float | None]] = {}
-    for stage in evaluations:
-        for row in csv_rows(Path(stage["run"]) / "results.csv") or []:
-            if (row.get("checkpoint") or "").startswith("untrained:"):
-                continue
-            label = f"{labels.get(row['run'], row['run'])} (step {row['step']})"
-            models.setdefault(label, {})[(row["task"], row["metric"])] = number(row["value"])
+    for row in rows:
+        if (row.get("checkpoint") or "").startswith("untrained:"):
+            continue
+        label = f"{labels.get(row['run'], row['run'])} (step {row['step']})"
+        models.setdefault(label, {})[(row["task"], row["metric"])] = number(row["value"])
     columns = sorted({col for values in models.values() for col in values if not col[1].endswith(STDERR)})
     lines = []
     for task, metric in columns:
@@ -114,7 +116,7 @@ def _winner_lines(evaluations: list[dict[str, str]], labels: dict[str, str]) -> 
         others = ", ".join(f"{label} {_fmt(values[(task, metric)])}" for label, values in models.items()
                            if label != winner and values.get((task, metric)) is not None)
         noise = ("" if any((task, metric + STDERR) in values for values in models.values())
-                 else " (lm-eval gives no standard error for this metric: one run each; seeds as variants measure the noise)")
+                 else " (no standard error for this metric: one run each; `seeds:` in the pipeline measures the noise)")
         lines.append(f"**{task} {metric}**: best {winner}, {_fmt(best)} (vs {others}){noise}")
     return lines
 
