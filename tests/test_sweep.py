@@ -40,7 +40,9 @@ variants:
 """
 
 
-def test_variants_share_the_stages_before_the_first_they_change(tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_inputs(tmp_path, monkeypatch):
+    """The tiny pipeline's inputs (a crawl, the chat task), small: these tests only plan it."""
     from aistack.data.sample_crawl import build_corpus
     from aistack.post.reverse_task import write_task
 
@@ -49,6 +51,10 @@ def test_variants_share_the_stages_before_the_first_they_change(tmp_path, monkey
     monkeypatch.setenv("AISTACK_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("AISTACK_SAMPLE_CRAWL", str(tmp_path / "crawl"))
     monkeypatch.setenv("AISTACK_CHAT_DIR", str(tmp_path / "chat"))
+
+
+@pytest.mark.usefixtures("tiny_inputs")
+def test_variants_share_the_stages_before_the_first_they_change(tmp_path):
     plain = {s.name: s.run.name for s in resolve(load_recipe(TINY), allow_missing=True).stages}
     sweep = write_recipe(tmp_path / "sweep.yaml", f"""
 extends: {TINY}
@@ -72,15 +78,8 @@ variants:
     assert pipeline.stage("sft.faster-sft").loaded.recipe.checkpoint.load == pipeline.stage("sft.as-written").loaded.recipe.checkpoint.load
 
 
-def test_seeds_repeat_each_variant_from_the_first_seeded_stage(tmp_path, monkeypatch):
-    from aistack.data.sample_crawl import build_corpus
-    from aistack.post.reverse_task import write_task
-
-    build_corpus(tmp_path / "crawl", shards=2, real=20, near_dups=2)
-    write_task(tmp_path / "chat")
-    monkeypatch.setenv("AISTACK_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("AISTACK_SAMPLE_CRAWL", str(tmp_path / "crawl"))
-    monkeypatch.setenv("AISTACK_CHAT_DIR", str(tmp_path / "chat"))
+@pytest.mark.usefixtures("tiny_inputs")
+def test_seeds_repeat_each_variant_from_the_first_seeded_stage(tmp_path):
     sweep = write_recipe(tmp_path / "sweep.yaml", f"""
 extends: {TINY}
 name: seeded
