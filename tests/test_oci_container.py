@@ -50,8 +50,10 @@ def test_smoke_runs_in_the_image_and_writes_to_the_mounted_run_dir(bundle, runs_
     for task in (0, 1):
         out = result.run.task_result("map", task)["result"]
         # The image's interpreter (Debian's python3 in the image's venv, not this venv's)
-        # and the image's label: the task ran inside the container.
-        assert out["ran_in"] == {"python": IMAGE_PYTHON, "version": out["ran_in"]["version"], "image": label}
+        # and the image's label: the task ran inside the container; its OpenMP threads are
+        # its cpus_per_task (1), as Slurm said in the container too.
+        assert out["ran_in"] == {"python": IMAGE_PYTHON, "version": out["ran_in"]["version"], "image": label,
+                                 "omp_threads": "1"}
         assert out["ran_in"]["python"] != sys.executable
         # What it wrote reached the run directory, mounted at the same path.
         assert (result.run.task_dir("map", task) / "metrics.jsonl").read_text().count("\n") == 3
