@@ -191,7 +191,8 @@ def resolve(loaded: LoadedRecipe, allow_missing: bool = False) -> Pipeline:
                     variants, seeds = {b.variant for b in owners}, {b.seed for b in owners}
                     stage.variant = owners[0].variant if len(variants) == 1 else None
                     stage.seed = owners[0].seed if len(seeds) == 1 else None
-                    stage.name = ".".join([base, *Branch(stage.variant, stage.seed, {}).label.split(".")])
+                    common = Branch(stage.variant, stage.seed, {}).label or owners[0].label  # nothing in common: the first's
+                    stage.name = f"{base}.{common}"
                 stage.needs = tuple(final[need].name for need in stage.needs)
                 named[stage.run.path] = shared = stage
                 stages.append(stage)
