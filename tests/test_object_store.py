@@ -61,19 +61,38 @@ def bucket_rows(fs, prefix):
             for p in sorted(fs.glob(f"{prefix}/*.parquet"))}
 
 
-def run_pipeline(root, warc: str, docs_to: str | None = None, extra=()):
-    """filter -> dedup -> tokenize here; returns the three runs and where the documents went."""
-    filt = launcher.launch(FINEWEB, [f"output.root={root}", f"filter.input.paths=[{warc}]", *FILTER, *extra,
-                                     *([f"filter.output.path={docs_to}/filter"] if docs_to else [])], on="local")
-    filtered = f"{docs_to}/filter" if docs_to else str(filt.run.path / "output" / "filter" / "documents")
-    dedup = launcher.launch(MINHASH, [f"output.root={root}", f"dedup.input.paths=[{filtered}]", *DEDUP,
-                                      *([f"dedup.output_path={docs_to}/dedup"] if docs_to else [])], on="local")
-    deduped = f"{docs_to}/dedup" if docs_to else str(dedup.run.path / "output" / "dedup" / "documents")
+def run_locally(root, warc_folder: str):
+    """filter -> dedup -> tokenize here, stage by stage, on local files: the reference."""
+    filt = launcher.launch(FINEWEB, [f"output.root={root}", f"filter.input.paths=[{warc_folder}]", *FILTER], on="local")
+    filtered = filt.run.path / "output" / "filter" / "documents"
+    dedup = launcher.launch(MINHASH, [f"output.root={root}", f"dedup.input.paths=[{filtered}]", *DEDUP], on="local")
+    deduped = dedup.run.path / "output" / "dedup" / "documents"
     tok = launcher.launch(TOKENIZE, [f"output.root={root}", f"tokenize.input.paths=[{deduped}]", *TOKEN], on="local")
     return filt, dedup, tok
 
 
+def bucketed_pipeline(path, root, listing: str, docs_to: str):
+    """The same three stages as one pipeline, documents in the bucket: each stage reads
+    `${stages.X.output}`, which is where X wrote (the bucket), not its run directory."""
+    stages = {
+        "filter": {"recipe": str(FINEWEB), "overrides": {
+            **_overrides(FILTER[1:]), "filter.input.paths": [listing], "filter.input.paths_base": "s3://crawl-input/",
+            "filter.output.path": f"{docs_to}/filter"}},
+        "dedup": {"recipe": str(MINHASH), "overrides": {
+            **_overrides(DEDUP[1:]), "dedup.input.paths": ["${stages.filter.output}"], "dedup.output_path": f"{docs_to}/dedup"}},
+        "tokenize": {"recipe": str(TOKENIZE), "overrides": {
+            **_overrides(TOKEN[1:]), "tokenize.input.paths": ["${stages.dedup.output}"]}},
+    }
+    path.write_text(yaml.safe_dump({"kind": "pipeline", "name": "bucketed", "output": {"root": str(root)},
+                                    "tracking": {"mode": "disabled"}, "report": False, "stages": stages}, sort_keys=False))
+    return path
+
+
 def test_pipeline_on_s3_matches_the_pipeline_on_local_files(s3, tmp_path):
+    from aistack.cli import main
+    from aistack.launch.stages import resolve
+    from aistack.recipe import load_recipe
+
     corpus = build_corpus(tmp_path / "crawl", shards=2, real=24, blocked=2, boilerplate=2, near_dups=4, toxic=2)
     s3.mkdir("crawl-input")
     s3.mkdir("crawl-output")
@@ -82,13 +101,19 @@ def test_pipeline_on_s3_matches_the_pipeline_on_local_files(s3, tmp_path):
         s3.put_file(str(shard), f"crawl-input/{key}")
     s3.pipe_file("crawl-input/listings/warc.paths.gz", gzip.compress("".join(k + "\n" for k in keys).encode()))
 
-    local = run_pipeline(tmp_path / "local", str(corpus.shards[0].parent))
-    remote = run_pipeline(tmp_path / "remote", "s3://crawl-input/listings/warc.paths.gz", "s3://crawl-output/docs",
-                          extra=["filter.input.paths_base=s3://crawl-input/"])
+    local = run_locally(tmp_path / "local", str(corpus.shards[0].parent))
+    recipe = bucketed_pipeline(tmp_path / "pipe.yaml", tmp_path / "runs", "s3://crawl-input/listings/warc.paths.gz",
+                               "s3://crawl-output/docs")
+    assert main(["run", str(recipe), "--on", "local"]) == 0
+    pipeline = resolve(load_recipe(recipe))
+    remote = [pipeline.stage(name) for name in ("filter", "dedup", "tokenize")]
+    # Each stage read where the one before it wrote, planned before that existed.
+    assert remote[1].loaded.recipe.dedup.input.paths == ["s3://crawl-output/docs/filter"]
+    assert remote[2].loaded.recipe.tokenize.input.paths == ["s3://crawl-output/docs/dedup"]
 
     # The run directories stay here; the documents are in the bucket and only there.
-    for run, kind in zip(remote[:2], ("filter", "dedup")):
-        assert not list((run.run.path / "output" / kind).rglob("*.parquet")), f"{kind} documents written locally"
+    for stage, kind in zip(remote[:2], ("filter", "dedup")):
+        assert not list((stage.run.path / "output" / kind).rglob("*.parquet")), f"{kind} documents written locally"
     filtered = bucket_rows(s3, "crawl-output/docs/filter")
     assert filtered == local_rows(local[0].run.path / "output" / "filter" / "documents")
     assert len(filtered) == 2, "one file per filter shard: both listed WARC files were read"
@@ -101,6 +126,11 @@ def test_pipeline_on_s3_matches_the_pipeline_on_local_files(s3, tmp_path):
     for name in ("data.bin", "data.idx", "tokenizer.json"):
         assert (out_remote / name).read_bytes() == (out_local / name).read_bytes(), name
     assert (out_remote / "data.bin").stat().st_size > 1000
+
+    # A changed filter changes what dedup reads, though not its location: dedup and tokenize rerun.
+    changed = resolve(load_recipe(recipe, ["stages.filter.overrides.filter.extract.timeout=31"]))
+    assert changed.stage("dedup").run.name != remote[1].run.name
+    assert changed.stage("tokenize").run.name != remote[2].run.name
 
 
 def test_remote_inputs_checked_at_plan_time(s3, tmp_path, capsys, monkeypatch):
@@ -138,40 +168,3 @@ def test_remote_inputs_checked_at_plan_time(s3, tmp_path, capsys, monkeypatch):
 
 def _overrides(items) -> dict:
     return {k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in items)}
-
-
-def test_a_pipeline_reads_a_stage_output_moved_to_a_bucket(s3, tmp_path):
-    """`${stages.filter.output}` is where filter wrote (the bucket), not its run directory;
-    the stage reading it is planned before that exists, and reruns when filter changes."""
-    from aistack.launch.stages import resolve
-    from aistack.recipe import load_recipe
-
-    corpus = build_corpus(tmp_path / "crawl", shards=2, real=12, blocked=1, boilerplate=1, near_dups=2, toxic=0)
-    s3.mkdir("crawl-input")
-    s3.mkdir("crawl-output")
-    for shard in corpus.shards:
-        s3.put_file(str(shard), f"crawl-input/warc/{shard.name}")
-    stages = {
-        "filter": {"recipe": str(FINEWEB), "overrides": {
-            **_overrides(FILTER[1:]), "filter.input.paths": ["s3://crawl-input/warc/"], "filter.output.path": "s3://crawl-output/f"}},
-        "dedup": {"recipe": str(MINHASH), "overrides": {
-            **_overrides(DEDUP[1:]), "dedup.input.paths": ["${stages.filter.output}"], "dedup.output_path": "s3://crawl-output/d"}},
-        "tokenize": {"recipe": str(TOKENIZE), "overrides": {
-            **_overrides(TOKEN[1:]), "tokenize.input.paths": ["${stages.dedup.output}"]}},
-    }
-    recipe = tmp_path / "pipe.yaml"
-    recipe.write_text(yaml.safe_dump({"kind": "pipeline", "name": "bucketed", "output": {"root": str(tmp_path / "runs")},
-                                      "tracking": {"mode": "disabled"}, "report": False, "stages": stages}, sort_keys=False))
-    from aistack.cli import main
-
-    assert main(["run", str(recipe), "--on", "local"]) == 0
-    pipeline = resolve(load_recipe(recipe))
-    dedup, tokenize = pipeline.stage("dedup"), pipeline.stage("tokenize")
-    assert dedup.loaded.recipe.dedup.input.paths == ["s3://crawl-output/f"]
-    assert tokenize.loaded.recipe.tokenize.input.paths == ["s3://crawl-output/d"]
-    assert bucket_rows(s3, "crawl-output/f") and bucket_rows(s3, "crawl-output/d")
-    assert (tokenize.run.path / "output" / "tokenize" / "data.bin").stat().st_size > 0
-    # a changed filter changes what dedup reads, though not its location: dedup reruns
-    changed = resolve(load_recipe(recipe, ["stages.filter.overrides.filter.extract.timeout=31"]))
-    assert changed.stage("dedup").run.name != dedup.run.name
-    assert changed.stage("tokenize").run.name != tokenize.run.name
