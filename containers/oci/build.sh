@@ -103,14 +103,19 @@ if ! base_current; then
   ROOTFS=$NEW/rootfs
   rm -rf "$NEW" && mkdir -p "$NEW" "$OUT/cache/debs" "$OUT/cache/wheels"
   DEBIAN_TAR=$OUT/cache/debian-$DEBIAN_KEY.tar
+  debian_pid=
   if [[ -f $DEBIAN_TAR ]]; then
     log "Debian layer from $DEBIAN_TAR"
     mkdir -p "$ROOTFS" && tar -C "$ROOTFS" --numeric-owner -xpf "$DEBIAN_TAR"
   else
-    log "debootstrap $SUITE (minbase + $DEB_PACKAGES) into $ROOTFS"
-    debian_layer "$ROOTFS"
-    rm -f "$OUT"/cache/debian-*.tar
-    tar -C "$ROOTFS" --numeric-owner -cpf "$DEBIAN_TAR.tmp" . && mv "$DEBIAN_TAR.tmp" "$DEBIAN_TAR"
+    # In the background: debootstrap and the wheels below wait on different servers.
+    log "debootstrap $SUITE (minbase + $DEB_PACKAGES) into $ROOTFS, while the wheels are collected"
+    (
+      debian_layer "$ROOTFS"
+      rm -f "$OUT"/cache/debian-*.tar
+      tar -C "$ROOTFS" --numeric-owner -cpf "$DEBIAN_TAR.tmp" . && mv "$DEBIAN_TAR.tmp" "$DEBIAN_TAR"
+    ) &
+    debian_pid=$!
   fi
 
   # Wheels for aistack's dependency closure (pyproject.toml), built by the submitting venv's
@@ -123,10 +128,15 @@ if ! base_current; then
     log "collecting wheels (pinned to the venv's versions) into $OUT/cache/wheels"
     "$VENV_PYTHON" -m pip wheel -q --disable-pip-version-check -w "$OUT/cache/wheels" \
       -c "$REPO/constraints.txt" -c "$LOCK" -r "$OUT/requirements.in" >"$OUT/wheels.log" 2>&1 \
-      || { tail -n 30 "$OUT/wheels.log" >&2; die "pip wheel failed (log: $OUT/wheels.log)"; }
+      || { tail -n 30 "$OUT/wheels.log" >&2; [[ -z $debian_pid ]] || wait "$debian_pid" || true
+           die "pip wheel failed (log: $OUT/wheels.log)"; }
     rm -f "$OUT"/cache/wheels/.complete-* && touch "$wheels_stamp"
   fi
 
+  if [[ -n $debian_pid ]]; then
+    wait "$debian_pid" || die "the Debian layer failed (log: $OUT/debootstrap.log)"
+    log "Debian layer ready"
+  fi
   log "creating $IMAGE_VENV and installing the dependencies"
   in_image python3 -m venv "$IMAGE_VENV"
   mkdir -p "$ROOTFS/tmp/build"
