@@ -7,6 +7,11 @@ and the CLI call it) removes that cost from every task that imports them. Measur
   though a run without `train.fused` never calls those functions. It imports with
   `torch.compile` swapped for `deferred(torch.compile)`, which compiles each function at its
   first call (torch.compile compiles at the first call too: what runs compiled is unchanged).
+- megatron-core also imports wandb (1.0 s) for its own optional logging (its timers' and
+  dynamic inference engine's writers), which aistack never asks for: it tracks with its own
+  W&B run, on rank 0 only. Every rank paid for it. Imported while wandb is not yet loaded,
+  megatron sees no wandb (its writers are off, as they are unless configured); aistack's own
+  tracking imports wandb as usual when a run has it on.
 - spaCy (datatrove's English word tokenizer: the quality filters, MinHash) imports thinc,
   which imports torch only to see whether it is there: 2.2 of spaCy's 3.6 s in a data task
   that never touches torch. Imported while torch is not yet loaded, spaCy does not see it
@@ -59,20 +64,27 @@ def _compile_deferred() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _torch_hidden() -> Iterator[None]:
-    if "torch" in sys.modules:  # loaded already: nothing to save
+def _hidden(name: str) -> Iterator[None]:
+    """`import name` raises ImportError inside, unless `name` is loaded already (nothing to save)."""
+    if name in sys.modules:
         yield
         return
-    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    sys.modules[name] = None  # type: ignore[assignment]
     try:
         yield
     finally:
-        del sys.modules["torch"]
+        del sys.modules[name]
+
+
+@contextlib.contextmanager
+def _megatron_guard() -> Iterator[None]:
+    with _compile_deferred(), _hidden("wandb"):
+        yield
 
 
 AROUND_IMPORT: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
-    "megatron.core": _compile_deferred,
-    "spacy": _torch_hidden,
+    "megatron.core": _megatron_guard,
+    "spacy": lambda: _hidden("torch"),
 }
 
 

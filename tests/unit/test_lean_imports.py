@@ -44,6 +44,18 @@ print(sorted(m for m in sys.modules if m.startswith("torch._inductor"))[:3])
     assert out == "[]", f"inductor imported at megatron's import: {out}"
 
 
+def test_megatron_imports_without_wandb_and_wandb_still_imports_after():
+    out = run("""
+import sys
+import megatron.core
+from megatron.core import timers
+print("wandb" in sys.modules, timers.wandb)
+import wandb
+print(callable(wandb.init))
+""")
+    assert out.splitlines() == ["False None", "True"]
+
+
 def test_spacy_imports_without_torch_and_torch_still_imports_after():
     out = run("""
 import sys
