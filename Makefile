@@ -34,7 +34,8 @@ slurm-install:
 	@bash slurm/install.sh
 
 # The fast unit layer first (about a minute), then everything else against the local Slurm
-# cluster. Set-up runs side by side where it can: pip (venv) beside apt (slurm-install), then
+# cluster, in two lanes: the cluster's tests in order in one, the others beside them
+# (tests/conftest.py). Set-up runs side by side where it can: pip (venv) beside apt (slurm-install), then
 # the OCI bundle (minutes once, then cached) beside the unit layer, its log printed after. The
 # container tests and the tiny pipeline on Slurm run in the bundle, and fail rather than skip
 # without it.
@@ -47,7 +48,7 @@ test:
 	  wait $$bundle; built=$$?; cat $(BUNDLE_LOG); \
 	  [ $$built = 0 ] || { echo "make container-bundle failed (its log above)" >&2; exit $$built; }; \
 	  [ $$unit = 0 ] || [ $$unit = 5 ]  # 5: PYTEST_ARGS selected none here
-	AISTACK_OCI_REQUIRED=1 $(BIN)/python -m pytest tests --ignore=tests/unit $(PYTEST_ARGS)
+	AISTACK_OCI_REQUIRED=1 $(BIN)/python -m pytest tests --ignore=tests/unit -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # aistack against the real nemo-toolkit 2.7.3, both ways (tests/test_nemo_interop.py). NeMo pins
 # numpy<2 and transformers 4.57: it gets a venv of its own, .venv-nemo (2-4 min, 2.9 GB).

@@ -757,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
             print("gpu-check preflight: a GPU is visible")
             return 0
     how_aistack = env.ensure_aistack(REPO, REPO / ".gpu-site" / "src")
+    from aistack import lean_imports
+
+    lean_imports.install()  # as in every task: megatron imports without compiling or wandb
     missing = env.import_problems()
     if missing:  # fail in seconds, not after minutes of GPU time
         print("gpu-check: modules missing (run `make gpu-wheels` where there is an index, bring gpu-wheels/):\n  "

@@ -26,13 +26,24 @@ IMAGE_PYTHON = "/opt/aistack/venv/bin/python"
 
 
 # Tests that use the local cluster (or its OCI bundle) share its nodes, QOS limits and
-# preemption: under pytest-xdist (`make test PYTEST_ARGS="-n 4 --dist loadgroup"` on a machine
-# with cores to spare) they form one group that one worker runs in order, while the other
-# workers take the tests that need no cluster; tests of one module stay together, so a
-# module-scoped fixture is built once. `make test` runs this layer in one process: on 2 cores
-# the suite is CPU-bound (8% idle), and two lanes made it slower (75 min instead of 63) and
-# starved the timing of the chaos and preemption tests.
+# preemption: under pytest-xdist (`make test` runs this layer in two lanes, `-n 2 --dist
+# loadgroup`) they form one group that one worker runs in order, while the other worker takes
+# the tests that need no cluster; tests of one module stay together, so a module-scoped
+# fixture is built once. Each lane's work is mostly one busy core (imports, Python, tiny
+# models): one lane left a 2-core machine ~40% idle.
 CLUSTER_FIXTURES = {"slurm_cluster", "bundle"}
+
+
+def pytest_configure(config):
+    """Under xdist, the lanes share the cores as tasks do: each lane's processes run
+    cores / lanes OpenMP threads (more than the cores in all makes torch's threads spin
+    against each other), unless OMP_NUM_THREADS says otherwise."""
+    lanes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if lanes > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // lanes)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
