@@ -118,6 +118,22 @@ def test_a_variant_naming_no_stage_of_the_pipeline_exits_2_naming_it(tmp_path, c
     assert "variants" in err and "secnod" in err and "first, second, third" in err
 
 
+@pytest.mark.parametrize("variant", ["{pretrain: {train.seed: 7}}", "{pretrain: {train: {seed: 7}}}", "{pretrain: {train: 7}}"])
+def test_a_variant_setting_the_seeded_key_exits_2_naming_both(tmp_path, capsys, variant):
+    recipe = write_recipe(tmp_path / "sweep.yaml", f"""
+extends: {TINY}
+name: seeded
+variants:
+  pinned: {variant}
+seeds:
+  values: [1, 2]
+  set: {{pretrain: train.seed}}
+""")
+    assert main(["plan", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "variants.pinned.pretrain" in err and "seeds.set.pretrain" in err and "train.seed" in err, err
+
+
 def _run_sweep(tmp_path, on: str) -> None:
     recipe = write_recipe(tmp_path / "sweep.yaml", SWEEP.format(root=tmp_path / "runs", smoke=SMOKE))
     assert main(["run", str(recipe), "--on", on, *(["--wait"] if on == "slurm" else [])]) == 0

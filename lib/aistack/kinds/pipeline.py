@@ -103,7 +103,26 @@ class PipelineRecipe(Recipe):
         unknown = [name for name in (self.seeds.set if self.seeds else {}) if name not in self.stages]
         if unknown:
             raise ValueError(f"seeds.set: {unknown[0]!r} is not a stage of this pipeline ({', '.join(self.stages)})")
+        for stage, seed_key in (self.seeds.set if self.seeds else {}).items():
+            for variant, stages in self.variants.items():
+                clash = [key for key in _dotted(stages.get(stage) or {}) if _overlaps(key, seed_key)]
+                if clash:  # which would win is not for the loader to guess
+                    raise ValueError(f"variants.{variant}.{stage}: {clash[0]!r} is what seeds.set.{stage} sets "
+                                     f"({seed_key!r}): leave the seed to the seed axis, or drop it from the axis")
         return self
+
+
+def _dotted(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys an override mapping sets: {train: {seed: 1}, "model.x": 2} -> train.seed, model.x."""
+    keys = []
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        keys += _dotted(value, dotted + ".") if isinstance(value, dict) and value else [dotted]
+    return keys
+
+
+def _overlaps(key: str, other: str) -> bool:
+    return key == other or key.startswith(other + ".") or other.startswith(key + ".")
 
 
 # No planner: a pipeline expands into its stages (aistack.launch.stages).
