@@ -11,7 +11,7 @@ from aistack.runtime.task import TaskContext
 
 def run(ctx: TaskContext) -> dict:
     cfg = ctx.recipe.dedup
-    files = planned_files(ctx.run, cfg.input)  # the shards fixed when the run was planned
+    files = planned_files(ctx.run, cfg.input, shard=(ctx.task_id, ctx.num_tasks))  # fixed when the run was planned
     data_folder, paths_file = paths_file_for(ctx, files)
     return run_shard_task(ctx, lambda staging: signatures_pipeline(cfg, data_folder, paths_file, staging),
                          work_dir(ctx.run.path, "dedup/signatures"), files)

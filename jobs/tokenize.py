@@ -12,7 +12,7 @@ from aistack.runtime.task import TaskContext
 
 def run(ctx: TaskContext) -> dict:
     cfg = ctx.recipe.tokenize
-    files = planned_files(ctx.run, cfg.input)  # the shards fixed when the run was planned
+    files = planned_files(ctx.run, cfg.input, shard=(ctx.task_id, ctx.num_tasks))  # fixed when the run was planned
     data_folder, paths_file = paths_file_for(ctx, files)
     tokenizer = output_dir(ctx.run.path, "tokenize") / "tokenizer.json"
 

@@ -67,6 +67,19 @@ def test_a_planned_input_changed_under_the_run_stops_its_task_naming_the_file(tm
         planned_files(stage.run, stage.loaded.recipe.filter.input)
 
 
+def test_a_task_checks_only_the_planned_files_of_its_own_shard(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    planned = [_doc(folder, f"{name}.jsonl") for name in "abcd"]
+    stage = _stage(folder, tmp_path / "runs")
+    prepare_stage(stage, "local")
+    planned[1].unlink()  # shard 1 of 2 reads b and d
+    block = stage.loaded.recipe.filter.input
+    assert planned_files(stage.run, block, shard=(0, 2)) == [str(p) for p in planned], "a and c are unchanged"
+    with pytest.raises(InputsChanged, match=rf"{planned[1]} \(gone\)"):
+        planned_files(stage.run, block, shard=(1, 2))
+
+
 def test_inputs_an_upstream_stage_writes_are_listed_when_the_task_runs(tmp_path):
     from aistack.data.inputs import input_manifest
     from aistack.recipe.deferred import deferring

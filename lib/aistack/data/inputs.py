@@ -32,23 +32,28 @@ def input_manifest(block: Any) -> dict[str, Any]:
     return {"files": files, "deferred": [p for p in block.paths if is_deferred(p)]}
 
 
-def planned_files(run: RunDir, block: Any) -> list[str]:
+def planned_files(run: RunDir, block: Any, shard: tuple[int, int] | None = None) -> list[str]:
     """The files a task reads: the manifest's (checked unchanged), plus what the paths an
     upstream stage wrote hold now; without a manifest (a run planned before there was one),
-    the input paths listed now."""
+    the input paths listed now. `shard` (rank, world size): the task reads files[rank::world
+    size], and only those are checked (8000 tasks each checking 8000 files would be 64M
+    metadata calls on a shared file system)."""
     manifest = read_input_manifest(run)
     if manifest is None:
         return block.files()
-    changed = [f"{e['path']} ({why})" for e in manifest["files"] if (why := _changed(e))]
+    planned = {e["path"]: e for e in manifest["files"]}
+    files = set(planned)
+    upstream = manifest["deferred"]
+    if upstream:  # on the node nothing is deferred: the listing has the upstream stages' files too
+        files |= {f for f in block.files() if any(_within(f, d) for d in upstream)}
+    files = sorted(files)
+    mine = files if shard is None else files[shard[0]::shard[1]]
+    changed = [f"{path} ({why})" for path in mine if path in planned and (why := _changed(planned[path]))]
     if changed:
         raise InputsChanged(f"input files of run {run.name} changed since it was planned: {', '.join(changed[:5])}"
                             f"{f' and {len(changed) - 5} more' if len(changed) > 5 else ''}; its shards were fixed "
                             "then. Restore them, or run the recipe again: changed inputs plan a new run")
-    files = {e["path"] for e in manifest["files"]}
-    upstream = manifest["deferred"]
-    if upstream:  # on the node nothing is deferred: the listing has the upstream stages' files too
-        files |= {f for f in block.files() if any(_within(f, d) for d in upstream)}
-    return sorted(files)
+    return files
 
 
 def _within(path: str, spec: str) -> bool:
