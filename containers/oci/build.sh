@@ -2,14 +2,15 @@
 # Build the local OCI bundle that Slurm's own container support (`srun --container=BUNDLE`,
 # slurm/templates/oci.conf.in) runs jobs in: BUNDLE/config.json and BUNDLE/rootfs/, a CPU
 # Debian bookworm (minbase) with Debian's python3 and a venv, /opt/aistack/venv, holding
-# aistack (non-editable, from this checkout) and its dependencies at exactly the versions
-# of the submitting venv (submitit's pickles must load on both sides).
+# aistack (non-editable, from this checkout) and its dependencies: the submitting venv's
+# installed packages, file for file (submitit's pickles must load on both sides).
 #
 #   bash containers/oci/build.sh [--check]      (make container-bundle runs it)
 #
 # Two cached layers, each rebuilt only when its inputs change (a hash of them is kept in
-# the bundle): the base (Debian packages, the venv and every dependency: minutes; the
-# Debian part is also kept as a tar, reused while the package list stays) and aistack
+# the bundle): the base (Debian packages, the venv and every dependency: a minute with
+# debootstrap, seconds after; the Debian part is kept as a tar, reused while the package
+# list stays) and aistack
 # itself (lib/, jobs/, pyproject.toml: seconds). --check builds nothing: it exits
 # 0 when both are current, 1 when only aistack is stale, 2 when the base is (or no bundle).
 # Settings (env): AISTACK_OCI_DIR (default containers/build), AISTACK_OCI_MIRROR,
@@ -101,53 +102,44 @@ DEBIAN_KEY=$({ declare -f debian_layer; echo "$SUITE $DEB_PACKAGES $MIRROR"; } |
 if ! base_current; then
   NEW=$OUT/aistack-oci.new
   ROOTFS=$NEW/rootfs
-  rm -rf "$NEW" && mkdir -p "$NEW" "$OUT/cache/debs" "$OUT/cache/wheels"
+  rm -rf "$NEW" && mkdir -p "$NEW" "$OUT/cache/debs"
   DEBIAN_TAR=$OUT/cache/debian-$DEBIAN_KEY.tar
-  debian_pid=
   if [[ -f $DEBIAN_TAR ]]; then
     log "Debian layer from $DEBIAN_TAR"
     mkdir -p "$ROOTFS" && tar -C "$ROOTFS" --numeric-owner -xpf "$DEBIAN_TAR"
   else
-    # In the background: debootstrap and the wheels below wait on different servers.
-    log "debootstrap $SUITE (minbase + $DEB_PACKAGES) into $ROOTFS, while the wheels are collected"
-    (
-      debian_layer "$ROOTFS"
-      rm -f "$OUT"/cache/debian-*.tar
-      tar -C "$ROOTFS" --numeric-owner -cpf "$DEBIAN_TAR.tmp" . && mv "$DEBIAN_TAR.tmp" "$DEBIAN_TAR"
-    ) &
-    debian_pid=$!
+    log "debootstrap $SUITE (minbase + $DEB_PACKAGES) into $ROOTFS"
+    debian_layer "$ROOTFS"
+    rm -f "$OUT"/cache/debian-*.tar
+    tar -C "$ROOTFS" --numeric-owner -cpf "$DEBIAN_TAR.tmp" . && mv "$DEBIAN_TAR.tmp" "$DEBIAN_TAR"
   fi
 
-  # Wheels for aistack's dependency closure (pyproject.toml), built by the submitting venv's
-  # pip (same Python 3.11 ABI and platform) at the lock's versions: sdists are built once
-  # here, and pip in the image installs offline. The wheel folder is a cache between builds.
-  "$VENV_PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
-    "$REPO/pyproject.toml" >"$OUT/requirements.in"
-  wheels_stamp=$OUT/cache/wheels/.complete-$(cat "$LOCK" "$OUT/requirements.in" "$REPO/constraints.txt" | sha256sum | cut -c1-16)
-  if [[ ! -f $wheels_stamp ]]; then
-    log "collecting wheels (pinned to the venv's versions) into $OUT/cache/wheels"
-    "$VENV_PYTHON" -m pip wheel -q --disable-pip-version-check -w "$OUT/cache/wheels" \
-      -c "$REPO/constraints.txt" -c "$LOCK" -r "$OUT/requirements.in" >"$OUT/wheels.log" 2>&1 \
-      || { tail -n 30 "$OUT/wheels.log" >&2; [[ -z $debian_pid ]] || wait "$debian_pid" || true
-           die "pip wheel failed (log: $OUT/wheels.log)"; }
-    rm -f "$OUT"/cache/wheels/.complete-* && touch "$wheels_stamp"
-  fi
-
-  if [[ -n $debian_pid ]]; then
-    wait "$debian_pid" || die "the Debian layer failed (log: $OUT/debootstrap.log)"
-    log "Debian layer ready"
-  fi
-  log "creating $IMAGE_VENV and installing the dependencies"
-  in_image python3 -m venv "$IMAGE_VENV"
-  mkdir -p "$ROOTFS/tmp/build"
-  cp -al "$OUT/cache/wheels" "$ROOTFS/tmp/build/wheels" 2>/dev/null || cp -a "$OUT/cache/wheels" "$ROOTFS/tmp/build/wheels"
-  cp "$LOCK" "$ROOTFS/tmp/build/requirements.lock"
-  cp "$REPO/constraints.txt" "$ROOTFS/tmp/build/constraints.txt"
-  cp "$OUT/requirements.in" "$ROOTFS/tmp/build/requirements.in"
-  in_image pip install -q --no-index --find-links /tmp/build/wheels --no-compile \
-    -c /tmp/build/constraints.txt -c /tmp/build/requirements.lock -r /tmp/build/requirements.in
-  rm -rf "$ROOTFS/tmp/build"
-  log "compiling bytecode"
+  # The dependencies: the submitting venv's installed packages themselves, file for file
+  # (aistack's editable install excepted: the aistack layer below installs it), so both
+  # sides unpickle with exactly the same code. Same Python minor version, same Debian: the
+  # same wheels would install the same files. Hard links where the file system allows.
+  host_version=$("$VENV_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  image_version=$(in_image python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  [[ $host_version == "$image_version" ]] \
+    || die "the image's Python $image_version is not the venv's $host_version: their packages are not interchangeable"
+  log "creating $IMAGE_VENV with the venv's packages (Python $host_version)"
+  in_image python3 -m venv --without-pip "$IMAGE_VENV"
+  HOST_SITE=$("$VENV_PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  IMAGE_SITE=$ROOTFS$IMAGE_VENV/lib/python$host_version/site-packages
+  packages=()
+  while IFS= read -r -d '' entry; do packages+=("$entry"); done < <(cd "$HOST_SITE" && find . -mindepth 1 -maxdepth 1 \
+    ! -name '__editable__*' ! -name 'aistack-*.dist-info' -print0)
+  (cd "$HOST_SITE" && { cp -al "${packages[@]}" "$IMAGE_SITE/" 2>/dev/null || cp -a "${packages[@]}" "$IMAGE_SITE/"; })
+  # Console scripts name the venv's interpreter: name the image's.
+  HOST_BIN=$(cd "$(dirname "$VENV_PYTHON")" && pwd)
+  for script in "$HOST_BIN"/*; do
+    [[ -f $script && ! -L $script && $(basename "$script") != aistack ]] || continue
+    IFS= read -r first <"$script" || true
+    [[ $first == "#!$HOST_BIN/python"* ]] || continue
+    { echo "#!$IMAGE_VENV/bin/python"; tail -n +2 "$script"; } >"$ROOTFS$IMAGE_VENV/bin/$(basename "$script")"
+    chmod 755 "$ROOTFS$IMAGE_VENV/bin/$(basename "$script")"
+  done
+  log "compiling what has no bytecode yet"
   compile_image "$IMAGE_VENV/lib"
   touch "$NEW/.base-$BASE_KEY"
   # Swap in the new bundle. (The old one is deleted: a job still running in it may fail.)
@@ -169,7 +161,7 @@ if ! app_current; then
     -w "$ROOTFS/tmp/build" "$SRC" >"$OUT/aistack-wheel.log" 2>&1 \
     || { tail -n 30 "$OUT/aistack-wheel.log" >&2; die "building the aistack wheel failed"; }
   wheel=$(cd "$ROOTFS/tmp/build" && ls aistack-*.whl)
-  in_image pip install -q --no-index --no-deps --force-reinstall --no-compile "/tmp/build/$wheel"
+  in_image python -m pip install -q --no-index --no-deps --force-reinstall --no-compile "/tmp/build/$wheel"
   rm -rf "$ROOTFS/tmp/build" "$SRC"
   compile_image "$IMAGE_VENV/lib/python3.11/site-packages/aistack"
   rm -f "$BUNDLE"/.aistack-*
