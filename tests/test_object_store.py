@@ -5,6 +5,7 @@ on loopback; the outputs must equal those of the same pipeline on local files.""
 from __future__ import annotations
 
 import gzip
+import json
 import io
 import urllib.request
 
@@ -131,6 +132,43 @@ def test_pipeline_on_s3_matches_the_pipeline_on_local_files(s3, tmp_path):
     changed = resolve(load_recipe(recipe, ["stages.filter.overrides.filter.extract.timeout=31"]))
     assert changed.stage("dedup").run.name != remote[1].run.name
     assert changed.stage("tokenize").run.name != remote[2].run.name
+
+
+def test_remote_inputs_are_planned_with_their_etags_and_a_rewritten_object_is_a_new_run(s3, tmp_path):
+    from aistack.data.inputs import InputsChanged, planned_files
+    from aistack.launch.stages import resolve
+    from aistack.launch.submit import prepare_stage
+    from aistack.recipe import load_recipe
+    from aistack.rundir import read_input_manifest
+
+    s3.mkdir("docs")
+    for name in ("a", "b"):
+        s3.pipe_file(f"docs/in/{name}.jsonl", (json.dumps({"text": f"document {name}", "id": name}) + "\n").encode())
+    s3.pipe_file("docs/list.paths", b"in/a.jsonl\nin/b.jsonl\n")
+
+    def stage(paths: str):
+        overrides = [f"output.root={tmp_path / 'runs'}", f"filter.input.paths=[{paths}]", "filter.input.format=jsonl", *FILTER]
+        return resolve(load_recipe(FINEWEB, overrides)).stages[0]
+
+    folder, listed = stage("s3://docs/in/"), stage("s3://docs/list.paths")
+    for planned in (folder, listed):
+        prepare_stage(planned, "local")
+    manifest = read_input_manifest(folder.run)
+    assert [e["path"] for e in manifest["files"]] == ["s3://docs/in/a.jsonl", "s3://docs/in/b.jsonl"]
+    assert all(e["size"] > 0 and e["etag"] for e in manifest["files"])
+    by_listing = read_input_manifest(listed.run)
+    assert [set(e) for e in by_listing["files"]] == [{"path"}, {"path"}], "named by the listing: no request per object"
+    assert by_listing["listings"][0]["path"] == "s3://docs/list.paths" and by_listing["listings"][0]["etag"]
+
+    # The same bytes count in a new object: rewritten with a different text of the same size
+    s3.pipe_file("docs/in/b.jsonl", (json.dumps({"text": "document c", "id": "b"}) + "\n").encode())
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert stage("s3://docs/in/").run != folder.run, "a rewritten object: a new run"
+    with pytest.raises(InputsChanged, match=r"s3://docs/in/b\.jsonl \(modified\)"):
+        planned_files(folder.run, folder.loaded.recipe.filter.input, shard=(1, 2))
+    assert planned_files(folder.run, folder.loaded.recipe.filter.input, shard=(0, 2))[0] == "s3://docs/in/a.jsonl"
+    s3.pipe_file("docs/list.paths", b"in/b.jsonl\n")
+    assert stage("s3://docs/list.paths").run != listed.run, "a rewritten listing: a new run"
 
 
 def test_remote_inputs_checked_at_plan_time(s3, tmp_path, capsys, monkeypatch):

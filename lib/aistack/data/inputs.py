@@ -1,8 +1,10 @@
 """Input files -> the paths file datatrove shards by rank (files[rank::world_size]).
 
 A data stage's inputs are fixed when it is planned: the manifest (every input file with its
-size and modification time; a remote one by its path) is part of the run's identity and is
-written to the run directory, and its tasks take their shards from it. A file added to the
+size and modification time; a remote object with its size and ETag, from the folder listing
+fsspec already made; an object a `*.paths` listing names by its path, the listing itself by
+its size and ETag) is part of the run's identity and is written to the run directory, and its
+tasks take their shards from it. A file added to the
 input folder afterwards is a new run when the recipe is planned again, never a reshuffle of
 a run's shards; a file changed or removed under a planned run stops its task, saying so.
 Paths an upstream stage writes (a pipeline's `${stages...}`) are listed when the task runs:
@@ -16,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aistack.data.remote import common_root, is_url, relative
+from aistack.data.remote import common_root, is_listing, is_url, read_listing, relative, remote_stat
 from aistack.recipe.deferred import is_deferred
 from aistack.rundir import RunDir, atomic_write_text, read_input_manifest
 
@@ -26,10 +28,16 @@ class InputsChanged(RuntimeError):
 
 
 def input_manifest(block: Any) -> dict[str, Any]:
-    """The input files of an InputBlock as planned now: {"files": [{path, size, mtime_ns}],
-    "deferred": [paths an upstream stage writes]}."""
-    files = [{"path": f, **_stat(f)} for f in block.files()]
-    return {"files": files, "deferred": [p for p in block.paths if is_deferred(p)]}
+    """The input files of an InputBlock as planned now: {"files": [{path, size, mtime_ns or
+    etag}], "deferred": [paths an upstream stage writes], "listings": [{path, size, etag}]}."""
+    listings = [p for p in block.paths if is_listing(p) and not is_deferred(p)]
+    # A listing may name thousands of objects: one request each would be a plan of minutes.
+    named = {f for p in listings for f in read_listing(p, block.paths_base) if is_url(f)}
+    files = [{"path": f, **({} if f in named else _stat(f))} for f in block.files()]
+    manifest = {"files": files, "deferred": [p for p in block.paths if is_deferred(p)]}
+    if listings:
+        manifest["listings"] = [{"path": p, **_stat(p)} for p in listings]
+    return manifest
 
 
 def planned_files(run: RunDir, block: Any, shard: tuple[int, int] | None = None) -> list[str]:
@@ -65,7 +73,7 @@ def _within(path: str, spec: str) -> bool:
 
 def _stat(path: str) -> dict[str, Any]:
     if is_url(path):
-        return {}
+        return remote_stat(path)
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -75,11 +83,11 @@ def _changed(entry: dict[str, Any]) -> str:
         return ""
     try:
         now = _stat(entry["path"])
-    except OSError:
+    except (OSError, FileNotFoundError):
         return "gone"
     if now["size"] != entry["size"]:
         return f"size {entry['size']} -> {now['size']}"
-    if now["mtime_ns"] != entry["mtime_ns"]:
+    if any(now.get(key) != entry[key] for key in ("mtime_ns", "etag") if key in entry):
         return "modified"
     return ""
 

@@ -94,6 +94,19 @@ def relative(file: str, root: str) -> str:
     return os.path.relpath(file, root)
 
 
+def remote_stat(url: str) -> dict:
+    """{size, etag} of an object: fsspec answers from the listing it keeps of the object's
+    folder when that was listed (expanding a folder or glob input), else with one request.
+    The ETag (or the store's own checksum) changes when the object is rewritten."""
+    fs, path = fs_and_path(url)
+    info = fs.info(path)
+    out = {"size": int(info.get("size") or 0)}
+    tag = next((info[key] for key in ("ETag", "etag", "md5Hash", "crc32c", "checksum") if info.get(key)), None)
+    if tag is not None:
+        out["etag"] = str(tag).strip('"')
+    return out
+
+
 def upload(local: str, url: str) -> None:
     fs, path = fs_and_path(url)
     fs.put_file(local, path)

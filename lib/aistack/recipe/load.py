@@ -72,6 +72,8 @@ class LoadedRecipe:
             blob += json.dumps(sorted(self.upstream_runs))
         if self.input_manifest and self.input_manifest.get("files"):
             blob += json.dumps(self.input_manifest["files"], sort_keys=True)
+        if self.input_manifest and self.input_manifest.get("listings"):
+            blob += json.dumps(self.input_manifest["listings"], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
