@@ -43,6 +43,32 @@ def test_the_recipe_comes_in_the_pickle_not_from_recipe_yaml(tmp_path):
     assert run.is_done("map", 0)
 
 
+def test_threads_the_set_up_starts_never_take_the_checkpoint_signal(tmp_path, monkeypatch):
+    """W&B's threads start while the task sets up: they must inherit SIGUSR1 blocked, or one of
+    them takes it and Python runs the quick save in the main thread mid-step (a model one step
+    ahead saved under the step before). The job itself gets the signal unblocked."""
+    import signal
+    import threading
+
+    masks: dict[str, set] = {}
+    real = TaskRunner._make_context
+
+    def make_context(self, run):
+        def note():
+            masks["thread"] = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+        helper = threading.Thread(target=note)
+        helper.start()
+        helper.join()
+        return real(self, run)
+
+    monkeypatch.setattr(TaskRunner, "_make_context", make_context)
+    run = _planned(tmp_path)
+    assert _runner(run)()["steps"] == 3
+    assert signal.SIGUSR1 in masks["thread"], "a thread started during the set-up can take SIGUSR1"
+    assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, []), "the main thread gets it back"
+
+
 def test_unpickling_and_running_a_task_imports_no_schema(tmp_path):
     run = _planned(tmp_path)
     blob = tmp_path / "runner.pkl"

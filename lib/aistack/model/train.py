@@ -15,7 +15,9 @@ computing.
 Preemption. Periodic checkpoints (checkpoint.every) are the resume point on every layout.
 With a single process, SIGUSR1 (Slurm's warning before the time limit, `scancel
 --signal=USR1`) also saves: the signal is blocked while a step runs and delivered only at
-step boundaries, so the quick save always sees a consistent model/optimizer/step. With
+step boundaries, so the quick save always sees a consistent model/optimizer/step (every
+other thread of the task has it blocked from its start: the task runner blocks it before
+any thread exists). With
 several ranks, submitit calls the save on rank 0 only, and a collective save cannot run
 on one rank: there the job relies on the periodic checkpoints.
 """
@@ -87,7 +89,7 @@ class Objective:
 def train(recipe: Any, ctx: Any, objective: Objective | None = None) -> dict[str, Any]:
     """Train the recipe's model in this task (one rank of a TP x PP x DP job). Returns a summary.
     `objective`: what to train on and for (default: pretraining)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # before any thread exists: they inherit it
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # main thread: taken between steps only
     try:
         layout = init_model_parallel(recipe.parallel.tensor, recipe.parallel.pipeline, recipe.parallel.virtual_pipeline)
         check_layout(recipe, ctx.run.recipe_file, layout.world_size)  # the planner checked resources' world size

@@ -141,13 +141,21 @@ class TaskRunner:
         # Watch before the set-up: a preemption during it (W&B's start takes seconds) must not
         # end the task, or Slurm records the job as failed instead of requeueing it.
         terminated = watch_sigterm(sigterm_at)
-        lean_imports.install()  # seconds off each task that imports megatron or spaCy
-        share_cpus()
-        run = RunDir(Path(self.run_path))
-        if run.is_done(self.job, self.task_id):
-            return run.task_result(self.job, self.task_id)["result"]
-        ctx = self._make_context(run)
-        self._ctx = ctx
+        # The checkpoint signal (SIGUSR1) reaches the main thread only: every thread started
+        # from here on (W&B's, torch's) inherits it blocked. A thread that did not block it
+        # would take it, and Python would run the quick save in the main thread wherever it
+        # is then: mid-step, a model one step ahead saved under the step before.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        try:
+            lean_imports.install()  # seconds off each task that imports megatron or spaCy
+            share_cpus()
+            run = RunDir(Path(self.run_path))
+            if run.is_done(self.job, self.task_id):
+                return run.task_result(self.job, self.task_id)["result"]
+            ctx = self._make_context(run)
+            self._ctx = ctx
+        finally:  # from here the job decides when it takes the signal (training: between steps)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
         try:
             result = importlib.import_module(f"aistack.jobs.{self.entry}").run(ctx)
         except BaseException as err:
