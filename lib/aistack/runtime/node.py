@@ -79,7 +79,29 @@ def _requeue(runner: TaskRunner, rank: int, job_id: str, max_requeues: int) -> A
 def _exit(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
+    end_children()
     os._exit(code)  # now: the job's code is in the middle of a step
+
+
+def end_children(grace_s: float = 5.0) -> None:
+    """What the task started ends with it: os._exit runs no atexit hooks, so helpers they would
+    have stopped (megatron's checkpoint writer keeps a multiprocessing manager process, W&B its
+    service, flushed by the quick save) would outlive the task, reparented away from the job,
+    where Slurm without cgroups no longer finds them. SIGTERM, then SIGKILL after `grace_s`."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 if __name__ == "__main__":
