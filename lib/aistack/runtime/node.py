@@ -84,25 +84,21 @@ def _exit(code: int) -> None:
 
 
 def end_children(grace_s: float = 5.0) -> None:
-    """What the task started ends with it: os._exit runs no atexit hooks, so helpers they would
-    have stopped (megatron's checkpoint writer keeps a multiprocessing manager process, W&B its
-    service, flushed by the quick save) would outlive the task, reparented away from the job,
-    where Slurm without cgroups no longer finds them. SIGTERM, then SIGKILL after `grace_s`."""
-    import psutil
+    """The processes the task started through multiprocessing end with it: os._exit runs no
+    atexit hooks, so one they would have stopped (megatron's checkpoint writer keeps a
+    multiprocessing manager process) would outlive the task, reparented away from the job,
+    where Slurm without cgroups no longer finds it. SIGTERM, then SIGKILL after `grace_s`.
+    (W&B's service is W&B's: the quick save flushed the run, and it ends with its client.)"""
+    import multiprocessing
 
-    children = psutil.Process().children(recursive=True)
+    children = multiprocessing.active_children()
     for child in children:
-        try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=grace_s)
-    for child in alive:
-        try:
+        child.terminate()
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
             child.kill()
-        except psutil.NoSuchProcess:
-            pass
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1]))
