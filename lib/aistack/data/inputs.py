@@ -83,7 +83,7 @@ def _changed(entry: dict[str, Any]) -> str:
         return ""
     try:
         now = _stat(entry["path"])
-    except (OSError, FileNotFoundError):
+    except OSError:  # a missing object too (FileNotFoundError)
         return "gone"
     if now["size"] != entry["size"]:
         return f"size {entry['size']} -> {now['size']}"
