@@ -100,5 +100,6 @@ def end_children(grace_s: float = 5.0) -> None:
         if child.is_alive():
             child.kill()
 
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1]))
