@@ -418,12 +418,21 @@ def _resolved(entry: str, path: tuple) -> Any:
     """The value at `path` once `entry` is loaded; in a pipeline's stage overrides, the value
     the stage's recipe ends up with."""
     loaded = load_recipe(entry)
-    if loaded.kind == "pipeline" and len(path) > 3 and path[0] == "stages" and path[2] == "overrides":
-        from aistack.launch.stages import resolve
+    if loaded.kind != "pipeline":
+        return _get(loaded.data, path)
+    # A pipeline holds its stages' keys as written (overrides, variants and inline recipes are
+    # free-form there): what counts is the value the stage's own recipe is validated with.
+    if len(path) > 3 and path[0] == "stages" and path[2] in ("overrides", "recipe"):
+        stage, inside = path[1], path[3:]
+    elif len(path) > 3 and path[0] == "variants":
+        stage, inside = f"{path[2]}.{path[1]}", path[3:]  # the variant's branch of that stage
+    else:
+        return _get(loaded.data, path)
+    from aistack.launch.stages import resolve
 
-        stage = resolve(loaded, allow_missing=True).stage(path[1])
-        return _get(stage.loaded.data, tuple(p for part in path[3:] for p in (part.split(".") if isinstance(part, str) else [part])))
-    return _get(loaded.data, path)
+    stages = resolve(loaded, allow_missing=True).stages
+    branch = next(s for s in stages if s.name == stage or s.name.startswith(stage + "."))
+    return _get(branch.loaded.data, tuple(p for part in inside for p in (part.split(".") if isinstance(part, str) else [part])))
 
 
 _REPORTED_KEY_RE = re.compile(r"(?:key|duplicate key) '(?P<key>[^']*)'")
