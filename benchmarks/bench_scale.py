@@ -20,10 +20,12 @@ the scheduler and this machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,6 +66,13 @@ def rpc_count(user: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def rpc_by_type() -> dict[str, int]:
+    """slurmctld's RPC counts by message type (every user: the scheduler's whole load)."""
+    out = subprocess.run(["sdiag"], capture_output=True, text=True, check=True).stdout
+    section = out.split("by message type", 1)[-1].split("by user", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^\s*(\w+)\s*\(\s*\d+\)\s*count:(\d+)", section, re.MULTILINE)}
+
+
 def make_inputs(root: Path, files: int) -> dict[str, str]:
     """What the pipeline reads: WARC files (the stand-ins only list them), a tokenizer, a held-out file."""
     crawl = root / "crawl"
@@ -84,6 +93,85 @@ class PeakMemory(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(1.0):
             self.peak = max(self.peak, used_memory_mb())
+
+
+class Preempter(threading.Thread):
+    """One preemption of a running array task, as a real task meets it: busy when the
+    preemption comes. A stand-in ends in seconds, before Slurm decides a preemption (a few
+    scheduling cycles), so the task is paused (SIGSTOP, as a task busy in its work) and a
+    whole-node job in `urgent` takes its node: SIGTERM, GraceTime, SIGKILL, requeue; the
+    requeued attempt must then pass like every other task. Resumed (SIGCONT) once
+    accounting shows it PREEMPTED, or after 120 s."""
+
+    def __init__(self, user: str, env: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.user, self.env, self.stop = user, env, threading.Event()
+        self.preempted: str | None = None
+        self.what = "no running array task found"
+
+    def run(self) -> None:
+        while not self.stop.wait(3.0):
+            running = subprocess.run(["squeue", "-h", "-u", self.user, "-t", "R", "-p", "cpu", "-o", "%i %N"],
+                                     capture_output=True, text=True, env=self.env).stdout.split("\n")
+            for task, node in (line.split() for line in running if "_" in line.split(" ")[0]):
+                pid = task_pid(task)
+                if pid is None:
+                    continue
+                os.kill(pid, signal.SIGSTOP)
+                subprocess.run(["sbatch", "-p", "urgent", "-N1", "-w", node, "--exclusive", "-o", "/dev/null",
+                                "--wrap", "sleep 2"], capture_output=True, env=self.env, check=True)
+                deadline = time.time() + 120
+                while time.time() < deadline and not self.stop.wait(2.0):
+                    if "PREEMPTED" in self._states(task):
+                        self.preempted = task
+                        break
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+                self.what = f"task {task} on {node} paused and its node taken: " + " -> ".join(self._states(task))
+                return
+
+    def _states(self, task: str) -> list[str]:
+        out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", task], capture_output=True,
+                             text=True, env=self.env).stdout
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def task_pid(task: str) -> int | None:
+    """The stand-in's process of array task `task` (JOB_INDEX), from /proc."""
+    job, index = task.split("_")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"SLURM_ARRAY_JOB_ID=" + job.encode() in environ and b"SLURM_ARRAY_TASK_ID=" + index.encode() in environ \
+                and b"aistack.runtime.node" in cmdline:
+            return int(proc.name)
+    return None
+
+
+class StatusProbe(threading.Thread):
+    """`aistack status` of the pipeline every `every_s` while the rehearsal runs: how long each took."""
+
+    def __init__(self, pipeline_dir: Path, env: dict[str, str], cwd: Path, every_s: float = 60.0) -> None:
+        super().__init__(daemon=True)
+        self.args, self.every_s, self.stop, self.seconds = (pipeline_dir, env, cwd), every_s, threading.Event(), []
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self.seconds.append(status_seconds(*self.args))
+
+
+def status_seconds(pipeline_dir: Path, env: dict[str, str], cwd: Path) -> float:
+    if not pipeline_dir.exists():
+        return 0.0
+    start = time.time()
+    subprocess.run([sys.executable, "-m", "aistack.cli", "status", str(pipeline_dir)], env=env, cwd=cwd,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.time() - start
 
 
 def followup_cpu_s(pipeline_dir: Path) -> float:
@@ -114,6 +202,7 @@ def main() -> int:
     parser.add_argument("--state", default="/var/tmp/aistack-slurm-scale", help="the cluster's state folder")
     parser.add_argument("--timeout", type=float, default=3 * 3600)
     parser.add_argument("--keep-up", action="store_true")
+    parser.add_argument("--no-preempt", action="store_true", help="no preemption of a running array task")
     args = parser.parse_args()
     # Nodes declare the memory and CPUs of the recipe's largest jobs (distillation asks 1800G): declared,
     # not consumed, as the CPUs and GPUs are.
@@ -131,8 +220,11 @@ def main() -> int:
     try:
         env = {**cluster_env, **make_inputs(root, args.data_tasks)}
         user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
-        rpcs_before, peak = rpc_count(user), PeakMemory()
-        peak.start()
+        rpcs_before, types_before, peak = rpc_count(user), rpc_by_type(), PeakMemory()
+        pipeline_dir = root / "runs" / "rehearsals" / "fineweb-llama-8b"
+        probe, preempter = StatusProbe(pipeline_dir, env, root), Preempter(user, env)
+        for thread in (peak, probe) + (() if args.no_preempt else (preempter,)):
+            thread.start()
         command = [sys.executable, "-m", "aistack.cli", "run", str(PIPELINE), "--on", "local-128", "--rehearse", "--wait",
                    f"stages.filter.overrides.filter.tasks={args.data_tasks}"]
         say("$ " + " ".join(command))
@@ -140,18 +232,24 @@ def main() -> int:
         proc = subprocess.Popen(command, env=env, cwd=root)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.time() - start
-        peak.stop.set()
+        for thread in (peak, probe, preempter):
+            thread.stop.set()
         rpcs = rpc_count(user) - rpcs_before
-        pipeline_dir = root / "runs" / "rehearsals" / "fineweb-llama-8b"
+        by_type = {k: v - types_before.get(k, 0) for k, v in rpc_by_type().items()}
         own_cpu = usage.ru_utime + usage.ru_stime
         follow_cpu = followup_cpu_s(pipeline_dir)
-        start = time.time()
-        subprocess.run([sys.executable, "-m", "aistack.cli", "status", str(pipeline_dir)], env=env, cwd=root,
-                       stdout=subprocess.DEVNULL)
-        status_s = time.time() - start
-        say(f"rehearsal: exit {os.waitstatus_to_exitcode(status)} in {wall / 60:.1f} min; aistack CPU {own_cpu:.1f} s here "
-            f"+ {follow_cpu:.1f} s in follow-up jobs; slurmctld RPCs from {user}: {rpcs} ({rpcs / (wall / 60):.0f}/min, "
-            f"jobs' own included); peak memory {peak.peak / 1024:.1f} GiB; `aistack status` {status_s:.2f} s")
+        status_s = status_seconds(pipeline_dir, env, root)
+        tasks = sum(1 for _ in pipeline_dir.glob("*/jobs/*/tasks/*/DONE"))
+        say(f"rehearsal: exit {os.waitstatus_to_exitcode(status)} in {wall / 60:.1f} min, {tasks} tasks done; "
+            f"aistack CPU {own_cpu:.1f} s here + {follow_cpu:.1f} s in follow-up jobs; slurmctld RPCs from {user}: "
+            f"{rpcs} ({rpcs / (wall / 60):.0f}/min, jobs' own included); peak memory {peak.peak / 1024:.1f} GiB")
+        say("slurmctld RPCs by type, every user: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(by_type.items(), key=lambda kv: -kv[1]) if v > 0))
+        during = sorted(probe.seconds)
+        say(f"`aistack status` at the end {status_s:.2f} s; during the run: {len(during)} calls, "
+            f"median {during[len(during) // 2] if during else 0:.2f} s, max {max(during, default=0):.2f} s")
+        if not args.no_preempt:
+            say(f"preemption: {preempter.what}")
     finally:
         if not args.keep_up:
             subprocess.run(["bash", str(REPO / "slurm" / "down.sh"), "--purge"], env=cluster_env, check=False)

@@ -161,3 +161,25 @@ def test_max_array_size_is_read_from_slurm_conf_without_asking_the_controller(tm
     assert max_array_size(ClusterProfile(name="x", max_array_size=20)) == 20, "the profile's own value first"
     conf.write_text("ClusterName=x\n")
     assert max_array_size(ClusterProfile(name="x")) == DEFAULT_MAX_ARRAY_SIZE
+
+
+def test_a_sigterm_before_python_watches_it_does_not_end_a_one_process_job(tmp_path):
+    """A preemption's SIGTERM while the batch shell starts python (a loaded node, a slow file
+    system) must not end the job: one that ends by itself within GraceTime is not requeued."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    plan, run, executor = _dry_run(tmp_path, ["smoke.tasks=1"], ClusterProfile(name="t"))
+    script = next(i.sbatch for i in executor.submit(plan, run, dry_run=True).submitted if i.job == "map")
+    exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
+    assert "aistack.runtime.node" in exec_line
+    # The script as rendered up to its python; then a python slow to reach the node entry.
+    slow_start = f"exec {sys.executable} -c 'import time; time.sleep(1.5); print(\"started\")'\n"
+    proc = subprocess.Popen(["bash", "-c", script[: script.index(exec_line)] + slow_start], stdout=subprocess.PIPE,
+                            text=True, cwd=tmp_path)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert (proc.returncode, out.strip()) == (0, "started")

@@ -100,3 +100,42 @@ def test_a_pipeline_asks_slurm_once_per_poll_and_never_about_finished_jobs(tmp_p
     states = {s.name: s for s in stage_states(records)}
     assert asked == [["12", "30"]], "one question, without the finished array 11"
     assert (states["data"].done, states["data"].state) == (3, "RUNNING") and states["train"].state == "PENDING"
+
+
+def test_a_large_array_is_a_few_rows_folded_where_tasks_differ():
+    from aistack.launch.status import TaskStatus, task_ranges
+
+    rows = [TaskStatus("map", t, "slurm", f"500_{t}", "COMPLETED", 0) for t in range(1001)]
+    rows += [TaskStatus("map", 1001 + i, "slurm", f"501_{i}", "COMPLETED", 0) for i in range(3000 - 1001)]
+    rows[1500] = TaskStatus("map", 1500, "slurm", "501_499", "FAILED", 1)
+    rows += [TaskStatus("map", t, "-", "", "WAITING", 0) for t in range(3000, 4000)]
+    rows += [TaskStatus("reduce", 0, "local", "4242", "PENDING", 0), TaskStatus("reduce", 1, "local", "4243", "PENDING", 0)]
+    assert [(r.job, r.tasks, r.job_id, r.state, r.attempt) for r in task_ranges(rows)] == [
+        ("map", "0-1000", "500_[0-1000]", "COMPLETED", 0),
+        ("map", "1001-1499", "501_[0-498]", "COMPLETED", 0),
+        ("map", "1500", "501_499", "FAILED", 1),
+        ("map", "1501-2999", "501_[500-1998]", "COMPLETED", 0),
+        ("map", "3000-3999", "", "WAITING", 0),
+        ("reduce", "0", "4242", "PENDING", 0),  # processes of their own: a row each
+        ("reduce", "1", "4243", "PENDING", 0),
+    ]
+
+
+def test_status_reads_each_task_s_files_once_per_look(tmp_path, monkeypatch):
+    """A 10,000-task run on a shared file system: status opens state.json and DONE of each
+    task once, not once for its state, again for DONE and again for the stage's time."""
+    import aistack.rundir as rundir
+
+    run = RunDir(tmp_path / "r")
+    run.record_submission({"job": "map", "executor": "local", "job_id": "7", "task_ids": list(range(50)), "array": False,
+                           "time": 0})
+    for t in range(50):
+        run.set_task_state("map", t, "RUNNING", started_at=100.0 + t)
+        run.mark_done("map", t, {})
+    opened: list[str] = []
+    real_read = rundir.read_json
+    monkeypatch.setattr(rundir, "read_json", lambda path, default=None: opened.append(str(path)) or real_read(path, default))
+    (stage,) = stage_states([StageRecord("s", "smoke", run, (PlannedJob("map", 50),), ())])
+    assert (stage.state, stage.done) == ("COMPLETED", 50) and stage.elapsed_s is not None
+    per_task = [p for p in opened if "/tasks/" in p]
+    assert len(per_task) == 100 and len(set(per_task)) == 100  # state.json + DONE, each once

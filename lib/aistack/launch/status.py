@@ -12,7 +12,7 @@ from aistack.launch.executor import FINISHED, FINISHED_BAD, INTERRUPTED
 from aistack.launch.local import processes as localproc
 from aistack.launch.slurm import waves
 from aistack.launch.slurm.sacct import in_queue, queued_names, slurm_states
-from aistack.rundir import PlannedJob, RunDir, StageRecord, elapsed
+from aistack.rundir import PlannedJob, RunDir, StageRecord, elapsed_of, span
 from aistack.track.sync import is_synced
 from aistack.track.wandb_run import run_id
 
@@ -28,6 +28,7 @@ class TaskStatus:
     state: str
     attempt: int
     note: str = ""  # what the task's record says besides its state (a failed quick-save)
+    span: tuple[float, float] | None = None  # when it started and ended (or was last updated)
 
 
 @dataclass
@@ -58,8 +59,9 @@ class SlurmView:
 
 
 def unfinished_slurm_ids(run: RunDir, latest: dict) -> set[str]:
+    done = {job: run.done_tasks(job) for job in {name for name, _ in latest}}
     return {str(rec["job_id"]) for (name, task_id), (rec, _) in latest.items()
-            if rec["executor"] == "slurm" and not run.is_done(name, task_id)}
+            if rec["executor"] == "slurm" and task_id not in done[name]}
 
 
 def run_status(run: RunDir, jobs: Sequence[PlannedJob], slurm: SlurmView | None = None) -> list[TaskStatus]:
@@ -73,32 +75,79 @@ def run_status(run: RunDir, jobs: Sequence[PlannedJob], slurm: SlurmView | None 
     rows: list[TaskStatus] = []
     for job in jobs:
         name = job.name
+        markers = run.task_states(name)  # one pass over the job's task folders
         for task_id in range(job.tasks):
-            marker = run.task_state(name, task_id)
+            marker = markers.get(task_id, {})
+            done = marker.get("state") == "COMPLETED"  # its DONE exists (state.json never says so)
             attempt = int(marker.get("attempt", 0)) if marker else 0
             waits = f"next wave: follow-up Slurm job {followup['followup']}" if followup and name in followup["waiting"] else ""
             if (name, task_id) not in latest:
-                state = "COMPLETED" if run.is_done(name, task_id) else ("WAITING" if waits else "NOT_SUBMITTED")
-                rows.append(TaskStatus(name, task_id, "-", "", state, attempt))
+                state = "COMPLETED" if done else ("WAITING" if waits else "NOT_SUBMITTED")
+                rows.append(TaskStatus(name, task_id, "-", "", state, attempt, span=span(marker)))
                 continue
             record, index = latest[(name, task_id)]
             if record["executor"] == "slurm":
                 shown = f"{record['job_id']}_{index}" if index is not None else record["job_id"]
                 state = states.get(shown, "UNKNOWN")
-                if (state == "UNKNOWN" or state in FINISHED_BAD) and run.is_done(name, task_id):
+                if (state == "UNKNOWN" or state in FINISHED_BAD) and done:
                     # accounting has not caught up yet, or the task was killed after its commit
                     # point (DONE, which a rerun trusts too): the DONE marker says
                     state = "COMPLETED"
             else:
                 shown = str(record["job_id"])
-                state = "COMPLETED" if run.is_done(name, task_id) else marker.get("state", "PENDING")
+                state = "COMPLETED" if done else marker.get("state", "PENDING")
                 if state in localproc.LIVE_STATES and localproc.task_gone(run.log_dir(name), record["job_id"], marker,
                                                                          record.get("host")):
                     state = "INTERRUPTED"  # its aistack process was killed, or the machine restarted
             if waits and state in FINISHED_BAD and record.get("launch") != followup["launch"]:
                 state = "WAITING"  # failed in an earlier launch, resubmitted in a wave of this one
-            rows.append(TaskStatus(name, task_id, record["executor"], shown, state, attempt, task_note(marker)))
+            rows.append(TaskStatus(name, task_id, record["executor"], shown, state, attempt, task_note(marker), span(marker)))
     return rows
+
+
+@dataclass
+class TaskRange:
+    """Consecutive tasks of a job alike in executor, state, attempt and array: one row."""
+
+    job: str
+    tasks: str  # "7" or "0-999"
+    executor: str
+    job_id: str  # "123", "123_4" or "123_[0-999]"
+    state: str
+    attempt: int
+
+
+def task_ranges(rows: Sequence[TaskStatus]) -> list[TaskRange]:
+    """The rows of `aistack status`: consecutive tasks of one job in the same state and
+    attempt, and in the same Slurm array at consecutive indices (or not submitted), folded."""
+    out: list[tuple[TaskStatus, TaskStatus]] = []  # (first, last) of each range
+    for row in rows:
+        if out and _continues(out[-1][1], row):
+            out[-1] = (out[-1][0], row)
+        else:
+            out.append((row, row))
+    return [TaskRange(first.job, str(first.task_id) if first is last else f"{first.task_id}-{last.task_id}",
+                      first.executor, first.job_id if first is last else _id_range(first.job_id, last.job_id),
+                      first.state, first.attempt) for first, last in out]
+
+
+def _continues(last: TaskStatus, row: TaskStatus) -> bool:
+    if (row.job, row.executor, row.state, row.attempt) != (last.job, last.executor, last.state, last.attempt) \
+            or row.task_id != last.task_id + 1:
+        return False
+    if last.job_id in ("", "-"):  # not submitted (yet)
+        return row.job_id == last.job_id
+    array, _, index = last.job_id.rpartition("_")
+    if not array or not index.isdigit():  # a job of its own (a local pid, a plain Slurm job)
+        return False
+    return row.job_id == f"{array}_{int(index) + 1}"
+
+
+def _id_range(first: str, last: str) -> str:
+    if first in ("", "-"):
+        return first
+    array, _, start = first.rpartition("_")
+    return f"{array}_[{start}-{last.rpartition('_')[2]}]"
 
 
 def task_note(marker: dict) -> str:
@@ -213,7 +262,7 @@ def stage_states(records: list[StageRecord]) -> list[StageState]:
             unsynced = [f for f in wandb_dir.glob(f"offline-run-*-{full}") if not is_synced(f)]
             wandb = full[:8] + (" offline" if unsynced else "")
         notes = [f"{r.job} task {r.task_id}: {r.note}" for r in rows if r.note]
-        out.append(StageState(name, kind, run, state, done, total, elapsed(run, jobs) if run.path.exists() else None, wandb, needs,
+        out.append(StageState(name, kind, run, state, done, total, elapsed_of(r.span for r in rows), wandb, needs,
                               notes, active=bool(states & _ACTIVE)))
     return out
 

@@ -142,6 +142,10 @@ def slurm_launch(
         # to the batch shell (B:), which exec made the python process itself.
         params["use_srun"] = False
         extra["signal"] = f"B:USR1@{profile.signal_delay_s}"
+        # A preemption's SIGTERM before python's node entry watches it would end the job by
+        # itself within GraceTime, and Slurm fails such a job instead of requeuing it: the batch
+        # shell ignores SIGTERM, python inherits that and takes SIGTERM over on its first line.
+        setup.insert(0, "trap '' TERM")
         python = f"exec {python or shlex.quote(sys.executable)}"
     return SlurmLaunch(params=params, python=python)
 
