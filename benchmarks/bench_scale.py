@@ -165,13 +165,15 @@ class StatusProbe(threading.Thread):
             self.seconds.append(status_seconds(*self.args))
 
 
-def status_seconds(pipeline_dir: Path, env: dict[str, str], cwd: Path) -> float:
+def status_seconds(pipeline_dir: Path, env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """`aistack status` of the pipeline: its wall time and its own CPU time."""
     if not pipeline_dir.exists():
-        return 0.0
+        return 0.0, 0.0
     start = time.time()
-    subprocess.run([sys.executable, "-m", "aistack.cli", "status", str(pipeline_dir)], env=env, cwd=cwd,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.time() - start
+    proc = subprocess.Popen([sys.executable, "-m", "aistack.cli", "status", str(pipeline_dir)], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, _, usage = os.wait4(proc.pid, 0)
+    return time.time() - start, usage.ru_utime + usage.ru_stime
 
 
 def followup_cpu_s(pipeline_dir: Path) -> float:
@@ -238,18 +240,21 @@ def main() -> int:
         by_type = {k: v - types_before.get(k, 0) for k, v in rpc_by_type().items()}
         own_cpu = usage.ru_utime + usage.ru_stime
         follow_cpu = followup_cpu_s(pipeline_dir)
-        status_s = status_seconds(pipeline_dir, env, root)
+        status_s, status_cpu = status_seconds(pipeline_dir, env, root)
         tasks = sum(1 for _ in pipeline_dir.glob("*/jobs/*/tasks/*/DONE"))
         say(f"rehearsal: exit {os.waitstatus_to_exitcode(status)} in {wall / 60:.1f} min, {tasks} tasks done; "
             f"aistack CPU {own_cpu:.1f} s here + {follow_cpu:.1f} s in follow-up jobs; slurmctld RPCs from {user}: "
-            f"{rpcs} ({rpcs / (wall / 60):.0f}/min, jobs' own included); peak memory {peak.peak / 1024:.1f} GiB")
+            f"{rpcs} ({rpcs / (wall / 60):.0f}/min, jobs' and daemons' own included); peak memory {peak.peak / 1024:.1f} GiB")
         say("slurmctld RPCs by type, every user: " + ", ".join(
             f"{k} {v}" for k, v in sorted(by_type.items(), key=lambda kv: -kv[1]) if v > 0))
-        during = sorted(probe.seconds)
-        say(f"`aistack status` at the end {status_s:.2f} s; during the run: {len(during)} calls, "
-            f"median {during[len(during) // 2] if during else 0:.2f} s, max {max(during, default=0):.2f} s")
+        walls, cpus = sorted(w for w, _ in probe.seconds), sorted(c for _, c in probe.seconds)
+        say(f"`aistack status` at the end {status_s:.2f} s ({status_cpu:.2f} s CPU); during the run (every "
+            f"{probe.every_s:.0f} s, beside the rehearsal's tasks on this host's cores): {len(walls)} calls, wall median "
+            f"{walls[len(walls) // 2] if walls else 0:.2f} s, max {max(walls, default=0):.2f} s; CPU median "
+            f"{cpus[len(cpus) // 2] if cpus else 0:.2f} s, max {max(cpus, default=0):.2f} s")
         if not args.no_preempt:
-            say(f"preemption: {preempter.what}")
+            say(f"preemption: {preempter.what}; in the end "
+                + (" -> ".join(preempter._states(preempter.preempted)) if preempter.preempted else "none"))
     finally:
         if not args.keep_up:
             subprocess.run(["bash", str(REPO / "slurm" / "down.sh"), "--purge"], env=cluster_env, check=False)
