@@ -88,11 +88,10 @@ def run_status(run: RunDir, jobs: Sequence[PlannedJob], slurm: SlurmView | None 
             record, index = latest[(name, task_id)]
             if record["executor"] == "slurm":
                 shown = f"{record['job_id']}_{index}" if index is not None else record["job_id"]
-                state = states.get(shown, "UNKNOWN")
-                if (state == "UNKNOWN" or state in FINISHED_BAD) and done:
-                    # accounting has not caught up yet, or the task was killed after its commit
-                    # point (DONE, which a rerun trusts too): the DONE marker says
-                    state = "COMPLETED"
+                # DONE is the task's commit point (a rerun trusts it too): it says, whatever
+                # accounting says yet (slurmdbd lags minutes behind a busy controller) or says
+                # of a task killed after its commit point.
+                state = "COMPLETED" if done else states.get(shown, "UNKNOWN")
             else:
                 shown = str(record["job_id"])
                 state = "COMPLETED" if done else marker.get("state", "PENDING")
