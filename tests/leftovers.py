@@ -5,8 +5,8 @@ reused). After it, a process that did not exist before and is still alive is lef
 it descends from this pytest process, or if its command line names this session's temporary
 directory: a local job's processes (submitit's controller and ranks, what they forked)
 are reparented away from pytest when the process that ran them dies. Processes under
-slurmstepd or slurmd, or of another Slurm job (tasks Slurm runs for a test), are Slurm's,
-whatever they name.
+slurmstepd or slurmd, or of another Slurm job still running (tasks Slurm runs for a test),
+are Slurm's, whatever they name; one carrying the id of a job that has ended is an orphan.
 
 A leftover gets LINGER_S to exit; one still alive then is killed and the test errors,
 naming it. When nothing is left the check is two scans of /proc, no sleep. Helpers that a
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,14 +107,34 @@ def leftovers(before: dict[int, Proc], root: int, temp_dir: str) -> list[Proc]:
 
 
 def _in_other_slurm_job(pid: int) -> bool:
-    """A process of a Slurm job other than the one pytest runs in (if any): Slurm's, even
-    where its ancestry does not show it (a container runtime that reparents)."""
+    """A process of a live Slurm job other than the one pytest runs in (if any): Slurm's,
+    even where its ancestry does not show it (a container runtime that reparents). One whose
+    job has ended (or was requeued) is an orphan Slurm no longer tracks: a leftover."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return False
     job = next((v[len(b"SLURM_JOB_ID="):] for v in environ if v.startswith(b"SLURM_JOB_ID=")), None)
-    return job is not None and job.decode(errors="replace") != os.environ.get("SLURM_JOB_ID")
+    if job is None or job.decode(errors="replace") == os.environ.get("SLURM_JOB_ID"):
+        return False
+    return _slurm_job_runs(job.decode(errors="replace"))
+
+
+# Job states in which the job's processes may still run (or be ending, under Slurm's care).
+_RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING"}
+
+
+def _slurm_job_runs(job: str) -> bool:
+    """What the controller says of `job`; True when it cannot be asked (no cluster here)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if out.returncode != 0:
+        return "invalid job id" not in out.stderr.lower()  # purged from the controller: long ended
+    states = set(out.stdout.split())
+    return not states or bool(states & _RUNNING_STATES)
 
 
 def _still_alive(procs: list[Proc]) -> list[Proc]:

@@ -50,6 +50,12 @@ def test_slurm_job_process_reparented(tmp_path):
     subprocess.run(["sh", "-c", task + " >/dev/null 2>&1 &"], env=dict(os.environ, SLURM_JOB_ID="99999"), check=True)
 
 
+def test_orphan_of_an_ended_slurm_job(tmp_path):
+    # a helper a task started, left alive after its job ended or was requeued: Slurm's no more
+    task = shlex.join([sys.executable, "-c", "import time; time.sleep(30)", str(tmp_path)])
+    subprocess.run(["sh", "-c", task + " >/dev/null 2>&1 &"], env=dict(os.environ, SLURM_JOB_ID="88888"), check=True)
+
+
 @pytest.mark.leaves_processes
 def test_marked(tmp_path):
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)", str(tmp_path)])
@@ -80,15 +86,20 @@ def test_processes_a_test_leaves_running_make_it_error(tmp_path):
     stepd = tmp_path / "bin" / "slurmstepd"  # a shell by slurmstepd's name: its children count as Slurm's
     stepd.parent.mkdir()
     shutil.copy("/bin/sh", stepd)
+    squeue = stepd.parent / "squeue"  # the controller: job 99999 runs, 88888 has ended
+    squeue.write_text('#!/bin/sh\ncase "$*" in *99999*) echo RUNNING ;; *) echo COMPLETED ;; esac\n')
+    squeue.chmod(0o755)
     base = tmp_path / "base"
-    env = dict(os.environ, PYTHONPATH=str(TESTS), AISTACK_TEST_LINGER_S="1", FAKE_SLURMSTEPD=str(stepd))
+    env = dict(os.environ, PYTHONPATH=str(TESTS), AISTACK_TEST_LINGER_S="1", FAKE_SLURMSTEPD=str(stepd),
+               PATH=f"{stepd.parent}:{os.environ['PATH']}")
     try:
         inner = subprocess.run([sys.executable, "-m", "pytest", "-p", "leftovers", "-p", "no:cacheprovider", "-rA",
                                 "--durations=0", "--durations-min=0", f"--basetemp={base}", "test_inner.py"],
                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         out = inner.stdout
         found = re.findall(r"^(PASSED|ERROR) test_inner.py::(\w+)", out, re.M)
-        assert {name for kind, name in found if kind == "ERROR"} == {"test_child_left_running", "test_orphan_naming_the_tmp_path"}, out
+        assert {name for kind, name in found if kind == "ERROR"} == {
+            "test_child_left_running", "test_orphan_naming_the_tmp_path", "test_orphan_of_an_ended_slurm_job"}, out
         assert {name for kind, name in found if kind == "PASSED"} >= {
             "test_clean", "test_child_that_ends_soon_after", "test_slurm_task_naming_the_tmp_path",
             "test_slurm_job_process_reparented", "test_marked"}, out
