@@ -182,8 +182,9 @@ def followup_cpu_s(pipeline_dir: Path) -> float:
         if (pipeline_dir / "waves" / "followups.jsonl").exists() else []
     if not ids:
         return 0.0
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "TotalCPU", "-j", ",".join(ids)], capture_output=True, text=True).stdout
-    return sum(_seconds(v) for v in out.split())
+    # the steps' lines: an allocation's own TotalCPU reads 0 until accounting sums it up
+    out = subprocess.run(["sacct", "-n", "-P", "-o", "JobID,TotalCPU", "-j", ",".join(ids)], capture_output=True, text=True).stdout
+    return sum(_seconds(cpu) for step, cpu in (line.split("|") for line in out.splitlines() if "|" in line) if "." in step)
 
 
 def _seconds(text: str) -> float:

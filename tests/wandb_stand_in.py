@@ -2,7 +2,8 @@
 to upload an offline run, and records what it received.
 
 What wandb-core asks while it replays a .wandb file:
-- POST /graphql `RunResumeStatus` (does the run exist?): answered "no such run";
+- POST /graphql `RunResumeStatus` (does the run exist?): "no such run", or for a run it
+  holds history of, its line counts and the tail of its history (a run resumed online);
 - POST /graphql `UpsertBucket` (create or update the run: name, display name, group,
   job type, config as a JSON string): answered with the run, its project and entity;
 - POST /files/ENTITY/PROJECT/RUN/file_stream: JSON {"files": {"wandb-history.jsonl":
@@ -99,7 +100,7 @@ class StandInServer:
         variables = body.get("variables") or {}
         self.operations.append(op)
         if op == "RunResumeStatus":
-            return {"data": {"model": None}}
+            return {"data": {"model": self._resume_status(variables)}}
         if op == "UpsertBucket":
             return {"data": {"upsertBucket": {"bucket": self._upsert(variables), "inserted": True}}}
         if op == "CreateRunFiles":
@@ -112,6 +113,25 @@ class StandInServer:
             return {"data": getattr(self, "_" + op)(variables)}
         self.unknown.append(op)
         return {"data": {}}
+
+    def _resume_status(self, v: dict[str, Any]) -> dict[str, Any] | None:
+        """A run this server holds history of, as W&B describes it to a run that resumes it
+        (wandb-core starts the resumed run after the last `_step` of `historyTail`)."""
+        with self._lock:
+            run = self.runs.get(v.get("name", ""))
+        if run is None or not run.history:
+            return None  # no such run: a new one
+        return {
+            "id": "project-id", "name": run.project, "entity": {"id": "entity-id", "name": ENTITY},
+            "bucket": {
+                "id": f"id-{run.name}", "name": run.name, "displayName": run.display_name,
+                "summaryMetrics": json.dumps(run.summary), "config": json.dumps({k: {"value": val} for k, val in run.config.items()}),
+                "logLineCount": 0, "historyLineCount": len(run.history), "eventsLineCount": 0,
+                "historyTail": json.dumps([json.dumps(row) for row in run.history[-10:]]), "eventsTail": "[]",
+                # wandb-core resumes only a run that has started: one whose config has wandb's "t"
+                "tags": [], "notes": None, "wandbConfig": json.dumps({"t": (run.config.get("_wandb") or {}).get("t", {})}),
+            },
+        }
 
     def _upsert(self, v: dict[str, Any]) -> dict[str, Any]:
         run = self.run(v["name"])

@@ -85,12 +85,13 @@ def read_json(path: Path | str, default: Any = None) -> Any:
 
 
 def _task_state(folder: str) -> dict[str, Any]:
-    """A task folder's state.json, COMPLETED with its end time once DONE exists (plain
-    strings: a status reads thousands of these)."""
+    """A task folder's state.json, COMPLETED once DONE exists, ended when DONE was written
+    (its mtime: a status of thousands of tasks reads no result, only plain-string paths)."""
     record = read_json(os.path.join(folder, "state.json"), default={})
-    done = read_json(os.path.join(folder, "DONE"))
-    if done is not None:
-        record.update(state="COMPLETED", ended_at=done.get("finished_at"))
+    try:
+        record.update(state="COMPLETED", ended_at=os.stat(os.path.join(folder, "DONE")).st_mtime)
+    except FileNotFoundError:
+        pass
     return record
 
 
