@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +40,9 @@ def pytest_configure(config):
     """Under xdist, the lanes share the cores as tasks do: each lane's processes run
     cores / lanes OpenMP threads (more than the cores in all makes torch's threads spin
     against each other), unless OMP_NUM_THREADS says otherwise."""
+    # What aistack caches for a user (the cluster's submit limits) stays in this session.
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="aistack-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
     lanes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if lanes > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) // lanes)

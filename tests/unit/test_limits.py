@@ -22,8 +22,10 @@ def test_a_limit_says_which_limit_it_is():
     assert not SubmitLimit("normal", None, None).limited and SubmitLimit("normal", None, None).room() is None
 
 
-def test_the_lookup_reads_both_sacctmgr_answers_for_the_qos_or_the_default_one(monkeypatch):
+def test_the_lookup_reads_both_sacctmgr_answers_for_the_qos_or_the_default_one(monkeypatch, tmp_path):
     from aistack.launch.slurm import limits
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing kept from another test
 
     answers = {"assoc": "200|limited\n|\n", "qos": "normal|\nlimited|60\nurgent|5\n"}
     asked = []
@@ -40,3 +42,35 @@ def test_the_lookup_reads_both_sacctmgr_answers_for_the_qos_or_the_default_one(m
     assert len(asked) == 2, "two questions per launch, whatever the jobs' QOS"
     assert limits.LimitLookup(500).limit("urgent") == SubmitLimit(None, None, 500), "the profile's limit, no question"
     assert len(asked) == 2
+
+
+def test_the_answers_are_kept_a_while_per_cluster_and_dropped_after_a_refusal(monkeypatch, tmp_path):
+    """The first job of a launch waits for sacctmgr (half a second): a launch a few minutes
+    after another reuses its answers; another cluster (slurm.conf), time, or a submission
+    Slurm refused asks again."""
+    import os
+
+    from aistack.launch.slurm import limits
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=a\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    asked = []
+    monkeypatch.setattr(limits, "_run", lambda cmd: asked.append(cmd) or {"assoc": "|limited\n", "qos": "limited|60\n"}[cmd[4]])
+
+    assert limits.LimitLookup(None).limit(None) == SubmitLimit("limited", 60, None) and len(asked) == 2
+    assert limits.LimitLookup(None).limit(None) == SubmitLimit("limited", 60, None) and len(asked) == 2, "kept"
+    limits.forget_cached_answers()
+    limits.LimitLookup(None).limit(None)
+    assert len(asked) == 4, "asked again after a refusal"
+    os.utime(conf, ns=(1, 1))  # the cluster was rebuilt
+    limits.LimitLookup(None).limit(None)
+    assert len(asked) == 6
+    monkeypatch.setattr(limits.time, "time", lambda: 1e12)  # long after
+    limits.LimitLookup(None).limit(None)
+    assert len(asked) == 8
+    monkeypatch.setattr(limits, "_run", lambda cmd: None)  # sacctmgr unreadable: nothing kept
+    limits.forget_cached_answers()
+    assert limits.LimitLookup(None).limit(None) == SubmitLimit(None, None, None)
+    assert not (tmp_path / "cache" / "aistack" / "submit-limits.json").exists()

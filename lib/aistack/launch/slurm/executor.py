@@ -21,7 +21,7 @@ import submitit
 from aistack.launch.executor import (FINISHED, FINISHED_BAD, Executor, Progress, Submitted, SubmitRefused, TaskView,
                                      wandb_per_task)
 from aistack.launch.slurm import waves
-from aistack.launch.slurm.limits import LimitLookup, SubmitLimit
+from aistack.launch.slurm.limits import LimitLookup, SubmitLimit, forget_cached_answers
 from aistack.launch.plan import JobSpec
 from aistack.launch.profile import ClusterProfile
 from aistack.launch.slurm.sacct import in_queue, slurm_states
@@ -236,6 +236,7 @@ class SlurmExecutor(Executor):
             job_id = executor._submit_command(node_command(executor.python, tasks_file)).job_id
         except submitit.core.utils.FailedJobError as err:
             tasks_file.unlink(missing_ok=True)
+            forget_cached_answers()  # a submit limit lowered since they were asked: ask again
             raise SubmitRefused(refusal_message(f"{run.name}/{job.name}", len(group) if as_array else 1, str(err))) from None
         run.record_submission({"job": job.name, "executor": "slurm", "job_id": job_id, "task_ids": group,
                                "array": as_array, "time": time.time(), "launch": self.launch_id})

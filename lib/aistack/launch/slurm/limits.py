@@ -10,16 +10,26 @@ sacctmgr answers slowly (a round trip to slurmdbd, about half a second here), an
 first job of a launch cannot be submitted before its limit is known: `LimitLookup` asks
 both questions (the user's associations, every QOS) at once, in the background, from the
 moment the executor is made, while the recipe is planned and its run directory written.
+Its answers are kept for CACHE_TTL_S in the user's cache folder (keyed by the user and
+the cluster's slurm.conf, path and mtime): a limit changes when an administrator changes
+it, rarely, and a submission Slurm refuses drops them (the rerun asks again).
 """
 
 from __future__ import annotations
 
-import pwd
+import json
 import os
+import pwd
 import shutil
 import subprocess
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+
+from aistack.rundir import atomic_write_json
+
+CACHE_TTL_S = 300.0
 
 
 def _run(cmd: list[str]) -> str | None:
@@ -88,28 +98,78 @@ class SubmitLimit:
 
 
 class LimitLookup:
-    """This user's submit limits, asked of sacctmgr once per launch, in the background."""
+    """This user's submit limits: from the cache, else asked of sacctmgr once per launch, in
+    the background."""
 
     def __init__(self, max_submit_jobs: int | None):
         self.max_submit_jobs = max_submit_jobs
         self._answers: list[Future] = []
+        self._cached: tuple[str, str] | None = None
         if max_submit_jobs is None:  # the profile's limit, when it gives one, needs no question
             user = user_name()
-            pool = ThreadPoolExecutor(2, thread_name_prefix="sacctmgr")
-            self._answers = [
-                pool.submit(_run, ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=MaxSubmit,DefaultQOS"]),
-                pool.submit(_run, ["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU"]),
-            ]
-            pool.shutdown(wait=False)  # the threads end with their question; nothing waits here
+            self._cached = read_cached_answers(user)
+            if self._cached is None:
+                pool = ThreadPoolExecutor(2, thread_name_prefix="sacctmgr")
+                self._answers = [
+                    pool.submit(_run, ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=MaxSubmit,DefaultQOS"]),
+                    pool.submit(_run, ["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU"]),
+                ]
+                pool.shutdown(wait=False)  # the threads end with their question; nothing waits here
 
     def limit(self, qos: str | None) -> SubmitLimit:
         """The profile's limit when it gives one (it applies to every job of the profile),
         else what sacctmgr says for this user and QOS (no limit when unreadable)."""
         if self.max_submit_jobs is not None:
             return SubmitLimit(qos=None, qos_limit=None, assoc_limit=self.max_submit_jobs)
-        assoc, qos_table = (answer.result() or "" for answer in self._answers)
+        if self._cached is None:
+            assoc_answer, qos_answer = (answer.result() for answer in self._answers)
+            if assoc_answer is not None and qos_answer is not None:
+                write_cached_answers(user_name(), (assoc_answer, qos_answer))
+            self._cached = (assoc_answer or "", qos_answer or "")
+        assoc, qos_table = self._cached
         rows = [line.split("|") for line in assoc.splitlines() if line.strip()]
         qos = qos or parse_default_qos("\n".join(row[1] for row in rows if len(row) > 1))
         limits = dict(line.split("|")[:2] for line in qos_table.splitlines() if line.count("|") >= 1)
         return SubmitLimit(qos=qos, qos_limit=parse_limit_column(limits.get(qos or "", "")),
                            assoc_limit=parse_limit_column("\n".join(row[0] for row in rows)))
+
+
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "aistack" / "submit-limits.json"
+
+
+def _cache_key(user: str) -> str | None:
+    """The user and the cluster (its slurm.conf: a rebuilt cluster is another one)."""
+    conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    try:
+        return f"{user}|{os.path.realpath(conf)}|{os.stat(conf).st_mtime_ns}"
+    except OSError:
+        return None
+
+
+def read_cached_answers(user: str) -> tuple[str, str] | None:
+    key = _cache_key(user)
+    try:
+        entry = json.loads(_cache_file().read_text()).get(key or "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(entry, dict) or not 0 <= time.time() - entry.get("at", 0) < CACHE_TTL_S:
+        return None
+    return entry["assoc"], entry["qos"]
+
+
+def write_cached_answers(user: str, answers: tuple[str, str]) -> None:
+    key = _cache_key(user)
+    if key is None:
+        return
+    try:
+        atomic_write_json(_cache_file(), {key: {"at": time.time(), "assoc": answers[0], "qos": answers[1]}},
+                          durable=False)
+    except OSError:
+        pass  # a read-only home: ask again next time
+
+
+def forget_cached_answers() -> None:
+    """After a submission Slurm refused: the next launch asks sacctmgr again."""
+    _cache_file().unlink(missing_ok=True)
