@@ -11,10 +11,13 @@ the scheduler and this machine.
    --data-tasks files, a tokenizer, a held-out file): every stage in order, the data arrays
    split past MaxArraySize and submitted in waves, the pretraining job's rendezvous over
    every node. --data-tasks below 8000 shrinks the data arrays (and the run) alike.
+   While it runs, one running array task is preempted (Preempter) and `aistack status`
+   is timed every minute.
 3. Prints the wall time, aistack's own CPU time (the launching process and its follow-up
-   jobs), slurmctld's RPCs from this user per minute (sdiag before and after), the
-   machine's peak memory, the time `aistack status` takes on the pipeline, and what the
-   rehearsal found per job. Then takes the cluster down (--keep-up leaves it).
+   jobs), slurmctld's RPCs (sdiag before and after: this user's, and by message type),
+   the machine's peak memory, the time `aistack status` takes on the pipeline, what the
+   preempted task went through, and what the rehearsal found per job. Then takes the
+   cluster down (--keep-up leaves it).
 """
 
 from __future__ import annotations
@@ -122,15 +125,15 @@ class Preempter(threading.Thread):
                                 "--wrap", "sleep 2"], capture_output=True, env=self.env, check=True)
                 deadline = time.time() + 120
                 while time.time() < deadline and not self.stop.wait(2.0):
-                    if "PREEMPTED" in self._states(task):
+                    if "PREEMPTED" in self.states(task):
                         self.preempted = task
                         break
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
-                self.what = f"task {task} on {node} paused and its node taken: " + " -> ".join(self._states(task))
+                self.what = f"task {task} on {node} paused and its node taken: " + " -> ".join(self.states(task))
                 return
 
-    def _states(self, task: str) -> list[str]:
+    def states(self, task: str) -> list[str]:
         out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", task], capture_output=True,
                              text=True, env=self.env).stdout
         return [line.split()[0] for line in out.splitlines() if line.strip()]
@@ -255,7 +258,7 @@ def main() -> int:
             f"{cpus[len(cpus) // 2] if cpus else 0:.2f} s, max {max(cpus, default=0):.2f} s")
         if not args.no_preempt:
             say(f"preemption: {preempter.what}; in the end "
-                + (" -> ".join(preempter._states(preempter.preempted)) if preempter.preempted else "none"))
+                + (" -> ".join(preempter.states(preempter.preempted)) if preempter.preempted else "none"))
     finally:
         if not args.keep_up:
             subprocess.run(["bash", str(REPO / "slurm" / "down.sh"), "--purge"], env=cluster_env, check=False)
