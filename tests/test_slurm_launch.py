@@ -51,7 +51,7 @@ def test_100_task_array_completes_and_status_shows_slurm_states(runs_root, capsy
     assert main(["status", str(result.run.path)]) == 0
     out = capsys.readouterr().out
     assert "COMPLETED: 101" in out
-    assert f"{maps[0].job_id}_99" in out
+    assert f"{maps[0].job_id}_[0-99]" in out and "0-99" in out  # the array in one row, not 100
 
 
 def test_multi_task_job_all_reduces_over_gloo(runs_root):
