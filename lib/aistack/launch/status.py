@@ -88,9 +88,9 @@ def run_status(run: RunDir, jobs: Sequence[PlannedJob], slurm: SlurmView | None 
             record, index = latest[(name, task_id)]
             if record["executor"] == "slurm":
                 shown = f"{record['job_id']}_{index}" if index is not None else record["job_id"]
-                # DONE is the task's commit point (a rerun trusts it too): it says, whatever
-                # accounting says yet (slurmdbd lags minutes behind a busy controller) or says
-                # of a task killed after its commit point.
+                # DONE is the task's commit point (a rerun trusts it too): COMPLETED, whatever
+                # accounting says yet (slurmdbd lags behind a busy controller) or says of a task
+                # killed after its commit point.
                 state = "COMPLETED" if done else states.get(shown, "UNKNOWN")
             else:
                 shown = str(record["job_id"])
