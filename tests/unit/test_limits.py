@@ -74,3 +74,18 @@ def test_the_answers_are_kept_a_while_per_cluster_and_dropped_after_a_refusal(mo
     limits.forget_cached_answers()
     assert limits.LimitLookup(None).limit(None) == SubmitLimit(None, None, None)
     assert not (tmp_path / "cache" / "aistack" / "submit-limits.json").exists()
+
+
+def test_a_cache_file_that_is_not_ours_is_asked_past(monkeypatch, tmp_path):
+    from aistack.launch.slurm import limits
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=a\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    cache = tmp_path / "aistack" / "submit-limits.json"
+    cache.parent.mkdir()
+    key = limits._cache_key(limits.user_name())
+    for text in ("not json", "[1, 2]", '{"%s": {"at": %f}}' % (key, limits.time.time())):
+        cache.write_text(text)
+        assert limits.read_cached_answers(limits.user_name()) is None, text

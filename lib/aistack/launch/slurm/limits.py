@@ -156,7 +156,8 @@ def read_cached_answers(user: str) -> tuple[str, str] | None:
         return None
     if not isinstance(entry, dict) or not 0 <= time.time() - entry.get("at", 0) < CACHE_TTL_S:
         return None
-    return entry["assoc"], entry["qos"]
+    answers = entry.get("assoc"), entry.get("qos")
+    return answers if all(isinstance(a, str) for a in answers) else None  # a torn or edited file: ask again
 
 
 def write_cached_answers(user: str, answers: tuple[str, str]) -> None:
