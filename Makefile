@@ -17,6 +17,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@# Bytecode, as a wheel install has: every task of an array would otherwise compile aistack
+	@# (where PYTHONDONTWRITEBYTECODE is set, each time).
+	@$(BIN)/python -m compileall -q lib jobs >/dev/null
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # The main job: the tiny end-to-end pipeline (WARC -> filter -> dedup -> tokenize -> pretrain

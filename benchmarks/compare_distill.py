@@ -40,7 +40,8 @@ STUDENT_LAYERS = 1
 
 def stage_recipe(pipeline: Path, stage: str) -> Path:
     """recipe.yaml of a stage of the pipeline's latest run (its stages.json)."""
-    from aistack.rundir import RunDir, read_stage_records
+    from aistack.plan_records import read_stage_records
+    from aistack.rundir import RunDir
 
     try:
         records = {r.name: r for r in read_stage_records(RunDir(pipeline))}

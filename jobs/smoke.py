@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,7 @@ def _ran_in() -> dict:
     `make container-bundle` builds (containers/oci/build.sh writes /etc/aistack-image), and
     its share of the CPUs (OpenMP threads: aistack.runtime.task.share_cpus)."""
     label = Path("/etc/aistack-image")
-    return {"python": sys.executable, "version": platform.python_version(),
+    return {"python": sys.executable, "version": "%d.%d.%d" % sys.version_info[:3],
             "image": label.read_text().strip() if label.is_file() else None, "omp_threads": os.environ.get("OMP_NUM_THREADS")}
 
 

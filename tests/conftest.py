@@ -112,7 +112,7 @@ def describe_unfinished(states) -> str:
     error each failed task recorded, and the end of its stderr (CI shows only this)."""
     from aistack.launch.slurm.executor import log_paths
     from aistack.launch.status import run_status
-    from aistack.rundir import read_plan_jobs
+    from aistack.plan_records import read_plan_jobs
 
     lines = []
     for stage in states:

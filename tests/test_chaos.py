@@ -34,7 +34,7 @@ from aistack.launch.profile import load_profile
 from aistack.launch.status import run_status
 from aistack.launch.stages import Pipeline, resolve
 from aistack.launch.status import stage_states
-from aistack.rundir import PlannedJob, read_stage_records
+from aistack.plan_records import PlannedJob, read_stage_records
 from aistack.recipe import load_recipe
 from aistack.track.metrics import read_metrics
 from conftest import RECIPES, describe_unfinished, write_recipe

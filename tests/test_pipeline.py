@@ -16,7 +16,7 @@ from aistack.data.sample_crawl import build_corpus
 from aistack.launch.profile import load_profile
 from aistack.launch.launcher import executor_for
 from aistack.launch.submit import submit_stages
-from aistack.rundir import read_stage_records
+from aistack.plan_records import read_stage_records
 from aistack.launch.status import stage_states
 from aistack.launch.stages import resolve
 from aistack.post.reverse_task import write_task

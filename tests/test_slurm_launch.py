@@ -13,7 +13,8 @@ import pytest
 
 from aistack.cli import main
 from aistack.launch import launcher
-from aistack.rundir import PlannedJob, RunDir
+from aistack.plan_records import PlannedJob
+from aistack.rundir import RunDir
 from aistack.launch.status import cancel_run, run_status
 from aistack.track.metrics import read_metrics
 from aistack.track.wandb_run import offline_runs, read_offline_run, run_id

@@ -68,7 +68,7 @@ def _stage_runs(pipeline: Path) -> dict[str, RunDir]:
 
 def _states(pipeline: Path):
     from aistack.launch.status import stage_states
-    from aistack.rundir import read_stage_records
+    from aistack.plan_records import read_stage_records
 
     return stage_states(read_stage_records(RunDir(pipeline)))
 

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.abc
-import importlib.util
 import sys
-from typing import Any, Callable, Iterator
+
+TYPE_CHECKING = False  # every task imports this module: typing and importlib.abc are imports it can do without
+if TYPE_CHECKING:
+    import importlib.abc
+    from typing import Any, Callable, Iterator
 
 
 def deferred(real: Callable) -> Callable:
@@ -88,8 +90,8 @@ AROUND_IMPORT: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
 }
 
 
-class _Loader(importlib.abc.Loader):
-    def __init__(self, loader: importlib.abc.Loader, finder: "_Finder"):
+class _Loader:  # an importlib.abc.Loader (duck-typed)
+    def __init__(self, loader: importlib.abc.Loader, finder: _Finder):
         self.loader, self.finder = loader, finder
 
     def __getattr__(self, name: str) -> Any:  # resources, is_package, get_code: the package's own loader
@@ -105,7 +107,7 @@ class _Loader(importlib.abc.Loader):
             self.loader.exec_module(module)
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:  # an importlib.abc.MetaPathFinder (duck-typed)
     """Finds `name` as the other finders do and wraps its loader. Stays until the package is
     imported: a spec lookup alone (`importlib.util.find_spec`, as datatrove checks its
     optional dependencies) imports nothing."""
@@ -117,6 +119,8 @@ class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):  # noqa: ANN001
         if name != self.name or self.looking:
             return None
+        import importlib.util
+
         self.looking = True
         try:
             spec = importlib.util.find_spec(name)

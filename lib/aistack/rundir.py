@@ -13,7 +13,8 @@
     <root>/<pipeline>-<hash>/     a pipeline: recipe.yaml, stages.json (StageRecord
                                   records), report; its stages' run dirs beside it
 
-The records of these files are read and written here, and only here.
+The records of these files are read and written here, and only here; plan.json's and
+stages.json's in aistack.plan_records.
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ import json
 import logging
 import os
 import re
-import socket
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
 
 log = logging.getLogger("aistack")
 
-# Array tasks import this module: nothing heavy (pydantic, yaml) at import time.
+# Every array task imports this module, and a 1000-task array pays each import 1000 times:
+# nothing heavy (pydantic, yaml) and nothing it can do without (typing, tempfile, socket,
+# dataclasses: 25 ms of CPU a task together). The plan's records are in aistack.plan_records.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Iterable
+
     from aistack.recipe import LoadedRecipe, Recipe
 
 
@@ -48,7 +50,7 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     that a rerun rebuilds anyway (a task's RUNNING state) skip it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp, fd = _new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -61,6 +63,22 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def _new_temp_file(path: Path) -> tuple[str, int]:
+    """A new file beside `path` for this writer alone, as tempfile.mkstemp makes it (O_EXCL,
+    mode 0600, a random name)."""
+    while True:
+        tmp = os.path.join(path.parent, f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+
+
+def host_name() -> str:
+    """This machine's name (socket.gethostname, without importing socket)."""
+    return os.uname().nodename
 
 
 def fsync_dir(path: Path) -> None:
@@ -230,7 +248,7 @@ class RunDir:
         what runs (DONE does); after a crash of the node the task runs again anyway."""
         record = self._state_record(job, task_id)
         record.update(extra)
-        record.update(state=state, host=socket.gethostname(), pid=os.getpid(), updated_at=time.time())
+        record.update(state=state, host=host_name(), pid=os.getpid(), updated_at=time.time())
         atomic_write_json(self.task_dir(job, task_id) / "state.json", record, durable=False)
 
     def set_stopped_state(self, job: str, task_id: int, state: str, **extra: Any) -> None:
@@ -339,7 +357,7 @@ class RunLock:
                                           f"`aistack cancel {path}`") from None
                         time.sleep(0.5)
                 self._held.append(fd)
-                holder = f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                holder = f"pid {os.getpid()} on host {host_name()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, holder.encode(), 0)
         except BaseException:
@@ -383,71 +401,6 @@ def write_input_manifest(run: RunDir, manifest: dict[str, Any]) -> None:
 
 def read_input_manifest(run: RunDir) -> dict[str, Any] | None:
     return read_json(run.path / INPUTS_FILE)
-
-
-@dataclass(frozen=True)
-class PlannedJob:
-    """One job of a run's plan, as plan.json records it."""
-
-    name: str
-    tasks: int
-    entry: str = ""
-    depends_on: tuple[str, ...] = ()
-
-
-def read_plan_kind(run: RunDir) -> str:
-    """The kind of the recipe the run's plan.json was made from."""
-    return _read_plan(run)["kind"]
-
-
-def read_plan_jobs(run: RunDir, missing_ok: bool = False) -> list[PlannedJob]:
-    """The jobs of the run's plan.json, in plan order ([] when absent and `missing_ok`)."""
-    if missing_ok and not (run.path / PLAN_FILE).exists():
-        return []
-    return [PlannedJob(j["name"], int(j["tasks"]), j.get("entry", ""), tuple(j.get("depends_on", ())))
-            for j in _read_plan(run)["jobs"]]
-
-
-def _read_plan(run: RunDir) -> dict[str, Any]:
-    plan = read_json(run.path / PLAN_FILE)
-    if plan is None:
-        raise FileNotFoundError(f"{run.path} has no {PLAN_FILE}: not a run directory aistack wrote")
-    return plan
-
-
-@dataclass(frozen=True)
-class StageRecord:
-    """One stage of a pipeline run, as stages.json records it."""
-
-    name: str
-    kind: str
-    run: RunDir
-    jobs: tuple[PlannedJob, ...]
-    needs: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "run": str(self.run.path), "needs": list(self.needs),
-                "jobs": [{"name": j.name, "tasks": j.tasks, "depends_on": list(j.depends_on)} for j in self.jobs]}
-
-
-def write_stage_records(pipeline_dir: RunDir, records: list[StageRecord]) -> None:
-    atomic_write_json(pipeline_dir.path / STAGES_FILE, {"stages": [r.to_json() for r in records]})
-
-
-def read_stage_records(pipeline_dir: RunDir) -> list[StageRecord]:
-    """The stages of the pipeline's latest run, in order."""
-    data = read_json(pipeline_dir.path / STAGES_FILE)
-    if data is None:
-        raise FileNotFoundError(f"{pipeline_dir.path} is not a pipeline run (no {STAGES_FILE})")
-    return [StageRecord(r["name"], r["kind"], RunDir(Path(r["run"])),
-                        tuple(PlannedJob(j["name"], int(j["tasks"]), "", tuple(j.get("depends_on", ()))) for j in r["jobs"]),
-                        tuple(r["needs"]))
-            for r in data["stages"]]
-
-
-def elapsed(run: RunDir, jobs: list[PlannedJob] | tuple[PlannedJob, ...]) -> float | None:
-    """From the first task's start to the last task's end (or its last update)."""
-    return elapsed_of(span(state) for job in jobs for t, state in run.task_states(job.name).items() if t < job.tasks)
 
 
 def span(state: dict[str, Any]) -> tuple[float, float] | None:

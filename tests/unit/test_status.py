@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from aistack.rundir import PlannedJob, RunDir, StageRecord
+from aistack.plan_records import PlannedJob, StageRecord
+from aistack.rundir import RunDir
 from aistack.launch.status import run_status
 from aistack.launch.status import finished, stage_states
 
@@ -153,3 +154,32 @@ def test_a_task_with_done_is_completed_while_accounting_lags(tmp_path, monkeypat
     run.mark_done("map", 0, {})
     run.mark_done("map", 1, {})
     assert [r.state for r in run_status(run, [PlannedJob("map", 3)])] == ["COMPLETED", "COMPLETED", "RUNNING"]
+
+
+def test_aistack_status_reads_a_run_without_the_recipe_schema_or_submitit(tmp_path):
+    # `aistack status` of a large run is asked every minute: pydantic, the kinds' schemas, yaml
+    # and submitit (0.3 s) are for planning and submitting, not for reading run directories.
+    import subprocess
+    import sys
+
+    from aistack.launch.plan import make_plan, plan_summary
+    from aistack.recipe import load_recipe
+    from aistack.rundir import PLAN_FILE, atomic_write_json
+
+    smoke = Path(__file__).resolve().parents[2] / "recipes" / "examples" / "smoke.yaml"
+    loaded = load_recipe(smoke, [f"output.root={tmp_path}", "smoke.tasks=3", "tracking.mode=disabled"])
+    run = RunDir.for_recipe(loaded)
+    run.path.mkdir(parents=True)
+    run.write_recipe(loaded)
+    atomic_write_json(run.path / PLAN_FILE, plan_summary(make_plan(loaded), "test"))
+    run.record_submission({"job": "map", "executor": "local", "job_id": "1", "task_ids": [0, 1, 2], "array": False, "time": 0})
+    run.mark_done("map", 0, {})
+    code = ("import sys\n"
+            "from aistack.cli import main\n"
+            "code = main(['status', sys.argv[1]])\n"
+            "print(sorted(m for m in ('pydantic', 'yaml', 'submitit', 'aistack.recipe.schema') if m in sys.modules))\n"
+            "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "map" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from aistack.launch.local import processes as localproc
-from aistack.rundir import PlannedJob, RunDir, StageRecord
+from aistack.plan_records import PlannedJob, StageRecord
+from aistack.rundir import RunDir
 from aistack.launch.status import cancel_run, run_status
 from aistack.runtime.task import TaskContext, TaskRunner
 from aistack.launch.status import finished, stage_states

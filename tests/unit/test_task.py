@@ -69,15 +69,44 @@ def test_threads_the_set_up_starts_never_take_the_checkpoint_signal(tmp_path, mo
     assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, []), "the main thread gets it back"
 
 
-def test_unpickling_and_running_a_task_imports_no_schema(tmp_path):
-    run = _planned(tmp_path)
+@pytest.mark.parametrize("wandb_per_task", [False, True], ids=["array-task", "small-job-tracking-off"])
+def test_unpickling_and_running_a_task_imports_no_schema(tmp_path, wandb_per_task):
+    run = _planned(tmp_path)  # tracking.mode=disabled
     blob = tmp_path / "runner.pkl"
-    blob.write_bytes(pickle.dumps(TaskRunner(str(run.path), "map", "smoke", 1, TASKS, False, recipe=run.recipe)))
+    blob.write_bytes(pickle.dumps(TaskRunner(str(run.path), "map", "smoke", 1, TASKS, wandb_per_task, recipe=run.recipe)))
     code = ("import pickle, sys; r = pickle.load(open(sys.argv[1], 'rb')); r(); "
             "heavy = sorted(m for m in ('pydantic', 'yaml', 'wandb', 'aistack.recipe') if m in sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code, str(blob)], check=True, capture_output=True, timeout=60)
     assert run.is_done("map", 1)
+
+
+def test_a_slurm_array_task_imports_only_what_it_needs(tmp_path):
+    # A 1000-task array pays each import of the node entry 1000 times (bench_node_entry.py):
+    # typing, tempfile, socket, dataclasses, subprocess and W&B's helpers cost a small task more
+    # CPU than its work. Run as Slurm runs it: the node entry on a tasks file.
+    from aistack.runtime.node import write_tasks_file
+
+    run = _planned(tmp_path)
+    tasks_file = tmp_path / "tasks.pkl"
+    write_tasks_file(tasks_file, TaskRunner(str(run.path), "map", "smoke", -1, TASKS, False, recipe=run.recipe), [0, 1, 2], 3)
+    code = ("import runpy, sys\n"
+            "bare = set(sys.modules)\n"
+            "sys.argv = ['node', sys.argv[1]]\n"
+            "try:\n"
+            "    runpy.run_module('aistack.runtime.node', run_name='__main__')\n"
+            "except SystemExit as end:\n"
+            "    assert not end.code, end.code\n"
+            "print(sorted(set(sys.modules) - bare))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="7", SLURM_ARRAY_JOB_ID="6", SLURM_ARRAY_TASK_ID="2")
+    done = subprocess.run([sys.executable, "-c", code, str(tasks_file)], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = set(eval(done.stdout.strip().splitlines()[-1]))  # noqa: S307  (our own printout)
+    assert run.is_done("map", 2)
+    avoidable = {"typing", "tempfile", "socket", "dataclasses", "subprocess", "netrc", "importlib.abc", "platform",
+                 "submitit", "pydantic", "yaml", "wandb", "aistack.recipe", "aistack.plan_records"}
+    assert imported & avoidable == set()
 
 
 def test_a_task_writes_state_once_and_done_durably(tmp_path, monkeypatch):

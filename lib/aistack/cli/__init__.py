@@ -168,7 +168,7 @@ def _print_findings(pipeline, code: int) -> int:
     from rich.markup import escape
 
     from aistack.launch.status import rehearsal_findings
-    from aistack.rundir import PlannedJob
+    from aistack.plan_records import PlannedJob
 
     rows = rehearsal_findings([(stage.name, stage.run, [PlannedJob(j.name, j.num_tasks) for j in stage.plan.jobs])
                                for stage in pipeline.stages])
@@ -346,7 +346,7 @@ def _follow(result):
 
 def _stage_states(pipeline_dir):
     from aistack.launch.status import stage_states
-    from aistack.rundir import read_stage_records
+    from aistack.plan_records import read_stage_records
 
     return stage_states(read_stage_records(pipeline_dir))
 
@@ -444,7 +444,7 @@ def _find(args):
 
 def cmd_status(args) -> int:
     from aistack.launch.status import run_status
-    from aistack.rundir import read_plan_jobs
+    from aistack.plan_records import read_plan_jobs
 
     if args.run is None:
         root = Path(args.root)
@@ -497,7 +497,7 @@ def _print_status(rows) -> None:
 
 def cmd_logs(args) -> int:
     from aistack.launch.slurm.executor import log_paths
-    from aistack.rundir import read_plan_jobs
+    from aistack.plan_records import read_plan_jobs
 
     run = _find(args)
     job = args.job or read_plan_jobs(run)[0].name
@@ -586,7 +586,7 @@ def cmd_cancel(args) -> int:
     run = _find(args)
     runs = [run]
     if (run.path / "stages.json").exists():  # a pipeline: every stage's run
-        from aistack.rundir import read_stage_records
+        from aistack.plan_records import read_stage_records
 
         runs = [stage.run for stage in read_stage_records(run) if stage.run.path.exists()]
     results = [cancel_run(r) for r in runs]

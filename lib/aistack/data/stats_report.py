@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from aistack.data.funnel import plot_funnel
 from aistack.data.stats import funnel_points, job_summary, merge_task_rows, nothing_kept, write_tables
-from aistack.rundir import RunDir, read_json, read_plan_jobs, read_plan_kind
+from aistack.plan_records import read_plan_jobs, read_plan_kind
+from aistack.rundir import RunDir, read_json
 
 # The job whose steps make the funnel, per kind.
 FUNNEL_JOB = {"filter": "filter", "dedup": "filter", "tokenize": "tokenize"}

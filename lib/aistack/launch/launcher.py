@@ -23,7 +23,8 @@ from aistack.launch.stages import Pipeline, check_outputs, resolve
 from aistack.launch.status import StageState, TaskStatus, finished, run_status, stage_states
 from aistack.launch.submit import StageOutcome, submit_stages
 from aistack.recipe import LoadedRecipe, load_recipe
-from aistack.rundir import PlannedJob, RunDir, RunLock, read_stage_records
+from aistack.plan_records import PlannedJob, read_stage_records
+from aistack.rundir import RunDir, RunLock
 
 
 @dataclass

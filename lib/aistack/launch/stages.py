@@ -18,7 +18,8 @@ from typing import Any
 from aistack.recipe.kinds import spec_for
 from aistack.launch.plan import Plan, make_plan
 from aistack.recipe.urls import is_url
-from aistack.rundir import PlannedJob, RunDir, StageRecord, output_owner, write_stage_records
+from aistack.plan_records import PlannedJob, StageRecord, write_stage_records
+from aistack.rundir import RunDir, output_owner
 from aistack.recipe import LoadedRecipe, RecipeError
 from aistack.recipe.deferred import deferring
 from aistack.recipe.load import OVERRIDES_SOURCE, deep_merge, load_stage, stage_refs_in

@@ -12,7 +12,8 @@ from aistack.launch.executor import FINISHED, FINISHED_BAD, INTERRUPTED
 from aistack.launch.local import processes as localproc
 from aistack.launch.slurm import waves
 from aistack.launch.slurm.sacct import in_queue, queued_names, slurm_states
-from aistack.rundir import PlannedJob, RunDir, StageRecord, elapsed_of, span
+from aistack.plan_records import PlannedJob, StageRecord
+from aistack.rundir import RunDir, elapsed_of, span
 from aistack.track.sync import is_synced
 from aistack.track.wandb_run import run_id
 

@@ -19,7 +19,8 @@ from aistack.recipe.kinds import spec_for
 from aistack.report.compare import STDERR, clear_best
 from aistack.report.seeds import pool_seeds
 from aistack.report.results import csv_rows, number
-from aistack.rundir import RunDir, atomic_write_text, elapsed, read_json, read_plan_jobs
+from aistack.plan_records import elapsed, read_plan_jobs
+from aistack.rundir import RunDir, atomic_write_text, read_json
 from aistack.track.metrics import read_metrics
 
 

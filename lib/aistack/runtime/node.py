@@ -27,10 +27,8 @@ if __name__ == "__main__" and "SLURM_JOB_ID" in os.environ:
 
 import logging  # noqa: E402
 import pickle  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
 
 from aistack.rundir import RunDir, atomic_write_bytes  # noqa: E402
 from aistack.runtime.task import TaskRunner, task_env, watch_sigterm  # noqa: E402
@@ -57,7 +55,9 @@ def main(tasks_file: str) -> int:
     return 0
 
 
-def _requeue(runner: TaskRunner, rank: int, job_id: str, max_requeues: int) -> Any:
+def _requeue(runner: TaskRunner, rank: int, job_id: str, max_requeues: int) -> None:
+    import subprocess
+
     if rank != 0:
         log.info("checkpoint signal: rank 0 saves and requeues")
         return

@@ -26,7 +26,6 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
 
 from aistack import lean_imports
 from aistack.rundir import RunDir
@@ -34,6 +33,10 @@ from aistack.track import wandb_run
 from aistack.track.metrics import MetricsFile
 
 log = logging.getLogger("aistack")
+
+TYPE_CHECKING = False  # typing is an import a small task can do without
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 
 class TaskContext:
@@ -231,7 +234,8 @@ class TaskRunner:
             run.set_task_state(self.job, self.task_id, "RUNNING", attempt=attempt, started_at=time.time(), job_id=job_id,
                                python=sys.executable)
             ctx.metrics = MetricsFile(ctx.task_dir / "metrics.jsonl")
-            if self.wandb_per_task:
+            # Tracking off: the plain values say so, without unpickling the Recipe (pydantic, 0.2 s).
+            if self.wandb_per_task and (data.get("tracking") or {}).get("mode") != "disabled":
                 ctx.wandb = wandb_run.start(ctx.recipe.tracking, run.path, run.name, ctx.kind, self.job, self.task_id, data)
         return ctx
 

@@ -35,7 +35,6 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from aistack.recipe.kinds import all_kinds, spec_for
 from aistack.rundir import RunDir, atomic_write_text, latest_checkpoint
 
 log = logging.getLogger("aistack")
@@ -55,6 +54,8 @@ TRAIN_JOB = "train"  # the training job of every training kind (its task 0 keeps
 def feeds(kind: str, section: str) -> bool:
     """Whether runs of `kind` make data ("data") or models ("training"): the report
     section its KindSpec names."""
+    from aistack.recipe.kinds import all_kinds  # here: `aistack status` imports this module, not the schema
+
     spec = all_kinds().get(kind)
     return spec is not None and spec.report == section
 
@@ -118,6 +119,8 @@ def stage_hash(run_name: str) -> str:
 def dataset_manifest(run: RunDir, kind: str) -> dict[str, Any]:
     """Every output of a data run (its kind's outputs: documents, the dataset prefix, the
     tokenizer) with sizes and digests."""
+    from aistack.recipe.kinds import spec_for
+
     outputs = {}
     for key, rel in spec_for(kind).outputs.items():
         outputs[key] = {"path": rel, "files": file_entries(output_files(run.path / rel), run.path)}

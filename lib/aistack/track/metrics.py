@@ -6,9 +6,12 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 from aistack.rundir import append_jsonl, atomic_write_text, read_jsonl
+
+TYPE_CHECKING = False  # typing is an import a small task can do without
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class MetricsFile:

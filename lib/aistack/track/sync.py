@@ -30,7 +30,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aistack.rundir import RunDir, read_stage_records
+from aistack.plan_records import read_stage_records
+from aistack.rundir import RunDir
 from aistack.track.lineage import feeds, read_lineage
 from aistack.track.wandb_run import _has_api_key, has_exit_record, offline_runs
 

@@ -14,18 +14,20 @@ Only global rank 0 of a task opens a run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import netrc
 import os
 import struct
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 log = logging.getLogger("aistack")
 
-if TYPE_CHECKING:  # every task imports this module: no pydantic schema at import time
+# Every task imports this module, most with tracking off: no pydantic schema, no typing, and
+# what only a tracked task needs (hashlib, netrc) is imported where it is used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator
+
     from aistack.recipe.schema import Tracking
 
 
@@ -38,6 +40,8 @@ def resolve_mode(tracking: Tracking) -> str:
 def _has_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
+    import netrc
+
     try:
         hosts = netrc.netrc().hosts
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
@@ -47,6 +51,8 @@ def _has_api_key() -> bool:
 
 
 def run_id(run_name: str, job: str, task_id: int) -> str:
+    import hashlib
+
     return hashlib.sha256(f"{run_name}/{job}/{task_id}".encode()).hexdigest()[:16]
 
 

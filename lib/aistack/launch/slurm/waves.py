@@ -19,13 +19,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import submitit
-
 from aistack.launch.executor import SubmitRefused
 from aistack.rundir import RunDir, append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl
-from aistack.launch.slurm.sbatch import slurm_launch
-from aistack.recipe.kinds import JobSpec
-from aistack.recipe.schema import Resources
 
 if TYPE_CHECKING:
     from aistack.launch.profile import ClusterProfile
@@ -41,6 +36,13 @@ def submit_followup(profile: ClusterProfile, loaded: LoadedRecipe, top: RunDir, 
                     waiting: dict[RunDir, dict[str, int]], rehearse: bool = False) -> str:
     """The follow-up job of this pass: after every job in `after` (all this pass
     submitted), it submits the rest: `waiting`, per run dir, job -> tasks."""
+    # Here: `aistack status` reads this module's records and needs neither submitit nor the schema.
+    import submitit
+
+    from aistack.launch.slurm.sbatch import slurm_launch
+    from aistack.recipe.kinds import JobSpec
+    from aistack.recipe.schema import Resources
+
     folder = top.path / "waves"
     folder.mkdir(parents=True, exist_ok=True)
     continuation = folder / f"continue-{uuid.uuid4().hex[:12]}.pkl"
