@@ -3,7 +3,7 @@
     python benchmarks/bench_launch.py [--repeats 5] [--array 1000] [--array-repeats 1] [--on slurm]
 
 1. Latency: from the call (aistack's launch() / a plain `sbatch --wrap`) to the first
-   task running, median over repeats.
+   task running, median over repeats (alternating, each started on an idle queue).
 2. Throughput: a 1000-task array from submission to every task done: the smoke recipe
    (hash chain per task, DONE markers, metrics) vs `sbatch --array` running the same hash
    chain in a python one-liner that writes one result file per task. With
@@ -42,6 +42,14 @@ def compile_bytecode() -> None:
 
     for folder in (REPO / "lib", REPO / "jobs"):
         compileall.compile_dir(folder, quiet=1)
+
+
+def queue_idle(timeout: float = 300) -> None:
+    """Wait until none of this user's jobs is queued, running or completing: a job of the
+    previous trial (aistack's reduce job after its map task, a job still completing) would
+    share the nodes with the next trial's first task and delay it."""
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "--me", "-o", "%i"], capture_output=True,
+                                        text=True, check=True).stdout.strip(), timeout=timeout, interval=0.2)
 
 
 def wait_for(predicate, timeout: float = 1800, interval: float = 0.05) -> float:
@@ -116,8 +124,12 @@ def main() -> None:
     compile_bytecode()
     with tempfile.TemporaryDirectory(dir=REPO / "runs" if (REPO / "runs").exists() else None) as tmp:
         root = Path(tmp)
-        ours = [aistack_first_task_latency(root, args.on, i) for i in range(args.repeats)]
-        plain = [plain_first_task_latency(root, i) for i in range(args.repeats)]
+        ours, plain = [], []
+        for i in range(args.repeats):  # alternating, each on an idle queue
+            queue_idle()
+            ours.append(aistack_first_task_latency(root, args.on, i))
+            queue_idle()
+            plain.append(plain_first_task_latency(root, i))
         print(f"first task running: aistack median {statistics.median(ours):.2f} s (min {min(ours):.2f}, max {max(ours):.2f}); "
               f"plain sbatch median {statistics.median(plain):.2f} s (min {min(plain):.2f}, max {max(plain):.2f}); "
               f"ratio {statistics.median(ours) / statistics.median(plain):.2f}")
