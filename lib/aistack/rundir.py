@@ -67,11 +67,11 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
 
 def _new_temp_file(path: Path) -> tuple[str, int]:
     """A new file beside `path` for this writer alone, as tempfile.mkstemp makes it (O_EXCL,
-    mode 0600, a random name)."""
+    close-on-exec, mode 0600, a random name)."""
     while True:
         tmp = os.path.join(path.parent, f".{path.name}.{os.urandom(6).hex()}.tmp")
         try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             continue
 
